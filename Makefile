@@ -1,0 +1,53 @@
+# tidings — every target sets itself up: virtualenv, Python packages, system packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_STAMP := $(VENV)/.system-packages
+
+.PHONY: demo test check lint typecheck unit integration faults bench setup clean
+
+demo: setup
+	$(BIN)/tidings demo
+
+test: setup check
+	$(BIN)/pytest -q
+
+check: lint typecheck
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q tests/integration
+
+faults: setup
+	$(BIN)/pytest -q tests/faults
+
+bench: setup
+	$(BIN)/python bench/e2e.py
+
+setup: $(STAMP) $(SYSTEM_STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(SYSTEM_STAMP): system-packages.txt scripts/system-deps.sh $(VENV)/bin/python
+	scripts/system-deps.sh system-packages.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) .tidings .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,105 @@
+"""Maildir: list a folder, compare with the cursor, read new items. Reading never
+changes the mailbox (no renames, no flags, nothing deleted).
+
+A folder is the Maildir root ("INBOX") or a Maildir++ sub-folder ".Name". Items
+live in `new/` and `cur/`; an item's identity is its unique name, the part of
+the file name before ':' (flags after it change when a mail client reads it,
+and moving from new/ to cur/ is not a new item).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from schemas.mailbox import MaildirPosition
+
+_SUBDIRS = ("new", "cur")
+
+
+class MailboxMissingError(OSError):
+    """The Maildir root does not exist or is not a Maildir."""
+
+
+@dataclass(frozen=True)
+class MaildirItem:
+    """One file of a folder: its unique name, where it is, and its Maildir flags."""
+
+    unique_name: str
+    path: Path
+    flags: str
+
+
+@dataclass(frozen=True)
+class FolderChanges:
+    """What changed since the cursor: unique names created and deleted, sorted."""
+
+    created: list[str]
+    deleted: list[str]
+
+
+def folder_dir(root: Path, folder: str) -> Path:
+    """The directory of a folder: the root for INBOX, ".Name" for any other."""
+    return root if folder.upper() == "INBOX" else root / f".{folder}"
+
+
+def unique_name(filename: str) -> str:
+    """The identity part of a Maildir file name."""
+    return filename.split(":", 1)[0]
+
+
+def list_folder(root: Path, folder: str) -> dict[str, MaildirItem]:
+    """Every item in new/ and cur/ of a folder by unique name.
+
+    A missing sub-folder is empty; a missing root raises MailboxMissingError.
+    """
+    if not (root / "cur").is_dir() and not (root / "new").is_dir():
+        raise MailboxMissingError(f"{root} is not a Maildir (no cur/ or new/)")
+    base = folder_dir(root, folder)
+    items: dict[str, MaildirItem] = {}
+    for sub in _SUBDIRS:
+        try:
+            entries = os.scandir(base / sub)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                name = unique_name(entry.name)
+                flags = entry.name.split(":2,", 1)[1] if ":2," in entry.name else ""
+                items[name] = MaildirItem(name, Path(entry.path), flags)
+    return items
+
+
+def changes_since(seen: set[str], current: dict[str, MaildirItem]) -> FolderChanges:
+    """Items present now but not at the cursor, and items at the cursor gone now."""
+    return FolderChanges(
+        created=sorted(set(current) - seen),
+        deleted=sorted(seen - set(current)),
+    )
+
+
+def modified_at(path: Path) -> datetime | None:
+    """The file's modification time (when it was delivered), or None if it vanished."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return None
+
+
+def encode_position(names: set[str]) -> MaildirPosition:
+    """The cursor position for a set of unique names (sorted, newline-joined, zlib)."""
+    joined = "\n".join(sorted(names)).encode("utf-8", "surrogateescape")
+    return MaildirPosition(names_z=zlib.compress(joined, 6), count=len(names))
+
+
+def decode_position(position: MaildirPosition) -> set[str]:
+    """The set of unique names a cursor position holds."""
+    if position.count == 0:
+        return set()
+    text = zlib.decompress(position.names_z).decode("utf-8", "surrogateescape")
+    return set(text.split("\n"))

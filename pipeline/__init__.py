@@ -1,0 +1,2 @@
+"""Composition root: config, the `tidings` CLI, the embedded broker and ClickHouse,
+process supervision, the metrics endpoint and the demo."""

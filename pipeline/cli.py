@@ -1,0 +1,393 @@
+"""The `tidings` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.bootstrap import bring_up, embedded_broker
+from pipeline.config import ConfigError, load_config
+from schemas.config import TidingsConfig
+
+console = Console()
+err_console = Console(stderr=True)
+
+EPILOG = """\b
+Configuration: tidings.toml in the current directory (or --config / TIDINGS_CONFIG),
+overridden by TIDINGS_* environment variables, e.g.
+  TIDINGS_KAFKA__BOOTSTRAP_SERVERS=kafka1:9092,kafka2:9092
+  TIDINGS_CLICKHOUSE__DSN=clickhouse://ch:8123
+  TIDINGS_DATA_DIR=/var/lib/tidings
+Without bootstrap servers tidings runs its own broker (tansu) and ClickHouse (chDB)
+in the data directory (.tidings/ by default).
+"""
+
+
+class Context:
+    """What every command needs: the config file path and the loaded configuration."""
+
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._config: TidingsConfig | None = None
+
+    @property
+    def config(self) -> TidingsConfig:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                fail(str(exc), "fix the file or the TIDINGS_* variable it names")
+        assert self._config is not None
+        return self._config
+
+
+def fail(message: str, hint: str | None = None) -> Any:
+    """Print one error line (and what to do next) and exit 1."""
+    err_console.print(f"[bold red]error:[/] {message}" + (f" — {hint}" if hint else ""))
+    sys.exit(1)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="TIDINGS_CONFIG",
+    help="TOML configuration file (default: ./tidings.toml when present).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """tidings: mailboxes in, CRM activities out — server-side sync on Kafka.
+
+    Start with `tidings demo`, which runs the whole pipeline on embedded defaults
+    and the demo data, then explore with `tidings query`.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(config_path)
+
+
+# -- demo / run ----------------------------------------------------------------
+
+
+@main.command()
+@click.option("--follow", is_flag=True, help="Keep running and print new activities as they land.")
+@pass_context
+def demo(ctx: Context, follow: bool) -> None:
+    """Run the whole pipeline on the demo data and print a summary.
+
+    Starts the embedded broker and ClickHouse, loads the demo CRM records and
+    four mailboxes (examples/), runs connectors, processors and sinks until every
+    message is decided, and prints what became of each: promoted, skipped (by
+    reason) or errored, and how activities were correlated. Running it again
+    changes nothing: every id is stable.
+    """
+    from pipeline.demo import DemoError, run_demo
+
+    try:
+        sys.exit(run_demo(ctx.config, ctx.config_path, follow, console))
+    except DemoError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.argument(
+    "role", type=click.Choice(["connectors", "processors", "sinks", "all"]), default="all"
+)
+@click.option(
+    "--until-idle",
+    is_flag=True,
+    help="Exit 0 once every mailbox is synced and every topic drained (batch imports, scripts).",
+)
+@pass_context
+def run(ctx: Context, role: str, until_idle: bool) -> None:
+    """Run a deployable process: connectors, processors, sinks, or all of them.
+
+    `all` supervises one process per role (restarting any that dies). SIGTERM
+    drains, commits and exits. Scale out by running more `connectors` or
+    `processors` processes against the same Kafka: they share the work through
+    consumer groups.
+    """
+    from pipeline.roles import run_role
+    from pipeline.run_all import run_all
+
+    infra = bring_up(ctx.config)
+    try:
+        if role == "all":
+            code = run_all(infra, ctx.config_path, until_idle, console)
+        else:
+            code = run_role(infra.config, role, until_idle)
+    finally:
+        infra.close()
+    sys.exit(code)
+
+
+# -- data in -------------------------------------------------------------------
+
+
+@main.group()
+def crm() -> None:
+    """CRM records: the contacts, accounts, leads, users and queues email resolves to."""
+
+
+@crm.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), help="Default: by extension.")
+@pass_context
+def crm_import(ctx: Context, file: Path, fmt: str | None) -> None:
+    """Publish records from a CSV or JSON Lines FILE to crm.records.
+
+    \b
+    CSV columns: id,type,name,emails,parent_account (emails separated by ';').
+    JSON Lines: {"id": "c-1", "type": "contact", "name": "Dana", "emails": [...],
+                 "parent_account": "contoso"}
+    A JSON line with "type": "email" is an email already tracked in the CRM
+    (message_id, subject, tracking_token, regarding, owner, from, to, sent_at);
+    it goes to crm.activities so replies and tracking tokens correlate to it.
+    """
+    from pipeline.crm_import import ImportFileError, read_import_file
+    from pipeline.publish import publish
+    from schemas.topics import CRM_ACTIVITIES, CRM_RECORDS
+
+    try:
+        batch = read_import_file(file, fmt)
+    except ImportFileError as exc:
+        fail(str(exc), "fix that line and import again (imports are idempotent)")
+    infra = bring_up(ctx.config)
+    try:
+        config = infra.config
+        records = asyncio.run(
+            publish(
+                config.kafka,
+                config.topic_prefix,
+                CRM_RECORDS,
+                [(r.record_id, r) for r in batch.records],
+            )
+        )
+        tracked = asyncio.run(
+            publish(
+                config.kafka,
+                config.topic_prefix,
+                CRM_ACTIVITIES,
+                [(a.activity_id, a) for a in batch.activities],
+            )
+        )
+    finally:
+        infra.close()
+    console.print(f"published {records} records and {tracked} tracked emails from {file}")
+
+
+@main.group()
+def mailbox() -> None:
+    """Mailboxes: one per user or queue, each with its incoming filter."""
+
+
+@mailbox.command("add")
+@click.option("--id", "mailbox_id", required=True, help="Mailbox id, e.g. mb-alice.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["maildir"]),
+    default="maildir",
+    show_default=True,
+    help="How to read it (IMAP, POP3, EWS and Graph arrive with later releases).",
+)
+@click.option(
+    "--path",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Maildir root (with cur/ new/ tmp/).",
+)
+@click.option("--owner", required=True, help="user:NAME or queue:NAME.")
+@click.option(
+    "--filter",
+    "incoming_filter",
+    default="responses",
+    show_default=True,
+    type=click.Choice(["all", "responses", "crm-records", "email-enabled", "none"]),
+    help="Which incoming email becomes an activity.",
+)
+@click.option("--email", help="The mailbox's address (default: <owner>@localhost).")
+@click.option(
+    "--folder",
+    "folders",
+    multiple=True,
+    help="Folder to read (repeatable; default INBOX and Sent).",
+)
+@pass_context
+def mailbox_add(
+    ctx: Context,
+    mailbox_id: str,
+    protocol: str,
+    path: Path,
+    owner: str,
+    incoming_filter: str,
+    email: str | None,
+    folders: tuple[str, ...],
+) -> None:
+    """Add (or replace) a mailbox; connectors pick it up within seconds."""
+    from pipeline.mailboxes import MailboxDefinitionError, maildir_mailbox
+    from pipeline.publish import publish
+    from schemas.topics import MAILBOX_CONFIG
+
+    try:
+        config = maildir_mailbox(
+            mailbox_id, owner, path, incoming_filter, email, list(folders) or None
+        )
+    except MailboxDefinitionError as exc:
+        fail(str(exc))
+    if not path.is_dir():
+        err_console.print(f"[yellow]warning:[/] {path} does not exist yet")
+    infra = bring_up(ctx.config)
+    try:
+        asyncio.run(
+            publish(
+                infra.config.kafka,
+                infra.config.topic_prefix,
+                MAILBOX_CONFIG,
+                [(mailbox_id, config)],
+            )
+        )
+    finally:
+        infra.close()
+    console.print(f"mailbox {mailbox_id} ({config.owner}, filter {incoming_filter}) added")
+
+
+@mailbox.command("list")
+@pass_context
+def mailbox_list(ctx: Context) -> None:
+    """List mailboxes with their owner, filter and last sync."""
+    from pipeline.idle import read_compacted
+    from schemas.topics import MAILBOX_CONFIG, MAILBOX_STATUS
+
+    infra = bring_up(ctx.config)
+    try:
+        configs = asyncio.run(read_compacted(infra.config, MAILBOX_CONFIG))
+        statuses = asyncio.run(read_compacted(infra.config, MAILBOX_STATUS))
+    finally:
+        infra.close()
+    table = Table(header_style="bold")
+    for column in ("mailbox", "owner", "address", "filter", "state", "last sync", "items", "where"):
+        table.add_column(column)
+    for mailbox_id, config in sorted(configs.items()):
+        status = statuses.get(mailbox_id)
+        last = (
+            status.last_sync_at.strftime("%Y-%m-%d %H:%M:%S")
+            if status and status.last_sync_at
+            else "never"
+        )
+        table.add_row(
+            mailbox_id,
+            str(config.owner),
+            config.email_address,
+            config.incoming_filter.value,
+            status.state.value if status else "not run",
+            last,
+            str(status.counters.items_listed) if status else "",
+            config.maildir.path if config.maildir else config.protocol.value,
+        )
+    console.print(table)
+    if not configs:
+        console.print("no mailboxes yet: add one with `tidings mailbox add` or run `tidings demo`")
+
+
+# -- data out ------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("sql")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@pass_context
+def query(ctx: Context, sql: str, fmt: str) -> None:
+    """Run read-only SQL against ClickHouse (tables in the `tidings` database).
+
+    \b
+    Tables: activities, activity_parties, promotion_decisions, sync_errors,
+    mailbox_status. They are ReplacingMergeTree: add FINAL to read the latest
+    version of each row, e.g.
+      tidings query "SELECT reason, count() FROM tidings.promotion_decisions FINAL GROUP BY reason"
+    With embedded chDB the running sinks process answers; otherwise tidings opens it.
+    """
+    from pipeline.query import QueryError, run_query
+    from pipeline.reports import render_result
+
+    try:
+        result = run_query(ctx.config, sql)
+    except QueryError as exc:
+        fail(str(exc), "check the SQL; table names need the database, e.g. tidings.activities")
+    render_result(result, console, fmt)
+
+
+@main.group()
+def schemas() -> None:
+    """Topic payload schemas for consumers in other languages."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@pass_context
+def schemas_export(ctx: Context, directory: Path) -> None:
+    """Write one JSON Schema file per topic into DIRECTORY."""
+    from schemas.jsonschema import export_schemas
+
+    written = export_schemas(directory, ctx.config.topic_prefix)
+    for path in written:
+        console.print(str(path))
+    console.print(f"{len(written)} schemas written")
+
+
+@main.group()
+def broker() -> None:
+    """The embedded broker (tansu storing in the data directory)."""
+
+
+@broker.command("start")
+@pass_context
+def broker_start(ctx: Context) -> None:
+    """Start the embedded broker and leave it running for other tidings processes."""
+    embedded = embedded_broker(ctx.config)
+    record = embedded.running()
+    if record is not None:
+        console.print(f"already running at {record.bootstrap}")
+        return
+    bootstrap = embedded.start()
+    console.print(f"embedded broker running at {bootstrap} (stop it with `tidings broker stop`)")
+
+
+@broker.command("stop")
+@pass_context
+def broker_stop(ctx: Context) -> None:
+    """Stop the embedded broker of the data directory."""
+    stopped = embedded_broker(ctx.config).stop_recorded()
+    console.print("stopped" if stopped else "no embedded broker is running")
+
+
+@broker.command("status")
+@pass_context
+def broker_status(ctx: Context) -> None:
+    """Show whether the embedded broker runs, and where."""
+    record = embedded_broker(ctx.config).running()
+    if record is None:
+        console.print("not running")
+    else:
+        console.print(
+            f"running at {record.bootstrap} (storage {record.storage}, pid {record.broker_pid})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The deployable processes: `tidings run connectors|processors|sinks`.
+
+Each runs until SIGTERM/SIGINT — then drains, commits and exits 0 — or, with
+`until_idle`, until every mailbox is synced and its inputs are drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from connectors.runtime import ConnectorRuntime
+from pipeline.embedded import free_port
+from pipeline.http import Endpoint, record_endpoint
+from pipeline.idle import IdleProbe
+from schemas.base import utc_now
+from schemas.config import TidingsConfig
+from sinks.store import ClickHouseStore
+from sinks.writer import ClickHouseSink
+
+log = logging.getLogger(__name__)
+ROLES = ("connectors", "processors", "sinks")
+
+
+def run_role(config: TidingsConfig, role: str, until_idle: bool) -> int:
+    """Run one role in this process; returns the exit code."""
+    if role == "processors":
+        return run_processors(config, until_idle)
+    runner = _connectors if role == "connectors" else _sinks
+    return asyncio.run(_serve(config, role, runner, until_idle))
+
+
+Runner = Callable[[TidingsConfig, asyncio.Event, Endpoint], Awaitable[None]]
+
+
+async def _serve(config: TidingsConfig, role: str, runner: Runner, until_idle: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    endpoint = Endpoint(config.metrics, role, config.data_path / "run")
+    watcher = None
+    if until_idle:
+        watcher = asyncio.create_task(_stop_when_idle(config, role, stop))
+    try:
+        await runner(config, stop, endpoint)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await endpoint.stop()
+    return 0
+
+
+async def _stop_when_idle(config: TidingsConfig, role: str, stop: asyncio.Event) -> None:
+    roles = {"connectors": ["connectors"], "sinks": list(ROLES)}[role]
+    if await IdleProbe(config, roles, utc_now()).wait(stop):
+        log.info("%s idle: stopping", role)
+        stop.set()
+
+
+async def _connectors(config: TidingsConfig, stop: asyncio.Event, endpoint: Endpoint) -> None:
+    runtime = ConnectorRuntime(config.kafka, config.topic_prefix, config.connectors)
+    endpoint.health = lambda: {"ok": True, "mailboxes": runtime.owned_mailboxes}
+    await endpoint.start()
+    await runtime.run(stop)
+
+
+async def _sinks(config: TidingsConfig, stop: asyncio.Event, endpoint: Endpoint) -> None:
+    store = ClickHouseStore(config.clickhouse_dsn(), config.clickhouse)
+    await store.open()
+    endpoint.store = store
+    sink = ClickHouseSink(config.kafka, config.topic_prefix, config.sinks, store)
+    endpoint.health = lambda: {"ok": True, "rows_written": sink.rows_written}
+    await endpoint.start()
+    try:
+        await sink.run(stop)
+    finally:
+        store.close()
+
+
+def run_processors(config: TidingsConfig, until_idle: bool) -> int:
+    """Run the faust worker (it handles SIGTERM itself); returns its exit code."""
+    import faust
+
+    from processors.app import ProcessorApp
+
+    if config.processors.web_port == 0:
+        port = free_port(config.metrics.host)
+        config = msgspec.structs.replace(
+            config, processors=msgspec.structs.replace(config.processors, web_port=port)
+        )
+    record_endpoint(
+        config.data_path / "run", "processors", config.metrics.host, config.processors.web_port
+    )
+    processor = ProcessorApp(config)
+    if until_idle:
+        started = utc_now()
+
+        @processor.app.task
+        async def stop_when_idle() -> None:
+            if await IdleProbe(config, ["processors"], started).wait():
+                log.info("processors idle: stopping")
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    level = "debug" if config.log_level == "debug" else "warn"
+    worker = faust.Worker(processor.app, loglevel=level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

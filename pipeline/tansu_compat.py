@@ -1,0 +1,73 @@
+"""A client-side fix for tansu's ListOffsets answer, installed when the broker is tansu.
+
+tansu answers ListOffsets(latest) with the base offset of the partition's last
+record batch plus one, not the offset after its last record: with a last batch
+of four records at offsets 8-11 it says 9, not 12. Fetch responses carry the
+right high watermark. Everything built on end offsets goes wrong with the bad
+answer — faust restores only part of a table from its changelog, `seek_to_end`
+lands inside the last batch, lag looks smaller than it is.
+
+`install()` wraps aiokafka's ListOffsets handling: for the partitions asked for
+their latest offset, it also sends a Fetch at the reported offsets and answers
+with the larger of the reported offset and the fetched high watermark. Earliest
+offsets and offsets by timestamp are left alone. Real Kafka needs none of this;
+the pipeline installs it only for tansu (`kafka.broker = "tansu"`, the default
+for the embedded broker).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka.consumer.fetcher import Fetcher, OffsetResetStrategy
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.structs import TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+def install() -> None:
+    """Patch aiokafka once in this process (idempotent)."""
+    original = Fetcher._proc_offset_request
+    if getattr(original, "tidings_tansu_compat", False):
+        return
+
+    async def proc_offset_request(self: Any, node_id: int, topic_data: dict[str, Any]) -> Any:
+        offsets = await original(self, node_id, topic_data)
+        latest = [
+            TopicPartition(topic, partition)
+            for topic, parts in topic_data.items()
+            for partition, timestamp in parts
+            if timestamp == OffsetResetStrategy.LATEST
+        ]
+        if latest:
+            await _correct_latest(self._client, node_id, latest, offsets)
+        return offsets
+
+    proc_offset_request.tidings_tansu_compat = True  # type: ignore[attr-defined]
+    Fetcher._proc_offset_request = proc_offset_request
+
+
+async def _correct_latest(
+    client: Any, node_id: int, partitions: list[TopicPartition], offsets: dict[Any, Any]
+) -> None:
+    """Raise each latest offset in `offsets` to the high watermark a Fetch reports."""
+    by_topic: dict[str, list[tuple[int, int, int]]] = {}
+    for tp in partitions:
+        reported = offsets.get(tp, (0, None))[0]
+        by_topic.setdefault(tp.topic, []).append((tp.partition, max(0, reported), 1))
+    # tansu answers a Fetch with max_wait 0 with no partitions at all; 100 ms and
+    # min_bytes 1 get an answer (at once when data exists, after 100 ms at the end).
+    request = FetchRequest(100, 1, 1, 0, list(by_topic.items()))
+    response = await client.send(node_id, request)
+    for topic, parts in response.topics:
+        for part in parts:
+            partition, highwater = part[0], part[2]
+            tp = TopicPartition(topic, partition)
+            reported, timestamp = offsets.get(tp, (None, None))
+            if reported is not None and highwater is not None and highwater > reported:
+                log.debug(
+                    "tansu ListOffsets %s said %s; high watermark is %s", tp, reported, highwater
+                )
+                offsets[tp] = (highwater, timestamp)

@@ -1,0 +1,289 @@
+"""The faust app: topics, tables, global views and the agents that wire the pure
+stages (changes.handle_change, engine.DecisionEngine) to them.
+
+Two agents:
+  parse_changes  mail.changes (by mailbox)   → mail.parsed (by thread key),
+                 or a final decision (+ sync error) for deletions and unreadable items
+  decide         mail.parsed (by thread key) → promotion.decisions, crm.activities
+
+Undecodable input goes to the DLQ before its offset is committed; a run of
+`dlq_max_consecutive` undecodable messages stops the worker instead of hiding a
+systemic fault. Outputs are sent before the input event is acknowledged, and
+faust flushes the producer before it commits, so delivery is at least once;
+stable ids make the effects exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from processors.changes import handle_change
+from processors.directory import ActivityIndex, Directory, Mailboxes
+from processors.engine import DecisionEngine
+from processors.faust_state import TableState
+from processors.views import CompactedView
+from schemas import metrics
+from schemas.base import utc_now
+from schemas.codec import Codec, encode_key
+from schemas.config import TidingsConfig
+from schemas.crm import Activity, DecisionStatus, PromotionDecision
+from schemas.dlq import dead_letter_headers
+from schemas.errors import DecodeError, SyncError
+from schemas.mail import MailItemChanged, ParsedEmail
+from schemas.topics import (
+    CRM_ACTIVITIES,
+    CRM_RECORDS,
+    DLQ,
+    MAIL_CHANGES,
+    MAIL_PARSED,
+    MAILBOX_CONFIG,
+    PROMOTION_DECISIONS,
+    SYNC_ERRORS,
+    codec,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetterFlood(RuntimeError):
+    """Too many undecodable messages in a row: something systemic is wrong upstream."""
+
+
+class ProcessorApp:
+    """The faust app and everything its agents share."""
+
+    def __init__(self, config: TidingsConfig) -> None:
+        self.config = config
+        self.settings = config.processors
+        prefix = config.topic_prefix
+        kafka = config.kafka
+        self.app = faust.App(
+            self.settings.group_id,
+            broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
+            store="memory://",
+            autodiscover=False,
+            topic_partitions=kafka.partitions,
+            topic_replication_factor=kafka.replication_factor,
+            topic_allow_declare=True,
+            producer_acks=-1,
+            producer_linger_ms=kafka.linger_ms,
+            producer_max_batch_size=kafka.max_batch_bytes,
+            producer_max_request_size=kafka.max_request_bytes,
+            producer_request_timeout=kafka.request_timeout_ms / 1000,
+            consumer_auto_offset_reset="earliest",
+            consumer_max_fetch_size=kafka.max_request_bytes,
+            broker_commit_interval=1.0,
+            # A crashed worker's partitions move after 10 s, not faust's default 60 s.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=3.0,
+            broker_rebalance_timeout=30.0,
+            broker_client_id=f"{kafka.client_id}-processors",
+            datadir=str(config.data_path / "processors"),
+            web_enabled=True,
+            web_bind="127.0.0.1",
+            web_host="127.0.0.1",
+            web_port=self.settings.web_port or 6066,
+            web_in_thread=False,
+            table_standby_replicas=0,
+        )
+        self.topics = {
+            spec.suffix: self.app.topic(
+                spec.name(prefix),
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                internal=False,
+            )
+            for spec in (
+                MAIL_CHANGES,
+                MAIL_PARSED,
+                PROMOTION_DECISIONS,
+                CRM_ACTIVITIES,
+                SYNC_ERRORS,
+                DLQ,
+            )
+        }
+        self.tracked = self._table("tracked")
+        self.held = self._table("held")
+        self.directory = Directory()
+        self.mailboxes = Mailboxes()
+        self.activity_index = ActivityIndex()
+        self.views = [
+            CompactedView(
+                kafka, CRM_RECORDS.name(prefix), codec(CRM_RECORDS), self.directory.apply
+            ),
+            CompactedView(
+                kafka, MAILBOX_CONFIG.name(prefix), codec(MAILBOX_CONFIG), self.mailboxes.apply
+            ),
+            CompactedView(
+                kafka, CRM_ACTIVITIES.name(prefix), codec(CRM_ACTIVITIES), self.activity_index.apply
+            ),
+        ]
+        self.state = TableState(self.tracked, self.held)
+        self.engine = DecisionEngine(
+            self.state, self.directory, self.mailboxes, self.activity_index, self.settings
+        )
+        self._consecutive_dead_letters = 0
+        self._register()
+
+    def _table(self, name: str) -> Any:
+        """A partitioned table with str keys (JSON) and schema-encoded bytes values (raw)."""
+        prefix = self.config.topic_prefix
+        return self.app.Table(
+            name,
+            default=None,
+            key_type=str,
+            value_type=bytes,
+            partitions=self.config.kafka.partitions,
+            changelog_topic=self.app.topic(
+                f"{prefix}processors.{name}-changelog",
+                key_type=str,
+                value_type=bytes,
+                key_serializer="json",
+                value_serializer="raw",
+                partitions=self.config.kafka.partitions,
+                compacting=True,
+                internal=True,
+            ),
+        )
+
+    async def views_ready(self) -> None:
+        """Wait until every global view caught up with its topic."""
+        await asyncio.gather(*(view.ready.wait() for view in self.views))
+
+    # -- wiring ----------------------------------------------------------------
+
+    def _register(self) -> None:
+        app = self.app
+        changes_codec: Codec[MailItemChanged] = codec(MAIL_CHANGES)
+        parsed_codec: Codec[ParsedEmail] = codec(MAIL_PARSED)
+
+        @app.task
+        async def run_views() -> None:
+            await asyncio.gather(*(view.run() for view in self.views))
+
+        @app.agent(self.topics[MAIL_CHANGES.suffix], concurrency=1)
+        async def parse_changes(stream: Any) -> AsyncIterator[None]:
+            await self.views_ready()
+            async for event in stream.events():
+                change = await self._decode(event, changes_codec, "parse_changes")
+                if change is not None:
+                    await self._on_change(change)
+                yield None
+
+        @app.agent(self.topics[MAIL_PARSED.suffix], concurrency=1)
+        async def decide(stream: Any) -> AsyncIterator[None]:
+            await self.views_ready()
+            async for event in stream.events():
+                parsed = await self._decode(event, parsed_codec, "decide")
+                if parsed is not None:
+                    await self._on_parsed(parsed, event.message.partition)
+                yield None
+
+        @app.timer(interval=15.0)
+        async def expire_held() -> None:
+            now = utc_now()
+            active = {
+                tp.partition
+                for tp in app.assignor.assigned_actives()
+                if tp.topic == MAIL_PARSED.name(self.config.topic_prefix)
+            }
+            for thread_key in self.state.due_threads(now, active):
+                self.engine.expire(thread_key, now)
+            metrics.PROCESSOR_HELD_ITEMS.set(self.state.held_item_count())
+
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+        @app.page("/healthz")
+        async def health_page(web: Any, request: Any) -> Any:
+            ready = all(view.ready.is_set() for view in self.views)
+            return web.json({"ready": ready}, status=200 if ready else 503)
+
+        self.agents = (parse_changes, decide, run_views, expire_held, metrics_page, health_page)
+
+    async def _on_change(self, change: MailItemChanged) -> None:
+        now = utc_now()
+        out = handle_change(change, self.mailboxes.get(change.mailbox_id), self.settings, now)
+        if out.parsed is not None:
+            await self._send(
+                MAIL_PARSED.suffix, out.parsed.thread_key, out.parsed, codec(MAIL_PARSED)
+            )
+        if out.error is not None:
+            metrics.PROCESSOR_PARSE_FAILURES.labels(out.error.code).inc()
+            await self._send_error(out.error)
+        if out.decision is not None:
+            await self._send_decision(out.decision)
+
+    async def _on_parsed(self, parsed: ParsedEmail, partition: int) -> None:
+        now = utc_now()
+        emission = self.engine.process(parsed, partition, now)
+        metrics.PROCESSOR_REDECISIONS.inc(emission.redecided)
+        for activity in emission.activities:
+            await self._send_activity(activity)
+        for decision in emission.decisions:
+            await self._send_decision(decision)
+        metrics.PROCESSOR_LATENCY_SECONDS.observe(
+            max(0.0, (now - parsed.observed_at).total_seconds())
+        )
+
+    async def _send_decision(self, decision: PromotionDecision) -> None:
+        metrics.PROCESSOR_DECISIONS.labels(decision.status.value, decision.reason.value).inc()
+        if decision.status == DecisionStatus.PROMOTED and decision.correlated_activity_id:
+            metrics.PROCESSOR_CORRELATIONS.labels(decision.correlation_method.value).inc()
+        await self._send(
+            PROMOTION_DECISIONS.suffix, decision.item_key, decision, codec(PROMOTION_DECISIONS)
+        )
+
+    async def _send_activity(self, activity: Activity) -> None:
+        await self._send(
+            CRM_ACTIVITIES.suffix, activity.activity_id, activity, codec(CRM_ACTIVITIES)
+        )
+
+    async def _send_error(self, error: SyncError) -> None:
+        await self._send(SYNC_ERRORS.suffix, error.mailbox_id, error, codec(SYNC_ERRORS))
+
+    async def _send(self, suffix: str, key: str, value: Any, value_codec: Codec[Any]) -> None:
+        await self.topics[suffix].send(key=encode_key(key), value=value_codec.encode(value))
+
+    async def _decode(self, event: Any, value_codec: Codec[Any], consumer: str) -> Any:
+        message = event.message
+        try:
+            value = value_codec.decode(
+                event.value, message.topic, message.partition, message.offset
+            )
+        except DecodeError as exc:
+            await self._dead_letter(event, exc, consumer)
+            return None
+        self._consecutive_dead_letters = 0
+        return value
+
+    async def _dead_letter(self, event: Any, exc: DecodeError, consumer: str) -> None:
+        message = event.message
+        headers = dead_letter_headers(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            error=exc.reason,
+            consumer=f"{self.settings.group_id}/{consumer}",
+            failed_at=utc_now(),
+        )
+        await self.topics[DLQ.suffix].send(key=message.key, value=event.value, headers=headers)
+        metrics.DLQ_MESSAGES.labels(message.topic, consumer).inc()
+        log.error("dead-lettered %s", exc)
+        self._consecutive_dead_letters += 1
+        if self._consecutive_dead_letters >= self.settings.dlq_max_consecutive:
+            reason = DeadLetterFlood(
+                f"{self._consecutive_dead_letters} undecodable messages in a row on "
+                f"{message.topic}; stopping. Inspect them with `tidings dlq list`."
+            )
+            log.critical("%s", reason)
+            await self.app.crash(reason)

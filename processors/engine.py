@@ -1,0 +1,445 @@
+"""The decision engine of one partition of mail.parsed: decide, track, and decide again.
+
+For each email it decides (promote.decide), updates the tracked-message state,
+and builds the PromotionDecision and Activity to emit. Items whose decision can
+still improve are held per conversation; when a message they wait for becomes
+tracked (or its regarding or conversation changes) they are decided again, so
+the final decisions do not depend on arrival order (docs/decisions.md).
+
+No I/O: state lives behind `EngineState` (faust tables in the agent, dicts in
+tests). Processing the same email twice yields the same output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from processors.correlate import Correlation, reply_chain
+from processors.directory import ORG_TYPES, ActivityIndex, Directory, Mailboxes, TrackedRef
+from processors.promote import DecisionContext, Verdict, decide
+from schemas.base import RecordRef
+from schemas.config import ProcessingConfig
+from schemas.crm import (
+    Activity,
+    ActivityParty,
+    CorrelationMethod,
+    DecisionStatus,
+    Direction,
+    PartyRole,
+    PromotionDecision,
+    ReasonCode,
+)
+from schemas.ids import email_activity_id
+from schemas.mail import EmailAddress, ParsedEmail
+from schemas.state import HeldItem, HeldThread, TrackedItem, TrackedMessage
+
+# Skips that another copy of the message (or a later reply chain) can still turn into a link.
+_IMPROVABLE = frozenset(
+    {
+        ReasonCode.NO_CORRELATION_MATCH,
+        ReasonCode.NO_SENDER_MATCH,
+        ReasonCode.NO_RECIPIENT_MATCH,
+        ReasonCode.AUTO_REPLY,
+        ReasonCode.BOUNCE,
+    }
+)
+_QUALIFIERS = ("", "#incoming", "#outgoing")
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class EngineState(Protocol):
+    """Where the engine keeps tracked messages (by tracking key) and held conversations."""
+
+    def get_tracked(self, key: str) -> TrackedMessage | None: ...
+
+    def put_tracked(self, key: str, value: TrackedMessage) -> None: ...
+
+    def get_held(self, thread_key: str) -> HeldThread | None: ...
+
+    def put_held(self, thread_key: str, value: HeldThread | None) -> None: ...
+
+
+@dataclass
+class MemoryState:
+    """EngineState in dictionaries (tests, benchmarks)."""
+
+    tracked: dict[str, TrackedMessage] = field(default_factory=dict)
+    held: dict[str, HeldThread] = field(default_factory=dict)
+
+    def get_tracked(self, key: str) -> TrackedMessage | None:
+        return self.tracked.get(key)
+
+    def put_tracked(self, key: str, value: TrackedMessage) -> None:
+        self.tracked[key] = value
+
+    def get_held(self, thread_key: str) -> HeldThread | None:
+        return self.held.get(thread_key)
+
+    def put_held(self, thread_key: str, value: HeldThread | None) -> None:
+        if value is None:
+            self.held.pop(thread_key, None)
+        else:
+            self.held[thread_key] = value
+
+
+@dataclass
+class Emission:
+    """What one call of the engine asks to publish, in order."""
+
+    decisions: list[PromotionDecision] = field(default_factory=list)
+    activities: list[Activity] = field(default_factory=list)
+    redecided: int = 0
+
+
+@dataclass
+class _Applied:
+    decision: PromotionDecision
+    activity: Activity | None
+    changed: set[str]
+
+
+class DecisionEngine:
+    """Decides the emails of the partitions it is handed, against `state`."""
+
+    def __init__(
+        self,
+        state: EngineState,
+        directory: Directory,
+        mailboxes: Mailboxes,
+        activities: ActivityIndex,
+        settings: ProcessingConfig,
+    ) -> None:
+        self.state = state
+        self.directory = directory
+        self.mailboxes = mailboxes
+        self.activities = activities
+        self.settings = settings
+        self.window = timedelta(seconds=settings.late_correlation_window_s)
+
+    # -- public ----------------------------------------------------------------
+
+    def process(self, email: ParsedEmail, partition: int, now: datetime) -> Emission:
+        """Decide `email`, then re-decide the held items of its conversation it unblocks."""
+        emission = Emission()
+        held = self._live_held(email.thread_key, partition, now)
+        previous = next((h for h in held.items if h.email.item_key == email.item_key), None)
+        applied = self._decide_and_apply(email, previous.decision if previous else None, now)
+        self._emit(emission, applied)
+        items = [h for h in held.items if h.email.item_key != email.item_key]
+        waiting = self._waiting_on(email, applied.decision)
+        if waiting:
+            until = previous.held_until if previous else now + self.window
+            items.append(
+                HeldItem(
+                    email=email, decision=applied.decision, waiting_on=waiting, held_until=until
+                )
+            )
+        items = self._settle(items, applied.changed, now, emission)
+        self.state.put_held(
+            email.thread_key, HeldThread(partition=partition, items=items) if items else None
+        )
+        return emission
+
+    def expire(self, thread_key: str, now: datetime) -> HeldThread | None:
+        """Drop the expired held items of one conversation; returns what remains (or None)."""
+        held = self.state.get_held(thread_key)
+        if held is None:
+            return None
+        alive = [h for h in held.items if h.held_until > now]
+        if len(alive) != len(held.items):
+            remaining = HeldThread(partition=held.partition, items=alive) if alive else None
+            self.state.put_held(thread_key, remaining)
+            return remaining
+        return held
+
+    # -- deciding --------------------------------------------------------------
+
+    def _live_held(self, thread_key: str, partition: int, now: datetime) -> HeldThread:
+        held = self.state.get_held(thread_key)
+        if held is None:
+            return HeldThread(partition=partition)
+        return HeldThread(partition=partition, items=[h for h in held.items if h.held_until > now])
+
+    def _context(self, email: ParsedEmail) -> DecisionContext:
+        return DecisionContext(
+            mailbox=self.mailboxes.get(email.mailbox_id),
+            directory=self.directory,
+            settings=self.settings,
+            tracked=self.state.get_tracked,
+            by_message_id=self._by_message_id,
+            by_token=self.activities.by_token,
+        )
+
+    def _by_message_id(self, message_id: str) -> TrackedRef | None:
+        for qualifier in _QUALIFIERS:
+            entry = self.state.get_tracked(message_id + qualifier)
+            if entry is not None:
+                return TrackedRef(
+                    activity_id=entry.activity_id,
+                    message_id=entry.message_id,
+                    conversation_id=entry.conversation_id,
+                    regarding=entry.regarding,
+                    tracking_token=entry.tracking_token,
+                )
+        return self.activities.by_message_id(message_id)
+
+    def _decide_and_apply(
+        self, email: ParsedEmail, previous: PromotionDecision | None, now: datetime
+    ) -> _Applied:
+        verdict = decide(email, email.item_key, self._context(email))
+        if verdict.promoted and verdict.linked_activity_id is None:
+            return self._track(email, verdict, previous, now)
+        decision = self._decision(email, verdict, verdict.linked_activity_id, previous, now)
+        return _Applied(decision, None, set())
+
+    def _track(
+        self,
+        email: ParsedEmail,
+        verdict: Verdict,
+        previous: PromotionDecision | None,
+        now: datetime,
+    ) -> _Applied:
+        assert verdict.tracking_key is not None
+        key = verdict.tracking_key
+        old = self.state.get_tracked(key)
+        activity_id = (
+            old.activity_id if old else email_activity_id(email.message_id, verdict.qualifier)
+        )
+        own = next((i for i in old.items if i.item_key == email.item_key), None) if old else None
+        if own is not None and (previous is None or own.decision.version >= previous.version):
+            previous = own.decision
+        decision = self._decision(email, verdict, activity_id, previous, now)
+        entry = self._merge_entry(old, email, verdict, activity_id, decision)
+        if old is None or _activity_fields(entry) != _activity_fields(old):
+            entry = _with(entry, version=(old.version if old else 0) + 1)
+        else:
+            entry = _with(entry, version=old.version)
+        self.state.put_tracked(key, entry)
+        changed = set()
+        if old is None or _inherited(old) != _inherited(entry):
+            changed.add(email.message_id)
+        return _Applied(decision, self._activity(email, entry, verdict), changed)
+
+    def _merge_entry(
+        self,
+        old: TrackedMessage | None,
+        email: ParsedEmail,
+        verdict: Verdict,
+        activity_id: str,
+        decision: PromotionDecision,
+    ) -> TrackedMessage:
+        entry = old or TrackedMessage(
+            message_id=email.message_id,
+            activity_id=activity_id,
+            version=0,
+            created_at=email.observed_at,
+            direction=self._activity_direction(email, verdict),
+            conversation_id=activity_id,
+        )
+        entry = _apply_correlation(entry, verdict.correlation, self._fresh_target)
+        item = TrackedItem(item_key=email.item_key, mailbox_id=email.mailbox_id, decision=decision)
+        items = sorted(
+            [*(i for i in entry.items if i.item_key != email.item_key), item],
+            key=lambda i: i.item_key,
+        )
+        mailboxes = sorted({*entry.mailboxes, email.mailbox_id})
+        return _with(entry, items=items, mailboxes=mailboxes, owner=self._owner(email, mailboxes))
+
+    def _fresh_target(self, target: TrackedRef) -> TrackedRef:
+        """The current state of a correlation target (its regarding may have changed)."""
+        return self._by_message_id(target.message_id) or target
+
+    def _activity_direction(self, email: ParsedEmail, verdict: Verdict) -> Direction:
+        if verdict.qualifier:
+            return Direction(verdict.qualifier)
+        sender = email.sender.address if email.sender else ""
+        org = any(ref.type in ORG_TYPES for ref in self.directory.resolve(sender))
+        return Direction.OUTGOING if org else Direction.INCOMING
+
+    def _owner(self, email: ParsedEmail, mailboxes: list[str]) -> RecordRef | None:
+        """The sending user when the sender is one, else the owner of the first mailbox."""
+        sender = email.sender.address if email.sender else ""
+        for ref in self.directory.resolve(sender):
+            if ref.type in ORG_TYPES:
+                return ref
+        for mailbox_id in mailboxes:
+            config = self.mailboxes.get(mailbox_id)
+            if config is not None:
+                return config.owner
+        return None
+
+    # -- outputs ---------------------------------------------------------------
+
+    def _decision(
+        self,
+        email: ParsedEmail,
+        verdict: Verdict,
+        activity_id: str | None,
+        previous: PromotionDecision | None,
+        now: datetime,
+    ) -> PromotionDecision:
+        correlation = verdict.correlation
+        draft = PromotionDecision(
+            item_key=email.item_key,
+            mailbox_id=email.mailbox_id,
+            folder=email.folder,
+            item_id=email.item_id,
+            event_id=email.event_id,
+            message_id=email.message_id,
+            status=verdict.status,
+            reason=verdict.reason,
+            explanation=verdict.explanation,
+            activity_id=activity_id if verdict.promoted else None,
+            correlation_method=correlation.method if correlation else CorrelationMethod.NONE,
+            correlated_activity_id=correlation.target.activity_id if correlation else None,
+            direction=verdict.direction,
+            sender=self._party(PartyRole.FROM, email.sender) if email.sender else None,
+            version=1,
+            decided_at=now,
+        )
+        if previous is None:
+            return draft
+        if _decision_fields(previous) == _decision_fields(draft):
+            return _with(draft, version=previous.version, decided_at=previous.decided_at)
+        return _with(draft, version=previous.version + 1)
+
+    def _activity(self, email: ParsedEmail, entry: TrackedMessage, verdict: Verdict) -> Activity:
+        parties = [self._party(PartyRole.FROM, email.sender)] if email.sender else []
+        for role, addresses in (
+            (PartyRole.TO, email.to),
+            (PartyRole.CC, email.cc),
+            (PartyRole.BCC, email.bcc),
+        ):
+            parties.extend(self._party(role, address) for address in addresses)
+        return Activity(
+            activity_id=entry.activity_id,
+            version=entry.version,
+            message_id=email.message_id,
+            subject=email.subject,
+            description=email.body_text,
+            description_truncated=email.body_truncated,
+            direction=entry.direction,
+            parties=parties,
+            sent_at=email.sent_at,
+            owner=entry.owner,
+            regarding=entry.regarding,
+            parent_activity_id=entry.parent_activity_id,
+            conversation_id=entry.conversation_id,
+            correlation_method=entry.correlation_method,
+            correlated_activity_id=entry.correlated_to,
+            tracking_token=entry.tracking_token,
+            in_reply_to=email.in_reply_to,
+            receiving_mailboxes=entry.mailboxes,
+            created_at=entry.created_at,
+            updated_at=email.observed_at,
+        )
+
+    def _party(self, role: PartyRole, address: EmailAddress) -> ActivityParty:
+        return ActivityParty(
+            role=role,
+            address=address.address,
+            name=address.name,
+            records=self.directory.resolve(address.address),
+        )
+
+    def _emit(self, emission: Emission, applied: _Applied) -> None:
+        emission.decisions.append(applied.decision)
+        if applied.activity is not None:
+            emission.activities.append(applied.activity)
+
+    # -- holding ---------------------------------------------------------------
+
+    def _waiting_on(self, email: ParsedEmail, decision: PromotionDecision) -> list[str]:
+        """Message-IDs whose tracking could change this item's decision."""
+        waiting = list(reply_chain(email))
+        if decision.status == DecisionStatus.SKIPPED and decision.reason in _IMPROVABLE:
+            waiting.append(email.message_id)
+        return waiting
+
+    def _settle(
+        self, items: list[HeldItem], changed: set[str], now: datetime, emission: Emission
+    ) -> list[HeldItem]:
+        """Re-decide held items waiting on changed messages until nothing changes."""
+        pending = set(changed)
+        budget = 20 * (len(items) + 1)
+        while pending and budget > 0:
+            message_id = pending.pop()
+            for index, held in enumerate(items):
+                if message_id not in held.waiting_on:
+                    continue
+                budget -= 1
+                applied = self._decide_and_apply(held.email, held.decision, now)
+                emission.redecided += 1
+                if applied.decision != held.decision:
+                    self._emit(emission, applied)
+                pending |= applied.changed
+                items[index] = HeldItem(
+                    email=held.email,
+                    decision=applied.decision,
+                    waiting_on=self._waiting_on(held.email, applied.decision),
+                    held_until=held.held_until,
+                )
+        return [h for h in items if h.waiting_on]
+
+
+def _apply_correlation(
+    entry: TrackedMessage,
+    correlation: Correlation | None,
+    fresh: Callable[[TrackedRef], TrackedRef],
+) -> TrackedMessage:
+    """Keep the best correlation seen for a message, refreshed from its target's state."""
+    if correlation is None:
+        return entry
+    target = fresh(correlation.target)
+    other_target = entry.correlated_to is not None and entry.correlated_to != target.activity_id
+    if other_target and correlation.rank >= entry.correlation_rank:
+        return entry
+    parent = target.activity_id if correlation.method == CorrelationMethod.IN_REPLY_TO else None
+    return _with(
+        entry,
+        correlation_method=correlation.method,
+        correlated_to=target.activity_id,
+        correlation_rank=correlation.rank,
+        regarding=target.regarding,
+        parent_activity_id=parent,
+        conversation_id=target.conversation_id,
+    )
+
+
+def _activity_fields(entry: TrackedMessage) -> tuple[object, ...]:
+    return (
+        entry.owner,
+        entry.regarding,
+        entry.parent_activity_id,
+        entry.conversation_id,
+        entry.correlation_method,
+        entry.tracking_token,
+        tuple(entry.mailboxes),
+        entry.direction,
+    )
+
+
+def _inherited(entry: TrackedMessage) -> tuple[object, ...]:
+    """What replies inherit from a tracked message."""
+    return (entry.activity_id, entry.regarding, entry.conversation_id)
+
+
+def _decision_fields(decision: PromotionDecision) -> tuple[object, ...]:
+    return (
+        decision.status,
+        decision.reason,
+        decision.explanation,
+        decision.activity_id,
+        decision.correlation_method,
+        decision.correlated_activity_id,
+        decision.direction,
+    )
+
+
+def _with(struct: S, **changes: Any) -> S:
+    return msgspec.structs.replace(struct, **changes)

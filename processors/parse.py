@@ -1,0 +1,344 @@
+"""Parse raw MIME into a `ParsedEmail`: normalized headers, addresses, body text.
+
+Pure: bytes and metadata in, a ParsedEmail or a ParseFailure out. Never raises
+on bad input; broken structure becomes a ParseFailure with a code and a message
+a person can act on, smaller defects are listed on the email.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import errors as email_errors
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
+from html.parser import HTMLParser
+
+from schemas.ids import normalize_message_id
+from schemas.mail import (
+    AttachmentInfo,
+    AutoReplyKind,
+    EmailAddress,
+    MailItemChanged,
+    ParsedEmail,
+)
+from schemas.mailbox import FolderRole
+
+_PARSER = BytesParser(policy=policy.default)
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
+_MSGID_TOKEN = re.compile(r"<([^<>\s]+)>")
+_FATAL_DEFECTS = (
+    email_errors.NoBoundaryInMultipartDefect,
+    email_errors.StartBoundaryNotFoundDefect,
+)
+_AUTO_REPLY_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress-Autoreply")
+
+
+@dataclass(frozen=True)
+class ParseFailure:
+    """Why an item could not become an email: a stable code and a one-line message."""
+
+    code: str
+    message: str
+
+
+def parse_item(
+    event: MailItemChanged, folder_role: FolderRole, max_description_chars: int
+) -> ParsedEmail | ParseFailure:
+    """Parse the raw MIME of a created/updated email event."""
+    raw = event.raw
+    if event.unreadable_code:
+        return ParseFailure(event.unreadable_code, event.unreadable_reason or "unreadable")
+    if raw is None:
+        return ParseFailure("BlobUnavailable", "the message content is not in the event")
+    failure = _check_structure(raw)
+    if failure is not None:
+        return failure
+    try:
+        msg = _PARSER.parsebytes(_strip_mbox_line(raw))
+    except Exception as exc:  # the stdlib parser should not raise; be safe anyway
+        return ParseFailure("Malformed", f"MIME parser failed: {type(exc).__name__}")
+    assert isinstance(msg, EmailMessage)
+    fatal = _fatal_defect(msg)
+    if fatal is not None:
+        return ParseFailure("Malformed", fatal)
+    return _build(event, folder_role, msg, raw, max_description_chars)
+
+
+def _check_structure(raw: bytes) -> ParseFailure | None:
+    if not raw.strip():
+        return ParseFailure("Malformed", "the message is empty")
+    first_line = _strip_mbox_line(raw).lstrip(b"\r\n").split(b"\n", 1)[0]
+    if not _HEADER_LINE.match(first_line):
+        return ParseFailure(
+            "Malformed", "the message has no header block (it does not start with a header field)"
+        )
+    return None
+
+
+def _strip_mbox_line(raw: bytes) -> bytes:
+    if raw.startswith(b"From "):
+        return raw.split(b"\n", 1)[1] if b"\n" in raw else b""
+    return raw
+
+
+def _fatal_defect(msg: Message) -> str | None:
+    for part in msg.walk():
+        for defect in part.defects:
+            if isinstance(defect, _FATAL_DEFECTS):
+                boundary = part.get_boundary() or "?"
+                return f"multipart structure is broken: boundary {boundary!r} never appears"
+    return None
+
+
+def _build(
+    event: MailItemChanged,
+    folder_role: FolderRole,
+    msg: EmailMessage,
+    raw: bytes,
+    max_description_chars: int,
+) -> ParsedEmail:
+    defects: list[str] = sorted({type(d).__name__ for d in msg.defects})
+    subject = _header_text(msg, "Subject", defects)
+    sender = _first_address(msg, "From", defects)
+    sent_at = _date(msg, defects)
+    body, has_html = _body_text(msg, defects)
+    truncated = len(body) > max_description_chars
+    if truncated:
+        body = body[:max_description_chars]
+    references = _msgid_list(_header_text(msg, "References", defects))
+    in_reply_to_ids = _msgid_list(_header_text(msg, "In-Reply-To", defects))
+    in_reply_to = in_reply_to_ids[0] if in_reply_to_ids else None
+    message_id = normalize_message_id(_header_text(msg, "Message-ID", defects))
+    synthetic = message_id is None
+    if message_id is None:
+        message_id = _synthetic_message_id(sender, sent_at, subject, body)
+    thread_key = references[0] if references else (in_reply_to or message_id)
+    return ParsedEmail(
+        event_id=event.event_id,
+        mailbox_id=event.mailbox_id,
+        folder=event.folder,
+        folder_role=folder_role,
+        item_id=event.item_id,
+        observed_at=event.observed_at,
+        message_id=message_id,
+        message_id_synthetic=synthetic,
+        thread_key=thread_key,
+        subject=subject,
+        sender=sender,
+        to=_addresses(msg, "To", defects),
+        cc=_addresses(msg, "Cc", defects),
+        bcc=_addresses(msg, "Bcc", defects),
+        sent_at=sent_at,
+        in_reply_to=in_reply_to,
+        references=references,
+        thread_index=_header_text(msg, "Thread-Index", defects) or None,
+        auto_reply=_auto_reply_kind(msg, defects),
+        body_text=body,
+        body_truncated=truncated,
+        has_html=has_html,
+        attachments=_attachments(msg, defects),
+        size=len(raw),
+        defects=sorted(set(defects)),
+    )
+
+
+# -- headers -------------------------------------------------------------------
+
+
+def _header_text(msg: Message, name: str, defects: list[str]) -> str:
+    """A header's decoded text ('' when absent); falls back to the raw value if decoding fails."""
+    try:
+        value = msg.get(name)
+    except Exception:
+        defects.append(f"Undecodable{name.replace('-', '')}Header")
+        value = _raw_header(msg, name)
+    return " ".join(str(value).split()) if value is not None else ""
+
+
+def _raw_header(msg: Message, name: str) -> str | None:
+    for key, value in msg.raw_items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
+
+
+def _msgid_list(text: str) -> list[str]:
+    """Every Message-ID in a References/In-Reply-To value, normalized, in order, unique."""
+    tokens = _MSGID_TOKEN.findall(text) or text.split()
+    seen: set[str] = set()
+    ids: list[str] = []
+    for token in tokens:
+        normalized = normalize_message_id(token)
+        if normalized and "@" in normalized and normalized not in seen:
+            seen.add(normalized)
+            ids.append(normalized)
+    return ids
+
+
+def normalize_address(address: str) -> str | None:
+    """Lower-cased addr-spec, or None when it has no local part or domain."""
+    text = address.strip().strip("<>").strip().lower()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain or " " in text:
+        return None
+    return text
+
+
+def _addresses(msg: Message, name: str, defects: list[str]) -> list[EmailAddress]:
+    values: list[str] = []
+    try:
+        values = [str(v) for v in msg.get_all(name, [])]
+    except Exception:
+        defects.append(f"Undecodable{name}Header")
+        raw = _raw_header(msg, name)
+        values = [raw] if raw else []
+    found: list[EmailAddress] = []
+    seen: set[str] = set()
+    for display, addr in getaddresses(values):
+        normalized = normalize_address(addr)
+        if normalized is None:
+            if addr.strip():
+                defects.append(f"Invalid{name}Address")
+            continue
+        if normalized not in seen:
+            seen.add(normalized)
+            found.append(EmailAddress(address=normalized, name=" ".join(display.split())))
+    return found
+
+
+def _first_address(msg: Message, name: str, defects: list[str]) -> EmailAddress | None:
+    addresses = _addresses(msg, name, defects)
+    return addresses[0] if addresses else None
+
+
+def _date(msg: Message, defects: list[str]) -> datetime | None:
+    text = _header_text(msg, "Date", defects)
+    if not text:
+        return None
+    try:
+        value = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        defects.append("InvalidDateHeader")
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _auto_reply_kind(msg: EmailMessage, defects: list[str]) -> AutoReplyKind:
+    content_type = msg.get_content_type()
+    report_type = str(msg.get_param("report-type", "", header="content-type") or "").lower()
+    if content_type == "multipart/report" and report_type == "delivery-status":
+        return AutoReplyKind.BOUNCE
+    auto_submitted = _header_text(msg, "Auto-Submitted", defects).lower()
+    if auto_submitted and not auto_submitted.startswith("no"):
+        return AutoReplyKind.AUTO_REPLY
+    if any(msg.get(name) is not None for name in _AUTO_REPLY_HEADERS):
+        return AutoReplyKind.AUTO_REPLY
+    if _header_text(msg, "Precedence", defects).lower() == "auto_reply":
+        return AutoReplyKind.AUTO_REPLY
+    return AutoReplyKind.NONE
+
+
+def _synthetic_message_id(
+    sender: EmailAddress | None, sent_at: datetime | None, subject: str, body: str
+) -> str:
+    basis = "\x1f".join(
+        [sender.address if sender else "", sent_at.isoformat() if sent_at else "", subject, body]
+    )
+    digest = hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"synthetic-{digest}@tidings.invalid"
+
+
+# -- body ----------------------------------------------------------------------
+
+
+def _body_text(msg: EmailMessage, defects: list[str]) -> tuple[str, bool]:
+    """The text to store as the activity description, and whether an HTML part exists."""
+    has_html = any(part.get_content_type() == "text/html" for part in msg.walk())
+    try:
+        part = msg.get_body(preferencelist=("plain", "html"))
+    except Exception:
+        defects.append("UnreadableBody")
+        return "", has_html
+    if part is None:
+        return "", has_html
+    text = _part_text(part, defects)
+    if part.get_content_type() == "text/html":
+        text = html_to_text(text)
+    return text.strip(), has_html
+
+
+def _part_text(part: Message, defects: list[str]) -> str:
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, str):
+            return content
+    except (LookupError, UnicodeError, ValueError, AssertionError):
+        defects.append("UnknownCharset")
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        return payload.decode("utf-8", errors="replace")
+    return ""
+
+
+class _TextExtractor(HTMLParser):
+    _BLOCK = frozenset(
+        {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "table", "blockquote"}
+    )
+    _SKIP = frozenset({"script", "style", "head"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BLOCK:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self._skipping:
+            self._skipping -= 1
+        elif tag in self._BLOCK:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.chunks.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML body: tags dropped, blocks on their own lines."""
+    extractor = _TextExtractor()
+    extractor.feed(html)
+    extractor.close()
+    lines = (" ".join(line.split()) for line in "".join(extractor.chunks).splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def _attachments(msg: EmailMessage, defects: list[str]) -> list[AttachmentInfo]:
+    if not msg.is_multipart():
+        return []
+    found: list[AttachmentInfo] = []
+    try:
+        parts = list(msg.iter_attachments())
+    except Exception:
+        defects.append("UnreadableAttachments")
+        return []
+    for part in parts:
+        payload = part.get_payload(decode=True)
+        size = len(payload) if isinstance(payload, bytes) else len(str(part.get_payload()))
+        found.append(
+            AttachmentInfo(
+                filename=part.get_filename() or "",
+                content_type=part.get_content_type(),
+                size=size,
+            )
+        )
+    return found

@@ -1,0 +1,232 @@
+"""The promotion decision for one email: promoted (why) or skipped (why).
+
+Pure: a ParsedEmail and a DecisionContext of lookups in, a Verdict out. The
+rules and their order are documented in docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from processors.correlate import Correlation, Lookup, correlate, find_tokens
+from processors.directory import CUSTOMER_TYPES, ORG_TYPES, Directory
+from schemas.base import RecordRef
+from schemas.config import InternalEmailPolicy, ProcessingConfig
+from schemas.crm import CorrelationMethod, DecisionStatus, Direction, ReasonCode
+from schemas.mail import AutoReplyKind, ParsedEmail
+from schemas.mailbox import FolderRole, IncomingFilter, MailboxConfig
+from schemas.state import TrackedMessage
+
+
+@dataclass(frozen=True)
+class DecisionContext:
+    """Everything a decision may look at. Lookups are functions so state stays outside."""
+
+    mailbox: MailboxConfig | None
+    directory: Directory
+    settings: ProcessingConfig
+    tracked: Callable[[str], TrackedMessage | None]
+    by_message_id: Lookup
+    by_token: Lookup
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for one item before any state changes.
+
+    `tracking_key` is where the message is (or would be) tracked: its
+    normalized Message-ID, qualified by direction when internal email is
+    tracked as two activities. `linked_activity_id` is set for a Duplicate of an
+    activity tidings does not hold itself (imported from the CRM).
+    """
+
+    status: DecisionStatus
+    reason: ReasonCode
+    explanation: str
+    direction: Direction | None = None
+    correlation: Correlation | None = None
+    tracking_key: str | None = None
+    qualifier: str = ""
+    internal: bool = False
+    linked_activity_id: str | None = None
+
+    @property
+    def promoted(self) -> bool:
+        """True when the item is (linked to) an activity."""
+        return self.status == DecisionStatus.PROMOTED
+
+
+def decide(email: ParsedEmail, item_key: str, ctx: DecisionContext) -> Verdict:
+    """Decide one email of one mailbox (see docs/decisions.md for the order of rules)."""
+    mailbox = ctx.mailbox
+    if mailbox is None:
+        return _skip(ReasonCode.MAILBOX_UNKNOWN, f"mailbox {email.mailbox_id} is not configured")
+    if ctx.settings.process_only_approved and not mailbox.approved:
+        return _skip(
+            ReasonCode.MAILBOX_NOT_APPROVED,
+            f"mailbox {mailbox.mailbox_id} is not approved (only approved mailboxes are processed)",
+        )
+    if mailbox.incoming_filter == IncomingFilter.NONE:
+        return _skip(
+            ReasonCode.FILTER_NONE, f"mailbox {mailbox.mailbox_id} has its filter set to none"
+        )
+    if email.sender is None:
+        return _skip(ReasonCode.INVALID_SENDER, "the message has no valid From address")
+
+    direction = message_direction(email, mailbox, ctx.directory)
+    internal = is_internal(email, ctx.directory)
+    two = internal and ctx.settings.internal_email == InternalEmailPolicy.TWO
+    qualifier = direction.value if two else ""
+    key = tracking_key(email.message_id, qualifier)
+    correlation = correlate(email, ctx.by_message_id, ctx.by_token, ctx.settings.correlation)
+    base = Verdict(
+        DecisionStatus.PROMOTED,
+        ReasonCode.DUPLICATE,
+        "",
+        direction=direction,
+        correlation=correlation,
+        tracking_key=key,
+        qualifier=qualifier,
+        internal=internal,
+    )
+    existing = ctx.tracked(key)
+    if existing is not None:
+        own = next((i for i in existing.items if i.item_key == item_key), None)
+        if own is not None:
+            return replace(base, reason=own.decision.reason, explanation=own.decision.explanation)
+        return replace(
+            base,
+            explanation=f"already tracked as activity {existing.activity_id}; "
+            f"{mailbox.mailbox_id} is added to its receiving mailboxes",
+        )
+    known = ctx.by_message_id(email.message_id) if not qualifier else None
+    if known is not None:
+        return replace(
+            base,
+            explanation=f"already a CRM activity {known.activity_id}",
+            linked_activity_id=known.activity_id,
+        )
+    reason, explanation = _apply_rules(email, mailbox, base, ctx)
+    status = DecisionStatus.SKIPPED if reason in _SKIP_REASONS else DecisionStatus.PROMOTED
+    return replace(base, status=status, reason=reason, explanation=explanation)
+
+
+_SKIP_REASONS = frozenset(
+    {
+        ReasonCode.INTERNAL_EMAIL_REJECT,
+        ReasonCode.AUTO_REPLY,
+        ReasonCode.BOUNCE,
+        ReasonCode.NO_CORRELATION_MATCH,
+        ReasonCode.NO_SENDER_MATCH,
+        ReasonCode.NO_RECIPIENT_MATCH,
+    }
+)
+
+
+def _skip(reason: ReasonCode, explanation: str) -> Verdict:
+    return Verdict(DecisionStatus.SKIPPED, reason, explanation)
+
+
+def _apply_rules(
+    email: ParsedEmail,
+    mailbox: MailboxConfig,
+    verdict: Verdict,
+    ctx: DecisionContext,
+) -> tuple[ReasonCode, str]:
+    sender = email.sender
+    assert sender is not None
+    correlation = verdict.correlation
+    if verdict.internal and ctx.settings.internal_email == InternalEmailPolicy.REJECT:
+        return (
+            ReasonCode.INTERNAL_EMAIL_REJECT,
+            f"email between CRM users from {sender.address}; internal email is set to reject",
+        )
+    machine_made = correlation is None and email.auto_reply != AutoReplyKind.NONE
+    if machine_made and ctx.settings.skip_uncorrelated_auto_replies:
+        if email.auto_reply == AutoReplyKind.BOUNCE:
+            return ReasonCode.BOUNCE, "delivery status notification that answers no tracked email"
+        return ReasonCode.AUTO_REPLY, "automatic reply that answers no tracked email"
+    flt = mailbox.incoming_filter
+    if correlation is not None:
+        return ReasonCode.CORRELATION_MATCH, describe_correlation(correlation)
+    if flt == IncomingFilter.ALL:
+        return ReasonCode.ACCEPT_ALL, f"mailbox {mailbox.mailbox_id} accepts all email"
+    if flt == IncomingFilter.RESPONSES:
+        return ReasonCode.NO_CORRELATION_MATCH, _no_correlation(email, mailbox, ctx)
+    accepted = CUSTOMER_TYPES if flt == IncomingFilter.CRM_RECORDS else None
+    wanted = "a contact, account or lead" if accepted else "a CRM record"
+    if verdict.direction == Direction.INCOMING:
+        match = _first_match([sender.address], ctx.directory, accepted)
+        if match is not None:
+            return ReasonCode.SENDER_MATCH, f"sender {sender.address} is {match.type} {match.id}"
+        return ReasonCode.NO_SENDER_MATCH, f"sender {sender.address} is not {wanted}"
+    recipients = [a.address for a in email.recipients()]
+    match = _first_match(recipients, ctx.directory, accepted)
+    if match is not None:
+        return ReasonCode.RECIPIENT_MATCH, f"a recipient is {match.type} {match.id}"
+    return ReasonCode.NO_RECIPIENT_MATCH, f"no recipient is {wanted}"
+
+
+def _first_match(
+    addresses: list[str], directory: Directory, accepted: frozenset[str] | None
+) -> RecordRef | None:
+    for address in addresses:
+        for ref in directory.resolve(address):
+            if accepted is None or ref.type in accepted:
+                return ref
+    return None
+
+
+def _no_correlation(email: ParsedEmail, mailbox: MailboxConfig, ctx: DecisionContext) -> str:
+    tokens = find_tokens(email.subject, ctx.settings.correlation)
+    if tokens:
+        return f"tracking token {tokens[0]} matches no tracked email"
+    return (
+        f"mailbox {mailbox.mailbox_id} tracks responses to tracked email only, "
+        "and this email answers none"
+    )
+
+
+def describe_correlation(correlation: Correlation) -> str:
+    """One line saying what an email correlated to and how."""
+    target = correlation.target.activity_id
+    if correlation.method == CorrelationMethod.TRACKING_TOKEN:
+        return f"subject carries tracking token {correlation.matched} of activity {target}"
+    return f"answers tracked email <{correlation.matched}> (activity {target})"
+
+
+def tracking_key(message_id: str, qualifier: str) -> str:
+    """Where a message is tracked: its Message-ID, plus '#direction' for two-activity mode."""
+    return f"{message_id}#{qualifier}" if qualifier else message_id
+
+
+def mailbox_addresses(mailbox: MailboxConfig, directory: Directory) -> set[str]:
+    """The addresses that are the mailbox itself: its own and its owner's."""
+    return {mailbox.email_address.lower(), *directory.addresses_of(mailbox.owner)}
+
+
+def message_direction(
+    email: ParsedEmail, mailbox: MailboxConfig, directory: Directory
+) -> Direction:
+    """Outgoing when in a sent folder or sent from the mailbox's own address, else incoming."""
+    if email.folder_role == FolderRole.SENT:
+        return Direction.OUTGOING
+    sender = email.sender.address if email.sender else ""
+    return (
+        Direction.OUTGOING
+        if sender in mailbox_addresses(mailbox, directory)
+        else Direction.INCOMING
+    )
+
+
+def is_internal(email: ParsedEmail, directory: Directory) -> bool:
+    """True when the sender and every recipient are CRM users or queues."""
+    if email.sender is None:
+        return False
+    addresses = [email.sender.address, *(a.address for a in email.recipients())]
+    if len(addresses) < 2:
+        return False
+    return all(
+        any(ref.type in ORG_TYPES for ref in directory.resolve(address)) for address in addresses
+    )

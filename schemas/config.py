@@ -1,0 +1,242 @@
+"""Typed configuration shared by every part. Loaded by pipeline/ from `tidings.toml`
+plus `TIDINGS_*` environment overrides; the parts receive the sections they need.
+
+Secrets are never values here: a `SecretRef` names an environment variable or a
+file that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class SecretRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where a secret lives: an environment variable or a file. Never the secret itself."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def resolve(self) -> str:
+        """Read the secret; raises LookupError naming the reference (not the value)."""
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise LookupError(f"environment variable {self.env} is not set")
+            return value
+        if self.file:
+            try:
+                return Path(self.file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise LookupError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+        raise LookupError("secret reference names neither env nor file")
+
+    def __str__(self) -> str:
+        return f"env:{self.env}" if self.env else f"file:{self.file}"
+
+
+class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The broker. No bootstrap servers means: start the embedded tansu broker.
+
+    `broker` says what answers: "kafka" or "tansu" (None: tansu when embedded,
+    else kafka). tansu needs client-side fixes (see pipeline/tansu_compat.py).
+    `idempotence` None chooses for you: on for Kafka, off for tansu (it does not
+    answer InitProducerId); ids make replays harmless anyway.
+    """
+
+    bootstrap_servers: list[str] = msgspec.field(default_factory=list)
+    broker: str | None = None
+    client_id: str = "tidings"
+    partitions: int = 4
+    replication_factor: int = 1
+    idempotence: bool | None = None
+    linger_ms: int = 20
+    max_batch_bytes: int = 1024 * 1024
+    max_request_bytes: int = 8 * 1024 * 1024
+    request_timeout_ms: int = 30_000
+    fetch_max_wait_ms: int = 500
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretRef | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """True when tidings runs its own broker."""
+        return not self.bootstrap_servers
+
+    @property
+    def is_tansu(self) -> bool:
+        """True when the broker is tansu (configured, or embedded by default)."""
+        return self.broker == "tansu" if self.broker else self.embedded
+
+    def common_options(self) -> dict[str, Any]:
+        """Keyword arguments every aiokafka client takes (bootstrap, security)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": ",".join(self.bootstrap_servers),
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                options["sasl_plain_password"] = self.sasl_password.resolve()
+        return options
+
+    def producer_options(self) -> dict[str, Any]:
+        """Keyword arguments for an aiokafka producer: acks=all, batching, idempotence."""
+        idempotent = self.idempotence if self.idempotence is not None else not self.is_tansu
+        return {
+            **self.common_options(),
+            "acks": "all",
+            "enable_idempotence": idempotent,
+            "linger_ms": self.linger_ms,
+            "max_batch_size": self.max_batch_bytes,
+            "max_request_size": self.max_request_bytes,
+        }
+
+    def consumer_options(self) -> dict[str, Any]:
+        """Keyword arguments for an aiokafka consumer (manual commits, read from the start).
+
+        fetch_max_wait_ms stays at 500 by default: tansu on object storage
+        returns nothing for large batches when the wait is much shorter.
+        """
+        return {
+            **self.common_options(),
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "max_partition_fetch_bytes": self.max_request_bytes,
+            "fetch_max_bytes": 4 * self.max_request_bytes,
+        }
+
+
+class EmbeddedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The embedded broker: tansu storing through localbucket in the data directory.
+
+    Port 0 picks a free loopback port. `storage` "memory" keeps nothing across runs.
+    """
+
+    host: str = "127.0.0.1"
+    broker_port: int = 0
+    bucket_port: int = 0
+    storage: str = "s3"
+    start_timeout_s: float = 30.0
+
+
+class ClickHouseConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The analytics store. No DSN means embedded chDB in `<data_dir>/clickhouse`.
+
+    A production DSN looks like `clickhouse://user@host:8123/tidings`; its
+    password comes from `password`, a secret reference.
+    """
+
+    dsn: str | None = None
+    database: str = "tidings"
+    password: SecretRef | None = None
+    insert_timeout_s: float = 30.0
+    query_timeout_s: float = 30.0
+
+
+class InternalEmailPolicy(StrEnum):
+    """Email between two CRM users: tracked once, once per direction, or not at all."""
+
+    ONE = "one"
+    TWO = "two"
+    REJECT = "reject"
+
+
+class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Correlation methods (applied in this order) and the tracking token format.
+
+    A token is PREFIX:BBB…UUUCCC — the deployment base number, then user-number
+    digits and counter digits, e.g. `CRM:0001001`.
+    """
+
+    in_reply_to: bool = True
+    tracking_token: bool = True
+    conversation_index: bool = True
+    smart_matching: bool = False
+    token_prefix: str = "CRM"
+    earlier_token_prefixes: list[str] = msgspec.field(default_factory=list)
+    token_base_number: int = 0
+    token_user_digits: int = 3
+    token_counter_digits: int = 3
+
+
+class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How processors decide: correlation, internal email, auto-replies, limits.
+
+    `late_correlation_window_s`: an item whose decision could still improve
+    (it referenced mail not yet tracked, or a copy elsewhere may be tracked) is
+    re-decided when that mail arrives within this window — so the result does
+    not depend on which mailbox was read first.
+    """
+
+    group_id: str = "tidings-processors"
+    correlation: CorrelationConfig = msgspec.field(default_factory=CorrelationConfig)
+    internal_email: InternalEmailPolicy = InternalEmailPolicy.ONE
+    process_only_approved: bool = True
+    skip_uncorrelated_auto_replies: bool = True
+    max_description_chars: int = 256 * 1024
+    late_correlation_window_s: float = 900.0
+    dlq_max_consecutive: int = 100
+    web_port: int = 0
+
+
+class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The connector runtime: polling, batching, acknowledgements, message size."""
+
+    group_id: str = "tidings-connectors"
+    poll_interval_s: float = 1.0
+    max_batch_items: int = 500
+    ack_timeout_s: float = 60.0
+    max_inline_bytes: int = 6 * 1024 * 1024
+    worker_name: str | None = None
+
+
+class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ClickHouse sink: batch by rows and age per partition, bounded buffering."""
+
+    group_id: str = "tidings-sinks"
+    batch_max_rows: int = 5000
+    batch_max_age_s: float = 0.5
+    max_buffered_rows: int = 100_000
+    dlq_max_consecutive: int = 100
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The per-process HTTP endpoint (/metrics, /healthz, /status). Port 0 picks a free one."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+class TidingsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything tidings is configured with; every field has a working default."""
+
+    data_dir: str = ".tidings"
+    topic_prefix: str = "tidings."
+    log_level: str = "info"
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
+    embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
+    clickhouse: ClickHouseConfig = msgspec.field(default_factory=ClickHouseConfig)
+    connectors: ConnectorConfig = msgspec.field(default_factory=ConnectorConfig)
+    processors: ProcessingConfig = msgspec.field(default_factory=ProcessingConfig)
+    sinks: SinkConfig = msgspec.field(default_factory=SinkConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    def clickhouse_dsn(self) -> str:
+        """The configured DSN, or the embedded chDB one inside the data directory."""
+        return self.clickhouse.dsn or f"chdb://{self.data_path / 'clickhouse'}"

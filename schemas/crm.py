@@ -1,0 +1,174 @@
+"""CRM records (crm.records), promotion decisions (promotion.decisions) and
+activities (crm.activities)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+from schemas.base import Record, RecordRef
+
+
+class CrmRecord(Record, frozen=True, kw_only=True):
+    """A CRM record that can be party to email: user, queue, contact, account, lead, ...
+
+    Keyed by `record_id` on crm.records; a tombstone deletes it. `record_type`
+    is one of `RecordType` or any other email-enabled entity name.
+    `created_by_tidings` marks records tidings created itself (unknown senders).
+    """
+
+    record_id: str
+    record_type: str
+    name: str
+    email_addresses: list[str] = msgspec.field(default_factory=list)
+    parent_account_id: str | None = None
+    created_by_tidings: bool = False
+    updated_at: datetime | None = None
+
+    @property
+    def ref(self) -> RecordRef:
+        """This record as a reference."""
+        return RecordRef(type=self.record_type, id=self.record_id)
+
+
+class DecisionStatus(StrEnum):
+    """What became of an item: an activity, nothing (with a reason), or an error."""
+
+    PROMOTED = "promoted"
+    SKIPPED = "skipped"
+    ERRORED = "errored"
+    REMOVED = "removed"  # the item left the mailbox; its activity, if any, stays
+
+
+class ReasonCode(StrEnum):
+    """Why an item was promoted or skipped.
+
+    The first eight follow Dynamics' CheckIncomingEmail reason codes; the others
+    are tidings' own.
+    """
+
+    DUPLICATE = "Duplicate"
+    NO_CORRELATION_MATCH = "NoCorrelationMatch"
+    CORRELATION_MATCH = "CorrelationMatch"
+    NO_RECIPIENT_MATCH = "NoRecipientMatch"
+    INTERNAL_EMAIL_REJECT = "InternalEmailReject"
+    SENDER_MATCH = "SenderMatch"
+    ACCEPT_ALL = "AcceptAll"
+    INVALID_SENDER = "InvalidSender"
+    AUTO_REPLY = "AutoReply"
+    BOUNCE = "Bounce"
+    MANUAL_TRACK = "ManualTrack"
+    NO_SENDER_MATCH = "NoSenderMatch"
+    RECIPIENT_MATCH = "RecipientMatch"
+    FILTER_NONE = "FilterNone"
+    MAILBOX_UNKNOWN = "MailboxUnknown"
+    MAILBOX_NOT_APPROVED = "MailboxNotApproved"
+    MALFORMED = "Malformed"
+    UNREADABLE = "Unreadable"
+    ITEM_DELETED = "ItemDeleted"
+    UNSUPPORTED_ITEM = "UnsupportedItem"
+
+
+class CorrelationMethod(StrEnum):
+    """How an activity was linked to an earlier one (Dynamics' correlation methods)."""
+
+    NONE = "None"
+    SKIPPED = "Skipped"
+    XHEADER = "XHeader"
+    IN_REPLY_TO = "InReplyTo"
+    TRACKING_TOKEN = "TrackingToken"
+    CONVERSATION_INDEX = "ConversationIndex"
+    SMART_MATCHING = "SmartMatching"
+    CUSTOM = "Custom"
+
+
+class Direction(StrEnum):
+    """Whether the mailbox owner received or sent the email."""
+
+    INCOMING = "incoming"
+    OUTGOING = "outgoing"
+
+
+class PartyRole(StrEnum):
+    """A party's place on an email activity."""
+
+    FROM = "from"
+    TO = "to"
+    CC = "cc"
+    BCC = "bcc"
+
+
+class ActivityParty(msgspec.Struct, frozen=True, kw_only=True):
+    """One address on an activity and the CRM records it resolved to (may be several)."""
+
+    role: PartyRole
+    address: str
+    name: str = ""
+    records: list[RecordRef] = msgspec.field(default_factory=list)
+
+
+REMOVED_DECISION_VERSION = 1 << 30
+"""The version of a `removed` decision: above any version a decision for a present item
+reaches, so the removal supersedes them all."""
+
+
+class PromotionDecision(Record, frozen=True, kw_only=True):
+    """The outcome for one item of one mailbox, with its reason in words.
+
+    Keyed by `item_key` on promotion.decisions; a later decision for the same
+    item (higher `version`) supersedes an earlier one.
+    """
+
+    item_key: str
+    mailbox_id: str
+    folder: str
+    item_id: str
+    event_id: str
+    message_id: str | None = None
+    status: DecisionStatus
+    reason: ReasonCode
+    explanation: str
+    activity_id: str | None = None
+    correlation_method: CorrelationMethod = CorrelationMethod.NONE
+    correlated_activity_id: str | None = None
+    direction: Direction | None = None
+    sender: ActivityParty | None = None
+    version: int = 1
+    decided_at: datetime
+
+
+class Activity(Record, frozen=True, kw_only=True):
+    """A CRM email activity. Keyed by `activity_id` on crm.activities (latest version wins).
+
+    The id derives from the normalized Message-ID, so the same message seen in
+    several mailboxes is one activity listing every receiving mailbox.
+    """
+
+    activity_id: str
+    version: int
+    activity_type: str = "email"
+    message_id: str
+    subject: str = ""
+    description: str = ""
+    description_truncated: bool = False
+    direction: Direction
+    parties: list[ActivityParty] = msgspec.field(default_factory=list)
+    sent_at: datetime | None = None
+    owner: RecordRef | None = None
+    regarding: RecordRef | None = None
+    parent_activity_id: str | None = None
+    conversation_id: str
+    correlation_method: CorrelationMethod = CorrelationMethod.NONE
+    correlated_activity_id: str | None = None
+    tracking_token: str | None = None
+    in_reply_to: str | None = None
+    receiving_mailboxes: list[str] = msgspec.field(default_factory=list)
+    source: str = "mailbox"  # "mailbox" when tidings promoted it, "crm" when imported
+    created_at: datetime
+    updated_at: datetime
+
+    def party(self, role: PartyRole) -> list[ActivityParty]:
+        """The parties with `role`, in order."""
+        return [p for p in self.parties if p.role == role]

@@ -1,0 +1,60 @@
+"""Sync errors (topic sync.errors) and the typed decode error every consumer raises."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from schemas.base import Record
+
+
+class ErrorScope(StrEnum):
+    """How much an error affects: one item, a whole mailbox, or a server."""
+
+    ITEM = "item"
+    MAILBOX = "mailbox"
+    SERVER = "server"
+
+
+class Severity(StrEnum):
+    """Transient errors are retried; permanent ones need a person."""
+
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+class SyncError(Record, frozen=True, kw_only=True):
+    """One error, with where it happened and a one-line message a person can act on.
+
+    `error_id` is stable for the same failure of the same event, so a replay
+    does not count it twice. Messages never carry secrets. Keyed by
+    `mailbox_id` on sync.errors.
+    """
+
+    error_id: str
+    mailbox_id: str
+    scope: ErrorScope
+    severity: Severity
+    code: str
+    message: str
+    component: str
+    folder: str | None = None
+    item_id: str | None = None
+    event_id: str | None = None
+    attempt: int = 1
+    occurred_at: datetime
+
+
+class DecodeError(Exception):
+    """A message on `topic` could not be decoded or validated.
+
+    Carries where the message sits (topic, partition, offset) and why, so one
+    layer can send the original bytes to the DLQ before committing the offset.
+    """
+
+    def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        super().__init__(f"{topic}[{partition}]@{offset}: {reason}")
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.reason = reason

@@ -1,0 +1,54 @@
+"""Stable identities: replaying an input yields the same ids, so sinks stay idempotent."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+_NAMESPACE = uuid.UUID("5b0b7f0e-8d3c-4c1e-9f57-7469646e6773")
+
+
+def _digest(*parts: str) -> str:
+    joined = "\x1f".join(parts).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(joined).hexdigest()[:32]
+
+
+def change_event_id(mailbox_id: str, folder: str, item_id: str, change: str, version: str) -> str:
+    """The id of one change to one item: equal for every re-emission of that change."""
+    return _digest("change", mailbox_id, folder, item_id, change, version)
+
+
+def error_id(event_or_scope: str, code: str, attempt: int = 1) -> str:
+    """The id of one error: the same failure of the same event (and attempt) has one id."""
+    return _digest("error", event_or_scope, code, str(attempt))
+
+
+def normalize_message_id(raw: str | None) -> str | None:
+    """A Message-ID without angle brackets or whitespace, its domain lower-cased.
+
+    Returns None when nothing id-like remains. The local part keeps its case
+    (RFC 5322 treats it as case-sensitive).
+    """
+    if raw is None:
+        return None
+    text = "".join(raw.split())
+    if text.startswith("<"):
+        end = text.find(">")
+        text = text[1:end] if end != -1 else text[1:]
+    text = text.strip("<>")
+    if not text:
+        return None
+    local, at, domain = text.rpartition("@")
+    return f"{local}@{domain.lower()}" if at and local else text
+
+
+def email_activity_id(normalized_message_id: str, qualifier: str = "") -> str:
+    """The activity id of an email: a UUID derived from its normalized Message-ID.
+
+    `qualifier` separates activities that share a Message-ID on purpose (the
+    sent and received copies of internal email tracked as two activities).
+    """
+    name = f"email:{normalized_message_id}"
+    if qualifier:
+        name = f"{name}#{qualifier}"
+    return str(uuid.uuid5(_NAMESPACE, name))

@@ -1,0 +1,140 @@
+"""Change events from mailboxes (mail.changes) and their parsed form (mail.parsed)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+from schemas.base import Record
+from schemas.mailbox import FolderRole
+
+
+class ChangeKind(StrEnum):
+    """What happened to an item in a mailbox."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+class ItemType(StrEnum):
+    """The kind of mailbox item."""
+
+    EMAIL = "email"
+    APPOINTMENT = "appointment"
+    CONTACT = "contact"
+    TASK = "task"
+
+
+class MailItemChanged(Record, frozen=True, kw_only=True):
+    """One change to one item of a mailbox, as a connector saw it.
+
+    `event_id` is a stable hash of (mailbox, folder, item, change, version), so a
+    re-emitted change carries the same id. For created and updated email the
+    raw MIME travels in `raw`; `blob_ref` names it in the claim-check store when
+    it is too large for the topic. When the connector could list the item but
+    not read it, `unreadable_code`/`unreadable_reason` say why (the item is still
+    reported, so it is accounted for). Keyed by `mailbox_id` on mail.changes.
+    """
+
+    event_id: str
+    mailbox_id: str
+    folder: str
+    item_id: str
+    change: ChangeKind
+    item_type: ItemType = ItemType.EMAIL
+    version: str = ""
+    observed_at: datetime
+    server_time: datetime | None = None
+    size: int = 0
+    flags: list[str] = msgspec.field(default_factory=list)
+    raw: bytes | None = None
+    blob_ref: str | None = None
+    unreadable_code: str | None = None
+    unreadable_reason: str | None = None
+
+    @property
+    def item_key(self) -> str:
+        """The identity of the item across events: `mailbox|folder|item`."""
+        return item_key(self.mailbox_id, self.folder, self.item_id)
+
+
+def item_key(mailbox_id: str, folder: str, item_id: str) -> str:
+    """The identity of one item in one folder of one mailbox."""
+    return f"{mailbox_id}|{folder}|{item_id}"
+
+
+class EmailAddress(msgspec.Struct, frozen=True):
+    """A normalized address (lower-cased) and the display name that came with it."""
+
+    address: str
+    name: str = ""
+
+
+class AttachmentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """An attachment's metadata; its bytes stay in the message."""
+
+    filename: str
+    content_type: str
+    size: int
+
+
+class AutoReplyKind(StrEnum):
+    """Why a message looks machine-generated."""
+
+    NONE = "none"
+    AUTO_REPLY = "auto-reply"
+    BOUNCE = "bounce"
+
+
+class ParsedEmail(Record, frozen=True, kw_only=True):
+    """An email with normalized headers and addresses, ready for promotion decisions.
+
+    `message_id` is normalized (no angle brackets, domain lower-cased) or, when
+    the message has none, a synthetic id derived from its content. `thread_key`
+    groups a conversation onto one partition of mail.parsed: the first
+    References id, else In-Reply-To, else the message's own id.
+    """
+
+    event_id: str
+    mailbox_id: str
+    folder: str
+    folder_role: FolderRole
+    item_id: str
+    observed_at: datetime
+    message_id: str
+    message_id_synthetic: bool = False
+    thread_key: str
+    subject: str = ""
+    sender: EmailAddress | None = None
+    to: list[EmailAddress] = msgspec.field(default_factory=list)
+    cc: list[EmailAddress] = msgspec.field(default_factory=list)
+    bcc: list[EmailAddress] = msgspec.field(default_factory=list)
+    sent_at: datetime | None = None
+    in_reply_to: str | None = None
+    references: list[str] = msgspec.field(default_factory=list)
+    thread_index: str | None = None
+    auto_reply: AutoReplyKind = AutoReplyKind.NONE
+    body_text: str = ""
+    body_truncated: bool = False
+    has_html: bool = False
+    attachments: list[AttachmentInfo] = msgspec.field(default_factory=list)
+    size: int = 0
+    defects: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def item_key(self) -> str:
+        """The identity of the item across events."""
+        return item_key(self.mailbox_id, self.folder, self.item_id)
+
+    def recipients(self) -> list[EmailAddress]:
+        """To, Cc and Bcc in that order, each address once."""
+        seen: set[str] = set()
+        out: list[EmailAddress] = []
+        for addr in [*self.to, *self.cc, *self.bcc]:
+            if addr.address not in seen:
+                seen.add(addr.address)
+                out.append(addr)
+        return out

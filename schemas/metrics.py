@@ -1,0 +1,110 @@
+"""Every metric tidings exports, with its meaning and deliberate buckets.
+
+Labels stay low-cardinality (protocol, table, reason, ...); per-mailbox detail
+lives on the mailbox.status topic and in ClickHouse, not in Prometheus series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Poll latency ranges from a local Maildir scan (ms) to a slow IMAP server (tens of s).
+POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Kafka acks and ClickHouse inserts: a few ms when healthy, seconds when struggling.
+IO_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Mailbox-to-decision latency: the product promise is "within seconds".
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+
+# --- connectors -------------------------------------------------------------
+CONNECTOR_POLL_SECONDS = Histogram(
+    "tidings_connector_poll_seconds",
+    "Time to list one mailbox folder and read its new items.",
+    ["protocol"],
+    buckets=POLL_BUCKETS,
+)
+CONNECTOR_EVENTS = Counter(
+    "tidings_connector_events_total",
+    "Change events emitted to mail.changes and acknowledged by Kafka.",
+    ["protocol", "change"],
+)
+CONNECTOR_ERRORS = Counter(
+    "tidings_connector_errors_total",
+    "Errors a connector met, by code and severity (each is also a sync.errors event).",
+    ["protocol", "code", "severity"],
+)
+CONNECTOR_ACK_SECONDS = Histogram(
+    "tidings_connector_ack_seconds",
+    "Time from sending a batch of change events to Kafka acknowledging all of them.",
+    buckets=IO_BUCKETS,
+)
+CONNECTOR_MAILBOXES_OWNED = Gauge(
+    "tidings_connector_mailboxes_owned",
+    "Mailboxes this connector worker owns through its consumer-group assignment.",
+)
+CONNECTOR_ITEMS_PENDING = Gauge(
+    "tidings_connector_items_pending",
+    "Items listed by the last polls that are not yet emitted (backlog), summed over mailboxes.",
+)
+
+# --- processors -------------------------------------------------------------
+PROCESSOR_DECISIONS = Counter(
+    "tidings_processor_decisions_total",
+    "Promotion decisions emitted, by status and reason code (re-decisions included).",
+    ["status", "reason"],
+)
+PROCESSOR_CORRELATIONS = Counter(
+    "tidings_processor_correlations_total",
+    "Activities linked to earlier ones, by correlation method.",
+    ["method"],
+)
+PROCESSOR_REDECISIONS = Counter(
+    "tidings_processor_redecisions_total",
+    "Held items decided again because mail they waited for became tracked.",
+)
+PROCESSOR_HELD_ITEMS = Gauge(
+    "tidings_processor_held_items",
+    "Items held for late correlation on this worker's partitions.",
+)
+PROCESSOR_LATENCY_SECONDS = Histogram(
+    "tidings_processor_latency_seconds",
+    "Time from a connector observing an item to its promotion decision.",
+    buckets=E2E_BUCKETS,
+)
+PROCESSOR_PARSE_FAILURES = Counter(
+    "tidings_processor_parse_failures_total",
+    "Items whose MIME could not be parsed into an email (each is a sync.errors event).",
+    ["code"],
+)
+
+# --- sinks ------------------------------------------------------------------
+SINK_ROWS = Counter(
+    "tidings_sink_rows_inserted_total",
+    "Rows inserted into ClickHouse and confirmed, by table.",
+    ["table"],
+)
+SINK_INSERT_SECONDS = Histogram(
+    "tidings_sink_insert_seconds",
+    "Time of one confirmed ClickHouse insert, by table.",
+    ["table"],
+    buckets=IO_BUCKETS,
+)
+SINK_INSERT_FAILURES = Counter(
+    "tidings_sink_insert_failures_total",
+    "ClickHouse inserts that failed or timed out (retried; partitions paused meanwhile).",
+    ["table"],
+)
+SINK_BUFFERED_ROWS = Gauge(
+    "tidings_sink_buffered_rows",
+    "Rows consumed but not yet confirmed by ClickHouse.",
+)
+SINK_PAUSED = Gauge(
+    "tidings_sink_paused",
+    "1 while the sink has paused its partitions (backpressure from ClickHouse), else 0.",
+)
+
+# --- every consumer ---------------------------------------------------------
+DLQ_MESSAGES = Counter(
+    "tidings_dlq_messages_total",
+    "Messages sent to the dead-letter topic, by source topic and consumer.",
+    ["topic", "consumer"],
+)

@@ -1,0 +1,76 @@
+"""Processor state kept in faust tables (changelog topics).
+
+Like every topic payload these are versioned Structs, encoded only here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from schemas.base import Record, RecordRef
+from schemas.codec import Codec
+from schemas.crm import CorrelationMethod, Direction, PromotionDecision
+from schemas.mail import ParsedEmail
+
+
+class TrackedItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One mailbox item linked to a tracked message, and the last decision it got."""
+
+    item_key: str
+    mailbox_id: str
+    decision: PromotionDecision
+
+
+class TrackedMessage(Record, frozen=True, kw_only=True):
+    """A message that is a CRM activity, and what later email inherits from it.
+
+    Keyed by the tracking key (normalized Message-ID, plus a direction
+    qualifier when internal email is tracked twice). Holds no body: duplicates
+    carry their own copy of the content.
+    """
+
+    message_id: str
+    activity_id: str
+    version: int
+    created_at: datetime
+    direction: Direction
+    owner: RecordRef | None = None
+    regarding: RecordRef | None = None
+    parent_activity_id: str | None = None
+    conversation_id: str
+    correlation_method: CorrelationMethod = CorrelationMethod.NONE
+    correlated_to: str | None = None
+    correlation_rank: int = 1_000_000
+    tracking_token: str | None = None
+    mailboxes: list[str] = msgspec.field(default_factory=list)
+    items: list[TrackedItem] = msgspec.field(default_factory=list)
+
+
+class HeldItem(msgspec.Struct, frozen=True, kw_only=True):
+    """An item whose decision may still improve: it referenced messages not yet
+    tracked, or it was skipped and a copy elsewhere may still be tracked.
+
+    Re-decided when one of `waiting_on` becomes tracked; dropped after `held_until`.
+    """
+
+    email: ParsedEmail
+    decision: PromotionDecision
+    waiting_on: list[str]
+    held_until: datetime
+
+
+class HeldThread(Record, frozen=True, kw_only=True):
+    """The held items of one conversation (keyed by thread key) on one partition."""
+
+    partition: int
+    items: list[HeldItem] = msgspec.field(default_factory=list)
+
+    def earliest_expiry(self) -> datetime | None:
+        """When the first of the held items expires, or None when none are held."""
+        return min((item.held_until for item in self.items), default=None)
+
+
+TRACKED_CODEC: Codec[TrackedMessage] = Codec(TrackedMessage)
+HELD_CODEC: Codec[HeldThread] = Codec(HeldThread)

@@ -1,0 +1,1 @@
+"""The store edge: the ClickHouse writer, error store and DLQ handling."""

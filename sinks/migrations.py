@@ -1,0 +1,158 @@
+"""Versioned ClickHouse DDL, applied in order at start; the same DDL runs on chDB and
+on a ClickHouse server.
+
+Every table is a ReplacingMergeTree keyed by the record's stable id, so a replay
+inserts rows that collapse into the ones already there. Queries that must not
+see not-yet-merged copies use FINAL (see docs/clickhouse.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+TS = "DateTime64(3, 'UTC')"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: its number, what it does, and its statements ({db} = database)."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "activities, parties, decisions, errors, mailbox status",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.activities (
+                activity_id String,
+                version UInt64,
+                activity_type LowCardinality(String),
+                message_id String,
+                subject String,
+                description String,
+                description_truncated UInt8,
+                direction LowCardinality(String),
+                sender String,
+                to_addresses Array(String),
+                cc_addresses Array(String),
+                sent_at Nullable({TS}),
+                owner String,
+                regarding String,
+                parent_activity_id String,
+                conversation_id String,
+                correlation_method LowCardinality(String),
+                correlated_activity_id String,
+                tracking_token String,
+                in_reply_to String,
+                receiving_mailboxes Array(String),
+                source LowCardinality(String),
+                created_at {TS},
+                updated_at {TS}
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY activity_id""",
+            """CREATE TABLE IF NOT EXISTS {db}.activity_parties (
+                activity_id String,
+                version UInt64,
+                role LowCardinality(String),
+                position UInt16,
+                address String,
+                name String,
+                record_type LowCardinality(String),
+                record_id String
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY (activity_id, version, role, position, record_type, record_id)""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.promotion_decisions (
+                item_key String,
+                mailbox_id LowCardinality(String),
+                folder String,
+                item_id String,
+                event_id String,
+                message_id String,
+                status LowCardinality(String),
+                reason LowCardinality(String),
+                explanation String,
+                activity_id String,
+                correlation_method LowCardinality(String),
+                correlated_activity_id String,
+                direction LowCardinality(String),
+                sender String,
+                sender_records Array(String),
+                version UInt64,
+                decided_at {TS}
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY (mailbox_id, item_key)""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.sync_errors (
+                error_id String,
+                mailbox_id LowCardinality(String),
+                scope LowCardinality(String),
+                severity LowCardinality(String),
+                code LowCardinality(String),
+                message String,
+                component LowCardinality(String),
+                folder String,
+                item_id String,
+                event_id String,
+                attempt UInt32,
+                occurred_at {TS}
+            ) ENGINE = ReplacingMergeTree ORDER BY (mailbox_id, error_id)""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.mailbox_status (
+                mailbox_id String,
+                state LowCardinality(String),
+                incoming_status LowCardinality(String),
+                outgoing_status LowCardinality(String),
+                act_status LowCardinality(String),
+                last_sync_started_at Nullable({TS}),
+                last_sync_at Nullable({TS}),
+                last_success_at Nullable({TS}),
+                next_poll_at Nullable({TS}),
+                sync_generation UInt64,
+                pending_items UInt64,
+                items_listed UInt64,
+                created_events UInt64,
+                updated_events UInt64,
+                deleted_events UInt64,
+                errors UInt64,
+                last_error_code String,
+                last_error String,
+                worker String,
+                updated_at {TS}
+            ) ENGINE = ReplacingMergeTree(updated_at) ORDER BY mailbox_id""",
+        ),
+    ),
+)
+
+
+def apply_migrations(client: Any, database: str) -> list[int]:
+    """Create the database and apply every migration not applied yet; returns those applied."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+        f"(version UInt32, name String, applied_at {TS} DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = {
+        int(row[0])
+        for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows
+    }
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            client.command(statement.replace("{db}", database))
+        client.insert(
+            f"{database}.schema_migrations",
+            [(migration.version, migration.name)],
+            column_names=["version", "name"],
+        )
+        applied.append(migration.version)
+    return applied
+
+
+def schema_version(client: Any, database: str) -> int:
+    """The highest applied migration (0 when none)."""
+    rows = client.query(f"SELECT max(version) FROM {database}.schema_migrations").result_rows
+    return int(rows[0][0] or 0) if rows else 0

@@ -1,0 +1,167 @@
+"""Rows for ClickHouse from topic payloads. Pure: a Struct in, tuples out.
+
+Column order matches `COLUMNS[table]`; None becomes '' for optional strings so
+queries never juggle NULL ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.base import RecordRef
+from schemas.crm import Activity, PartyRole, PromotionDecision
+from schemas.errors import SyncError
+from schemas.mailbox import MailboxStatus
+
+Row = tuple[Any, ...]
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "activities": (
+        "activity_id", "version", "activity_type", "message_id", "subject", "description",
+        "description_truncated", "direction", "sender", "to_addresses", "cc_addresses",
+        "sent_at", "owner", "regarding", "parent_activity_id", "conversation_id",
+        "correlation_method", "correlated_activity_id", "tracking_token", "in_reply_to",
+        "receiving_mailboxes",
+        "source", "created_at", "updated_at",
+    ),
+    "activity_parties": (
+        "activity_id", "version", "role", "position", "address", "name", "record_type",
+        "record_id",
+    ),
+    "promotion_decisions": (
+        "item_key", "mailbox_id", "folder", "item_id", "event_id", "message_id", "status",
+        "reason", "explanation", "activity_id", "correlation_method", "correlated_activity_id",
+        "direction", "sender", "sender_records", "version", "decided_at",
+    ),
+    "sync_errors": (
+        "error_id", "mailbox_id", "scope", "severity", "code", "message", "component",
+        "folder", "item_id", "event_id", "attempt", "occurred_at",
+    ),
+    "mailbox_status": (
+        "mailbox_id", "state", "incoming_status", "outgoing_status", "act_status",
+        "last_sync_started_at", "last_sync_at", "last_success_at", "next_poll_at",
+        "sync_generation", "pending_items", "items_listed", "created_events", "updated_events",
+        "deleted_events", "errors", "last_error_code", "last_error", "worker", "updated_at",
+    ),
+}  # fmt: skip
+
+
+def _ref(ref: RecordRef | None) -> str:
+    return str(ref) if ref is not None else ""
+
+
+def activity_rows(activity: Activity) -> tuple[Row, list[Row]]:
+    """The activities row and the activity_parties rows of one activity version."""
+    sender = next((p.address for p in activity.parties if p.role == PartyRole.FROM), "")
+    row: Row = (
+        activity.activity_id,
+        activity.version,
+        activity.activity_type,
+        activity.message_id,
+        activity.subject,
+        activity.description,
+        int(activity.description_truncated),
+        activity.direction.value,
+        sender,
+        [p.address for p in activity.party(PartyRole.TO)],
+        [p.address for p in activity.party(PartyRole.CC)],
+        activity.sent_at,
+        _ref(activity.owner),
+        _ref(activity.regarding),
+        activity.parent_activity_id or "",
+        activity.conversation_id,
+        activity.correlation_method.value,
+        activity.correlated_activity_id or "",
+        activity.tracking_token or "",
+        activity.in_reply_to or "",
+        list(activity.receiving_mailboxes),
+        activity.source,
+        activity.created_at,
+        activity.updated_at,
+    )
+    parties: list[Row] = []
+    for position, party in enumerate(activity.parties):
+        refs: list[RecordRef | None] = [*party.records] or [None]
+        for ref in refs:
+            parties.append(
+                (
+                    activity.activity_id,
+                    activity.version,
+                    party.role.value,
+                    position,
+                    party.address,
+                    party.name,
+                    ref.type if ref else "",
+                    ref.id if ref else "",
+                )
+            )
+    return row, parties
+
+
+def decision_row(decision: PromotionDecision) -> Row:
+    """The promotion_decisions row of one decision."""
+    sender = decision.sender
+    return (
+        decision.item_key,
+        decision.mailbox_id,
+        decision.folder,
+        decision.item_id,
+        decision.event_id,
+        decision.message_id or "",
+        decision.status.value,
+        decision.reason.value,
+        decision.explanation,
+        decision.activity_id or "",
+        decision.correlation_method.value,
+        decision.correlated_activity_id or "",
+        decision.direction.value if decision.direction else "",
+        sender.address if sender else "",
+        [str(r) for r in sender.records] if sender else [],
+        decision.version,
+        decision.decided_at,
+    )
+
+
+def error_row(error: SyncError) -> Row:
+    """The sync_errors row of one error."""
+    return (
+        error.error_id,
+        error.mailbox_id,
+        error.scope.value,
+        error.severity.value,
+        error.code,
+        error.message,
+        error.component,
+        error.folder or "",
+        error.item_id or "",
+        error.event_id or "",
+        error.attempt,
+        error.occurred_at,
+    )
+
+
+def status_row(status: MailboxStatus) -> Row:
+    """The mailbox_status row of one status update."""
+    counters = status.counters
+    return (
+        status.mailbox_id,
+        status.state.value,
+        status.incoming_status.value,
+        status.outgoing_status.value,
+        status.act_status.value,
+        status.last_sync_started_at,
+        status.last_sync_at,
+        status.last_success_at,
+        status.next_poll_at,
+        status.sync_generation,
+        status.pending_items,
+        counters.items_listed,
+        counters.created_events,
+        counters.updated_events,
+        counters.deleted_events,
+        counters.errors,
+        status.last_error_code or "",
+        status.last_error or "",
+        status.worker or "",
+        status.updated_at,
+    )

@@ -1,0 +1,255 @@
+"""The ClickHouse sink: decisions, activities, errors and mailbox status into tables.
+
+Consumes promotion.decisions, crm.activities, sync.errors and mailbox.status in
+one consumer group. Rows are buffered per partition and flushed when a
+partition's batch is full (`batch_max_rows`) or old (`batch_max_age_s`); the
+offsets of a partition are committed (offset+1) only after ClickHouse confirmed
+every row up to them. When inserts fail or the buffer reaches
+`max_buffered_rows`, the sink pauses its partitions (backpressure) and resumes
+by itself once an insert succeeds. Undecodable messages go to the DLQ before
+their offset is committed; a run of them stops the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas import metrics
+from schemas.base import utc_now
+from schemas.codec import Codec
+from schemas.config import KafkaConfig, SinkConfig
+from schemas.dlq import dead_letter_headers
+from schemas.errors import DecodeError
+from schemas.topics import (
+    CRM_ACTIVITIES,
+    DLQ,
+    MAILBOX_STATUS,
+    PROMOTION_DECISIONS,
+    SYNC_ERRORS,
+    TopicSpec,
+    codec,
+)
+from sinks.rows import Row, activity_rows, decision_row, error_row, status_row
+from sinks.store import ClickHouseStore, StoreError
+
+log = logging.getLogger(__name__)
+
+TableRows = dict[str, list[Row]]
+
+
+class DeadLetterFlood(RuntimeError):
+    """Too many undecodable messages in a row; the sink stops instead of hiding it."""
+
+
+def _activity_table_rows(value: Any) -> TableRows:
+    row, parties = activity_rows(value)
+    return {"activities": [row], "activity_parties": parties}
+
+
+@dataclass(frozen=True)
+class _Route:
+    codec: Codec[Any]
+    to_rows: Callable[[Any], TableRows]
+
+
+def routes(prefix: str) -> dict[str, _Route]:
+    """How each consumed topic becomes rows."""
+    table: list[tuple[TopicSpec[Any], Callable[[Any], TableRows]]] = [
+        (PROMOTION_DECISIONS, lambda v: {"promotion_decisions": [decision_row(v)]}),
+        (CRM_ACTIVITIES, _activity_table_rows),
+        (SYNC_ERRORS, lambda v: {"sync_errors": [error_row(v)]}),
+        (MAILBOX_STATUS, lambda v: {"mailbox_status": [status_row(v)]}),
+    ]
+    return {spec.name(prefix): _Route(codec(spec), to_rows) for spec, to_rows in table}
+
+
+@dataclass
+class _Batch:
+    rows: TableRows = field(default_factory=dict)
+    count: int = 0
+    next_offset: int | None = None
+    opened_at: float = 0.0
+
+    def add(self, table_rows: TableRows, offset: int) -> None:
+        if self.count == 0:
+            self.opened_at = time.monotonic()
+        for table, rows in table_rows.items():
+            self.rows.setdefault(table, []).extend(rows)
+            self.count += len(rows)
+        self.next_offset = offset + 1
+
+
+class ClickHouseSink:
+    """Consumes the result topics into ClickHouse with commit-after-insert."""
+
+    def __init__(
+        self, kafka: KafkaConfig, prefix: str, settings: SinkConfig, store: ClickHouseStore
+    ) -> None:
+        self.kafka = kafka
+        self.prefix = prefix
+        self.settings = settings
+        self.store = store
+        self.routes = routes(prefix)
+        self.dlq_topic = DLQ.name(prefix)
+        self._batches: dict[TopicPartition, _Batch] = {}
+        self._consecutive_dead_letters = 0
+        self._paused = False
+        self._failures = 0
+        self._retry_at = 0.0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.rows_written = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then flush what is buffered and commit it."""
+        self._producer = AIOKafkaProducer(**self.kafka.producer_options())
+        await self._producer.start()
+        consumer = AIOKafkaConsumer(
+            *self.routes,
+            group_id=self.settings.group_id,
+            max_poll_records=self.settings.batch_max_rows,
+            **self.kafka.consumer_options(),
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                fetched = await consumer.getmany(timeout_ms=100)
+                for tp, messages in fetched.items():
+                    await self._take(tp, messages)
+                await self._flush(due_only=True)
+            await self._flush(due_only=False, retries=3)
+        finally:
+            await consumer.stop()
+            await self._producer.stop()
+
+    async def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
+        route = self.routes[tp.topic]
+        batch = self._batches.setdefault(tp, _Batch())
+        for message in messages:
+            try:
+                value = route.codec.decode(message.value, tp.topic, tp.partition, message.offset)
+            except DecodeError as exc:
+                await self._dead_letter(message, exc)
+                batch.next_offset = message.offset + 1
+                continue
+            self._consecutive_dead_letters = 0
+            batch.add(route.to_rows(value), message.offset)
+        self._update_buffer_metrics()
+
+    def _due(self, batch: _Batch) -> bool:
+        age = time.monotonic() - batch.opened_at
+        return batch.count >= self.settings.batch_max_rows or (
+            batch.next_offset is not None
+            and (batch.count == 0 or age >= self.settings.batch_max_age_s)
+        )
+
+    async def _flush(self, due_only: bool, retries: int = 1) -> None:
+        """Insert the due batches (all when not due_only), then commit their offsets.
+
+        After a failed insert the next attempt waits (0.5 s doubling, at most 30 s);
+        meanwhile the partitions stay paused.
+        """
+        due = {
+            tp: b
+            for tp, b in self._batches.items()
+            if b.next_offset is not None and (not due_only or self._due(b))
+        }
+        if not due:
+            self._apply_backpressure(failed=False)
+            return
+        for _ in range(retries):
+            if time.monotonic() < self._retry_at and due_only:
+                return
+            if await self._insert_all(due):
+                break
+            if not due_only:
+                await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
+        else:
+            return
+        assert self._consumer is not None
+        offsets = {tp: b.next_offset for tp, b in due.items() if b.next_offset is not None}
+        await self._consumer.commit(offsets)
+        for tp in due:
+            del self._batches[tp]
+        self._apply_backpressure(failed=False)
+
+    async def _insert_all(self, due: dict[TopicPartition, _Batch]) -> bool:
+        merged: TableRows = {}
+        for batch in due.values():
+            for table, rows in batch.rows.items():
+                merged.setdefault(table, []).extend(rows)
+        try:
+            for table, rows in merged.items():
+                await self._insert(table, rows)
+        except StoreError as exc:
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** (self._failures - 1))
+            log.error("ClickHouse insert failed (%d in a row): %s", self._failures, exc)
+            self._apply_backpressure(failed=True)
+            return False
+        self._failures = 0
+        self._retry_at = 0.0
+        self.rows_written += sum(len(rows) for rows in merged.values())
+        return True
+
+    async def _insert(self, table: str, rows: list[Row]) -> None:
+        started = time.monotonic()
+        try:
+            await self.store.insert(table, rows)
+        except StoreError:
+            metrics.SINK_INSERT_FAILURES.labels(table).inc()
+            raise
+        metrics.SINK_INSERT_SECONDS.labels(table).observe(time.monotonic() - started)
+        metrics.SINK_ROWS.labels(table).inc(len(rows))
+
+    def _apply_backpressure(self, failed: bool) -> None:
+        assert self._consumer is not None
+        buffered = self._update_buffer_metrics()
+        should_pause = failed or buffered >= self.settings.max_buffered_rows
+        if should_pause and not self._paused:
+            self._consumer.pause(*self._consumer.assignment())
+            self._paused = True
+            metrics.SINK_PAUSED.set(1)
+            log.warning("sink paused: %d rows buffered, inserts failing: %s", buffered, failed)
+        elif not should_pause and self._paused:
+            self._consumer.resume(*self._consumer.assignment())
+            self._paused = False
+            metrics.SINK_PAUSED.set(0)
+            log.info("sink resumed")
+
+    def _update_buffer_metrics(self) -> int:
+        buffered = sum(b.count for b in self._batches.values())
+        metrics.SINK_BUFFERED_ROWS.set(buffered)
+        return buffered
+
+    async def _dead_letter(self, message: Any, exc: DecodeError) -> None:
+        assert self._producer is not None
+        headers = dead_letter_headers(
+            topic=exc.topic,
+            partition=exc.partition,
+            offset=exc.offset,
+            error=exc.reason,
+            consumer=self.settings.group_id,
+            failed_at=utc_now(),
+        )
+        await (
+            await self._producer.send(
+                self.dlq_topic, key=message.key, value=message.value, headers=headers
+            )
+        )
+        metrics.DLQ_MESSAGES.labels(exc.topic, self.settings.group_id).inc()
+        log.error("dead-lettered %s", exc)
+        self._consecutive_dead_letters += 1
+        if self._consecutive_dead_letters >= self.settings.dlq_max_consecutive:
+            raise DeadLetterFlood(
+                f"{self._consecutive_dead_letters} undecodable messages in a row on {exc.topic}; "
+                "stopping. Inspect them with `tidings dlq list`."
+            )

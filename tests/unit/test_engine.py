@@ -1,0 +1,165 @@
+"""The decision engine: filters, correlation, dedupe, order independence, idempotency."""
+
+from __future__ import annotations
+
+import itertools
+
+from processors.engine import DecisionEngine
+from schemas.config import InternalEmailPolicy, ProcessingConfig
+from schemas.crm import CorrelationMethod, DecisionStatus, PromotionDecision, ReasonCode
+from schemas.ids import email_activity_id
+from schemas.mail import ParsedEmail
+from tests.unit.helpers import T0, email, engine
+
+
+def final_decisions(eng: DecisionEngine, emails: list[ParsedEmail]) -> dict[str, PromotionDecision]:
+    latest: dict[str, PromotionDecision] = {}
+    for item in emails:
+        out = eng.process(item, partition=0, now=T0)
+        for decision in out.decisions:
+            current = latest.get(decision.item_key)
+            if current is None or decision.version >= current.version:
+                latest[decision.item_key] = decision
+    return latest
+
+
+def test_reply_to_crm_history_is_correlated_and_inherits_regarding() -> None:
+    eng = engine()
+    reply = email(
+        "mb-alice",
+        "1",
+        "r1@contoso.example",
+        "dana@contoso.example",
+        ["alice@nw.example"],
+        subject="RE: Quote",
+        in_reply_to="crm-1@nw.example",
+        references=["crm-1@nw.example"],
+    )
+    out = eng.process(reply, 0, T0)
+    assert out.decisions[0].status == DecisionStatus.PROMOTED
+    assert out.decisions[0].reason == ReasonCode.CORRELATION_MATCH
+    activity = out.activities[0]
+    assert activity.correlation_method == CorrelationMethod.IN_REPLY_TO
+    assert activity.regarding is not None and str(activity.regarding) == "opportunity:opp-1"
+    assert activity.parent_activity_id == email_activity_id("crm-1@nw.example")
+
+
+def test_tracking_token_correlates_without_headers() -> None:
+    eng = engine()
+    item = email(
+        "mb-alice",
+        "1",
+        "t1@contoso.example",
+        "dana@contoso.example",
+        ["alice@nw.example"],
+        subject="Question about [crm: 0001001]",
+    )
+    out = eng.process(item, 0, T0)
+    assert out.decisions[0].reason == ReasonCode.CORRELATION_MATCH
+    assert out.activities[0].correlation_method == CorrelationMethod.TRACKING_TOKEN
+    assert out.activities[0].parent_activity_id is None
+
+
+def test_unknown_token_in_responses_mailbox_is_skipped() -> None:
+    eng = engine()
+    item = email(
+        "mb-alice",
+        "1",
+        "t2@contoso.example",
+        "dana@contoso.example",
+        ["alice@nw.example"],
+        subject="About CRM:0009999",
+    )
+    decision = eng.process(item, 0, T0).decisions[0]
+    assert decision.status == DecisionStatus.SKIPPED
+    assert decision.reason == ReasonCode.NO_CORRELATION_MATCH
+    assert "CRM:0009999" in decision.explanation
+
+
+def test_crm_records_filter_sender_and_recipient_match() -> None:
+    eng = engine()
+    lead = email("mb-bob", "1", "m1@lead.example", "priya@lead.example", ["bob@nw.example"])
+    unknown = email("mb-bob", "2", "m2@x.example", "who@x.example", ["bob@nw.example"])
+    sent = email(
+        "mb-bob", "3", "m3@nw.example", "bob@nw.example", ["info@contoso.example"], folder="Sent"
+    )
+    sent_unknown = email(
+        "mb-bob", "4", "m4@nw.example", "bob@nw.example", ["who@x.example"], folder="Sent"
+    )
+    got = final_decisions(eng, [lead, unknown, sent, sent_unknown])
+    assert got[lead.item_key].reason == ReasonCode.SENDER_MATCH
+    assert got[unknown.item_key].reason == ReasonCode.NO_SENDER_MATCH
+    assert got[sent.item_key].reason == ReasonCode.RECIPIENT_MATCH
+    assert got[sent_unknown.item_key].reason == ReasonCode.NO_RECIPIENT_MATCH
+
+
+def test_same_message_in_two_mailboxes_is_one_activity_in_any_order() -> None:
+    to_alice_cc_bob = ["alice@nw.example", "bob@nw.example"]
+    copies = [
+        email("mb-alice", "1", "d1@contoso.example", "dana@contoso.example", to_alice_cc_bob),
+        email("mb-bob", "9", "d1@contoso.example", "dana@contoso.example", to_alice_cc_bob),
+    ]
+    outcomes = []
+    for order in itertools.permutations(copies):
+        eng = engine()
+        got = final_decisions(eng, list(order))
+        outcomes.append({k: (d.status, d.reason, d.activity_id) for k, d in got.items()})
+        tracked = eng.state.get_tracked("d1@contoso.example")
+        assert tracked is not None and tracked.mailboxes == ["mb-alice", "mb-bob"]
+    assert outcomes[0] == outcomes[1]
+    alice, bob = copies[0].item_key, copies[1].item_key
+    assert outcomes[0][alice][1] == ReasonCode.DUPLICATE
+    assert outcomes[0][bob][1] == ReasonCode.SENDER_MATCH
+
+
+def test_reply_before_its_parent_is_decided_again() -> None:
+    parent = email("mb-support", "1", "p1@x.example", "who@x.example", ["support@nw.example"])
+    reply = email(
+        "mb-alice",
+        "2",
+        "p2@nw.example",
+        "alice@nw.example",
+        ["who@x.example"],
+        folder="Sent",
+        subject="RE: help",
+        in_reply_to="p1@x.example",
+        references=["p1@x.example"],
+    )
+    results = []
+    for order in ([parent, reply], [reply, parent]):
+        got = final_decisions(engine(), order)
+        results.append({k: (d.status, d.reason, d.correlation_method) for k, d in got.items()})
+    assert results[0] == results[1]
+    assert results[0][reply.item_key] == (
+        DecisionStatus.PROMOTED,
+        ReasonCode.CORRELATION_MATCH,
+        CorrelationMethod.IN_REPLY_TO,
+    )
+
+
+def test_processing_twice_gives_the_same_output() -> None:
+    eng = engine()
+    item = email("mb-support", "1", "s1@x.example", "who@x.example", ["support@nw.example"])
+    first = eng.process(item, 0, T0)
+    second = eng.process(item, 0, T0)
+    assert first.decisions == second.decisions
+    assert first.activities == second.activities
+
+
+def test_internal_email_policies() -> None:
+    internal = email("mb-support", "1", "i1@nw.example", "bob@nw.example", ["support@nw.example"])
+    reject = engine(ProcessingConfig(internal_email=InternalEmailPolicy.REJECT))
+    assert reject.process(internal, 0, T0).decisions[0].reason == ReasonCode.INTERNAL_EMAIL_REJECT
+    two = engine(ProcessingConfig(internal_email=InternalEmailPolicy.TWO))
+    sent = email(
+        "mb-bob", "2", "i1@nw.example", "bob@nw.example", ["support@nw.example"], folder="Sent"
+    )
+    got = final_decisions(two, [internal, sent])
+    assert got[internal.item_key].activity_id == email_activity_id("i1@nw.example", "incoming")
+    # bob's own sent copy: crm-records filter, recipients are org → not promoted by its filter
+    assert got[sent.item_key].reason == ReasonCode.NO_RECIPIENT_MATCH
+
+
+def test_no_sender_is_invalid_sender() -> None:
+    item = email("mb-support", "1", "n1@x.example", None, ["support@nw.example"])
+    assert engine().process(item, 0, T0).decisions[0].reason == ReasonCode.INVALID_SENDER

@@ -75,6 +75,30 @@ def list_folder(root: Path, folder: str) -> dict[str, MaildirItem]:
     return items
 
 
+FolderSignature = tuple[int, int]
+"""Modification times (ns) of a folder's new/ and cur/ directories (-1 when missing)."""
+
+RACY_WINDOW_NS = 2_000_000_000
+"""A directory modified this recently may change again within the same timestamp."""
+
+
+def folder_signature(root: Path, folder: str) -> FolderSignature:
+    """The new/ and cur/ modification times: adding, removing or renaming a file changes one."""
+    base = folder_dir(root, folder)
+    stamps = []
+    for sub in _SUBDIRS:
+        try:
+            stamps.append(os.stat(base / sub).st_mtime_ns)
+        except FileNotFoundError:
+            stamps.append(-1)
+    return stamps[0], stamps[1]
+
+
+def signature_settled(signature: FolderSignature, now_ns: int) -> bool:
+    """True when no stamp is recent enough that a change could hide behind it."""
+    return all(stamp < now_ns - RACY_WINDOW_NS for stamp in signature)
+
+
 def changes_since(seen: set[str], current: dict[str, MaildirItem]) -> FolderChanges:
     """Items present now but not at the cursor, and items at the cursor gone now."""
     return FolderChanges(

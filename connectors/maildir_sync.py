@@ -8,6 +8,7 @@ at most that batch, with the same event ids.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,12 +17,15 @@ from pathlib import Path
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.maildir import (
+    FolderSignature,
     MaildirItem,
     changes_since,
     decode_position,
     encode_position,
+    folder_signature,
     list_folder,
     modified_at,
+    signature_settled,
 )
 from schemas.base import utc_now
 from schemas.config import ConnectorConfig
@@ -75,21 +79,35 @@ class MaildirMailbox:
             if (cursor := cursors.get(cursor_key(config.mailbox_id, folder))) is not None
         }
         self.counters = MailboxCounters()
+        self.signatures: dict[str, FolderSignature] = {}
+        self.listed: dict[str, int] = {}
 
     async def sync_pass(self, on_batch: BatchCallback | None = None) -> PassResult:
-        """Sync every configured folder once; raises MailboxMissingError when the root is gone."""
+        """Sync every configured folder once; raises MailboxMissingError when the root is gone.
+
+        A folder whose new/ and cur/ did not change since its last complete sync
+        (and did not change too recently to tell) is not listed again.
+        """
         assert self.config.maildir is not None
         result = PassResult()
-        listings = {
-            folder: list_folder(self.root, folder) for folder in self.config.maildir.folders
-        }
-        result.listed = sum(len(items) for items in listings.values())
+        now_ns = time.time_ns()
+        signatures = {f: folder_signature(self.root, f) for f in self.config.maildir.folders}
+        changed = [
+            f
+            for f, signature in signatures.items()
+            if self.signatures.get(f) != signature or not signature_settled(signature, now_ns)
+        ]
+        listings = {folder: list_folder(self.root, folder) for folder in changed}
+        for folder, items in listings.items():
+            self.listed[folder] = len(items)
+        result.listed = sum(self.listed.values())
         result.pending = sum(
             len(changes_since(self.seen.get(f, set()), items).created)
             for f, items in listings.items()
         )
         for folder, items in listings.items():
             await self._sync_folder(folder, items, result, on_batch)
+            self.signatures[folder] = signatures[folder]
         self.counters = MailboxCounters(
             items_listed=result.listed,
             created_events=self.counters.created_events + result.created,

@@ -58,13 +58,19 @@ def _apply_override(data: dict[str, Any], path: list[str], value: str, name: str
         target_type = hints[part]
         if depth == len(path) - 1:
             node[part] = _coerce(value, target_type)
-        else:
-            node = node.setdefault(part, {})
+            return
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(path[: depth + 1])
+            raise ConfigError(f"{name}: {where} is set to a value in the file, not a table")
+        node = child
 
 
 def _field_types(struct_type: Any) -> dict[str, Any]:
-    if isinstance(struct_type, type) and issubclass(struct_type, msgspec.Struct):
-        return get_type_hints(struct_type)
+    """Field types of a Struct, or of the Struct in an optional (`SecretRef | None`)."""
+    for candidate in (struct_type, *get_args(struct_type)):
+        if isinstance(candidate, type) and issubclass(candidate, msgspec.Struct):
+            return get_type_hints(candidate)
     return {}
 
 

@@ -101,6 +101,19 @@ def crm_record(row: dict[str, Any]) -> CrmRecord:
     )
 
 
+def _address_list(value: Any) -> list[str]:
+    """Recipients given as a list, or as one string separated by ';' or ','."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        items = value.replace(",", ";").split(";")
+    elif isinstance(value, list):
+        items = [str(v) for v in value]
+    else:
+        raise ValueError("'to' must be a list of addresses or a string")
+    return [item.strip().lower() for item in items if item.strip()]
+
+
 def tracked_email(row: dict[str, Any]) -> Activity:
     """An Activity for an email that already exists in the CRM."""
     message_id = normalize_message_id(_required(row, "message_id"))
@@ -111,7 +124,7 @@ def tracked_email(row: dict[str, Any]) -> Activity:
         raise ValueError("'sent_at' needs a timezone offset")
     activity_id = email_activity_id(message_id)
     parties = [ActivityParty(role=PartyRole.FROM, address=_required(row, "from").lower())]
-    parties += [ActivityParty(role=PartyRole.TO, address=str(a).lower()) for a in row.get("to", [])]
+    parties += [ActivityParty(role=PartyRole.TO, address=a) for a in _address_list(row.get("to"))]
     regarding = row.get("regarding")
     owner = row.get("owner")
     return Activity(

@@ -108,12 +108,17 @@ class TrackedRef:
 
 
 class ActivityIndex:
-    """Tracked email activities (from crm.activities) by Message-ID and by tracking token."""
+    """Tracked email activities (from crm.activities) by Message-ID and by tracking token.
+
+    Several activities may share a Message-ID (internal email tracked twice) or a
+    token; a lookup answers the one with the smallest activity id, and removing
+    one leaves the others findable.
+    """
 
     def __init__(self) -> None:
         self._by_activity: dict[str, TrackedRef] = {}
-        self._by_message_id: dict[str, TrackedRef] = {}
-        self._by_token: dict[str, TrackedRef] = {}
+        self._by_message_id: dict[str, dict[str, TrackedRef]] = {}
+        self._by_token: dict[str, dict[str, TrackedRef]] = {}
 
     def __len__(self) -> int:
         return len(self._by_activity)
@@ -122,10 +127,9 @@ class ActivityIndex:
         """Index, re-index or (activity None) forget one activity."""
         old = self._by_activity.pop(activity_id, None)
         if old is not None:
-            if self._by_message_id.get(old.message_id) == old:
-                del self._by_message_id[old.message_id]
-            if old.tracking_token and self._by_token.get(old.tracking_token) == old:
-                del self._by_token[old.tracking_token]
+            _unindex(self._by_message_id, old.message_id, activity_id)
+            if old.tracking_token:
+                _unindex(self._by_token, old.tracking_token, activity_id)
         if activity is None:
             return
         ref = TrackedRef(
@@ -136,14 +140,26 @@ class ActivityIndex:
             tracking_token=activity.tracking_token.upper() if activity.tracking_token else None,
         )
         self._by_activity[activity_id] = ref
-        self._by_message_id[ref.message_id] = ref
+        self._by_message_id.setdefault(ref.message_id, {})[activity_id] = ref
         if ref.tracking_token:
-            self._by_token[ref.tracking_token] = ref
+            self._by_token.setdefault(ref.tracking_token, {})[activity_id] = ref
 
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The activity of a normalized Message-ID, if tracked."""
-        return self._by_message_id.get(message_id)
+        return _first(self._by_message_id.get(message_id))
 
     def by_token(self, token: str) -> TrackedRef | None:
         """The activity sent with tracking token `token` (normalized, upper-case prefix)."""
-        return self._by_token.get(token.upper())
+        return _first(self._by_token.get(token.upper()))
+
+
+def _unindex(index: dict[str, dict[str, TrackedRef]], key: str, activity_id: str) -> None:
+    holders = index.get(key)
+    if holders is not None:
+        holders.pop(activity_id, None)
+        if not holders:
+            del index[key]
+
+
+def _first(holders: dict[str, TrackedRef] | None) -> TrackedRef | None:
+    return holders[min(holders)] if holders else None

@@ -8,11 +8,14 @@ file that holds them.
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+_TOKEN_PREFIX = re.compile(r"[A-Za-z0-9]{1,20}")
 
 
 class SecretRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -30,9 +33,13 @@ class SecretRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             return value
         if self.file:
             try:
-                return Path(self.file).read_text(encoding="utf-8").strip()
+                data = Path(self.file).read_bytes()
             except OSError as exc:
-                raise LookupError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+                raise LookupError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+            try:
+                return data.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise LookupError(f"secret file {self.file} is not UTF-8 text") from None
         raise LookupError("secret reference names neither env nor file")
 
     def __str__(self) -> str:
@@ -169,6 +176,15 @@ class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     token_user_digits: int = 3
     token_counter_digits: int = 3
 
+    def __post_init__(self) -> None:
+        for prefix in (self.token_prefix, *self.earlier_token_prefixes):
+            if not _TOKEN_PREFIX.fullmatch(prefix):
+                raise ValueError(
+                    f"tracking token prefix {prefix!r} must be 1-20 ASCII letters or digits"
+                )
+        if self.token_base_number < 0 or min(self.token_user_digits, self.token_counter_digits) < 1:
+            raise ValueError("token base number must be >= 0 and digit counts >= 1")
+
 
 class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How processors decide: correlation, internal email, auto-replies, limits.
@@ -194,7 +210,7 @@ class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """The connector runtime: polling, batching, acknowledgements, message size."""
 
     group_id: str = "tidings-connectors"
-    poll_interval_s: float = 1.0
+    poll_interval_s: float = 0.25
     max_batch_items: int = 500
     ack_timeout_s: float = 60.0
     max_inline_bytes: int = 6 * 1024 * 1024
@@ -206,7 +222,7 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     group_id: str = "tidings-sinks"
     batch_max_rows: int = 5000
-    batch_max_age_s: float = 0.5
+    batch_max_age_s: float = 0.2
     max_buffered_rows: int = 100_000
     dlq_max_consecutive: int = 100
 

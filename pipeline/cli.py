@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,15 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     and the demo data, then explore with `tidings query`.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM unwinds like Ctrl-C does, so child processes and an embedded broker
+    # this command started are stopped on the way out (asyncio loops override this
+    # with their own graceful handlers while they run).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ctx.obj = Context(config_path)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 # -- demo / run ----------------------------------------------------------------

@@ -201,7 +201,8 @@ class ProcessorApp:
 
         @app.page("/metrics")
         async def metrics_page(web: Any, request: Any) -> Any:
-            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+            # aiohttp refuses a charset in content_type; the header carries it whole.
+            return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         @app.page("/healthz")
         async def health_page(web: Any, request: Any) -> Any:

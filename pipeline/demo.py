@@ -18,7 +18,14 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from pipeline.bootstrap import Infrastructure, bring_up
 from pipeline.crm_import import read_import_file
@@ -29,7 +36,7 @@ from pipeline.publish import publish
 from pipeline.query import QueryError, run_query
 from pipeline.reports import render_summary, summarize
 from pipeline.roles import ROLES
-from pipeline.supervisor import Supervisor
+from pipeline.supervisor import Supervisor, keep_alive
 from schemas.base import utc_now
 from schemas.config import TidingsConfig
 from schemas.topics import CRM_ACTIVITIES, CRM_RECORDS, MAILBOX_CONFIG
@@ -150,18 +157,28 @@ async def _wait_with_progress(
     )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("items decided", total=data.messages)
-        streak = 0
-        while streak < 2:
-            for line in supervisor.watch():
-                progress.console.print(f"[yellow]{line}[/]")
-            decided = await asyncio.to_thread(_decided_count, config)
-            if decided is not None:
-                progress.update(task, completed=min(decided, data.messages))
-            report = await probe.check()
-            streak = streak + 1 if report.idle else 0
-            progress.update(task, description=f"items decided ({report.describe()})")
-            await asyncio.sleep(0.5)
+        watcher = asyncio.create_task(
+            keep_alive(supervisor, lambda line: progress.console.print(f"[yellow]{line}[/]"))
+        )
+        try:
+            await _until_idle(probe, progress, task, config, data)
+        finally:
+            watcher.cancel()
         progress.update(task, description="items decided")
+
+
+async def _until_idle(
+    probe: IdleProbe, progress: Progress, task: TaskID, config: TidingsConfig, data: DemoData
+) -> None:
+    streak = 0
+    while streak < 2:
+        decided = await asyncio.to_thread(_decided_count, config)
+        if decided is not None:
+            progress.update(task, completed=min(decided, data.messages))
+        report = await probe.check_safely()
+        streak = streak + 1 if report.idle else 0
+        progress.update(task, description=f"items decided ({report.describe()})")
+        await asyncio.sleep(0.5)
 
 
 def _decided_count(config: TidingsConfig) -> int | None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from schemas.codec import decode_key
 from schemas.config import TidingsConfig
@@ -41,18 +42,22 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 @dataclass
 class IdleReport:
-    """Where the pipeline stands: unsynced mailboxes and lag per consumer group."""
+    """Where the pipeline stands: unsynced mailboxes and lag per consumer group, or why
+    it could not be told (`problem`, e.g. the broker is restarting)."""
 
     unsynced: list[str] = field(default_factory=list)
     lag: dict[str, int] = field(default_factory=dict)
+    problem: str | None = None
 
     @property
     def idle(self) -> bool:
         """True when every mailbox is synced and no group lags."""
-        return not self.unsynced and not any(self.lag.values())
+        return self.problem is None and not self.unsynced and not any(self.lag.values())
 
     def describe(self) -> str:
         """One line for logs and progress output."""
+        if self.problem is not None:
+            return f"cannot tell: {self.problem}"
         lag = ", ".join(f"{group} {count}" for group, count in self.lag.items())
         return f"{len(self.unsynced)} mailboxes syncing; lag: {lag or 'none'}"
 
@@ -82,6 +87,14 @@ class IdleProbe:
         self.since = since
         self.groups = groups_for(config, roles)
 
+    async def check_safely(self, timeout_s: float = 15.0) -> IdleReport:
+        """Like `check`, but a broker that does not answer yields a report with a problem."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.check()
+        except (KafkaError, TimeoutError, OSError) as exc:
+            return IdleReport(problem=f"{type(exc).__name__}: {exc}".strip()[:200])
+
     async def check(self) -> IdleReport:
         """One look at mailboxes and lag."""
         configs = await read_compacted(self.config, MAILBOX_CONFIG)
@@ -95,7 +108,7 @@ class IdleProbe:
         """Return True once idle twice in a row; False if `stop` was set first."""
         streak = 0
         while stop is None or not stop.is_set():
-            report = await self.check()
+            report = await self.check_safely()
             streak = streak + 1 if report.idle else 0
             if streak >= 2:
                 return True

@@ -13,7 +13,7 @@ from rich.console import Console
 from pipeline.bootstrap import Infrastructure
 from pipeline.idle import IdleProbe
 from pipeline.roles import ROLES
-from pipeline.supervisor import Supervisor
+from pipeline.supervisor import Supervisor, keep_alive
 from schemas.base import utc_now
 
 
@@ -46,12 +46,20 @@ async def _supervise(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     probe = IdleProbe(infra.config, list(ROLES), since) if until_idle else None
+    watcher = asyncio.create_task(
+        keep_alive(supervisor, lambda line: console.print(f"[yellow]{line}[/]"))
+    )
+    try:
+        await _until_stopped(stop, probe, console)
+    finally:
+        watcher.cancel()
+
+
+async def _until_stopped(stop: asyncio.Event, probe: IdleProbe | None, console: Console) -> None:
     streak = 0
     while not stop.is_set():
-        for line in supervisor.watch():
-            console.print(f"[yellow]{line}[/]")
         if probe is not None:
-            report = await probe.check()
+            report = await probe.check_safely()
             streak = streak + 1 if report.idle else 0
             if streak >= 2:
                 console.print("idle: every mailbox synced and every topic drained")

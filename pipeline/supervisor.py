@@ -5,6 +5,7 @@ The embedded broker, when this process owns it, is watched and restarted too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,3 +130,17 @@ class Supervisor:
             child.process = subprocess.Popen(
                 argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
+
+
+async def keep_alive(
+    supervisor: Supervisor, report: Callable[[str], None], interval_s: float = 0.5
+) -> None:
+    """Call `supervisor.watch()` every `interval_s` until cancelled; report each restart.
+
+    Runs beside whatever the caller waits for, so a dead broker or role is
+    restarted even while the caller is blocked on it.
+    """
+    while True:
+        for line in await asyncio.to_thread(supervisor.watch):
+            report(line)
+        await asyncio.sleep(interval_s)

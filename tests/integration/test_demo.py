@@ -3,8 +3,8 @@ against examples/ground-truth.jsonl; run twice to prove nothing is duplicated.""
 
 from __future__ import annotations
 
-from tests.integration.conftest import Workspace
 from tests.integration.ground_truth import counts, load_ground_truth, mismatches
+from tests.workspace import Workspace
 
 
 def test_demo_matches_ground_truth_and_is_idempotent(workspace: Workspace) -> None:

@@ -16,6 +16,7 @@ from rich.table import Table
 from pipeline.bootstrap import bring_up, embedded_broker
 from pipeline.config import ConfigError, load_config
 from schemas.config import TidingsConfig
+from schemas.topics import TopicSpec
 
 console = Console()
 err_console = Console(stderr=True)
@@ -56,6 +57,13 @@ def fail(message: str, hint: str | None = None) -> Any:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def _publish(config: TidingsConfig, spec: TopicSpec[Any], records: list[tuple[str, Any]]) -> int:
+    """Publish (key, value) records to a topic and wait for the acks; returns the count."""
+    from pipeline.publish import publish
+
+    return asyncio.run(publish(config.kafka, config.topic_prefix, spec, records))
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,7 +172,6 @@ def crm_import(ctx: Context, file: Path, fmt: str | None) -> None:
     it goes to crm.activities so replies and tracking tokens correlate to it.
     """
     from pipeline.crm_import import ImportFileError, read_import_file
-    from pipeline.publish import publish
     from schemas.topics import CRM_ACTIVITIES, CRM_RECORDS
 
     try:
@@ -173,22 +180,9 @@ def crm_import(ctx: Context, file: Path, fmt: str | None) -> None:
         fail(str(exc), "fix that line and import again (imports are idempotent)")
     infra = bring_up(ctx.config)
     try:
-        config = infra.config
-        records = asyncio.run(
-            publish(
-                config.kafka,
-                config.topic_prefix,
-                CRM_RECORDS,
-                [(r.record_id, r) for r in batch.records],
-            )
-        )
-        tracked = asyncio.run(
-            publish(
-                config.kafka,
-                config.topic_prefix,
-                CRM_ACTIVITIES,
-                [(a.activity_id, a) for a in batch.activities],
-            )
+        records = _publish(infra.config, CRM_RECORDS, [(r.record_id, r) for r in batch.records])
+        tracked = _publish(
+            infra.config, CRM_ACTIVITIES, [(a.activity_id, a) for a in batch.activities]
         )
     finally:
         infra.close()
@@ -244,7 +238,6 @@ def mailbox_add(
 ) -> None:
     """Add (or replace) a mailbox; connectors pick it up within seconds."""
     from pipeline.mailboxes import MailboxDefinitionError, maildir_mailbox
-    from pipeline.publish import publish
     from schemas.topics import MAILBOX_CONFIG
 
     try:
@@ -257,14 +250,7 @@ def mailbox_add(
         err_console.print(f"[yellow]warning:[/] {path} does not exist yet")
     infra = bring_up(ctx.config)
     try:
-        asyncio.run(
-            publish(
-                infra.config.kafka,
-                infra.config.topic_prefix,
-                MAILBOX_CONFIG,
-                [(mailbox_id, config)],
-            )
-        )
+        _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, config)])
     finally:
         infra.close()
     console.print(f"mailbox {mailbox_id} ({config.owner}, filter {incoming_filter}) added")

@@ -57,6 +57,22 @@ class Workspace:
             )
         return result
 
+    def start(
+        self, *args: str, log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `tidings ARGS` in its own process group (kill it and its children with
+        os.killpg), output to `log`."""
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", *args],
+                cwd=ROOT,
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
     def query_many(self, *sqls: str) -> list[list[tuple[Any, ...]]]:
         """Run several queries in one subprocess; rows come back as tuples."""
         script = (

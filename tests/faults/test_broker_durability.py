@@ -9,27 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.integration.ground_truth import counts, load_ground_truth, mismatches
-from tests.workspace import ROOT, Workspace
-
-
-def start_demo(workspace: Workspace, log: Path) -> subprocess.Popen[bytes]:
-    """`tidings demo` in its own process group (so the test can kill it and its children)."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "demo"],
-            cwd=ROOT,
-            env=workspace.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+from tests.workspace import Workspace
 
 
 def wait_for(path: Path, timeout: float = 120) -> dict[str, int | str]:
@@ -54,7 +38,7 @@ def test_broker_killed_mid_demo_is_restarted_and_nothing_is_lost(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     log = tmp_path / "demo.log"
-    demo = start_demo(workspace, log)
+    demo = workspace.start("demo", log=log)
     try:
         wait_for(workspace.data_dir / "run" / "sinks.json")
         time.sleep(1.0)  # connectors are emitting, processors deciding
@@ -75,7 +59,7 @@ def test_broker_killed_mid_demo_is_restarted_and_nothing_is_lost(
 def test_everything_killed_mid_demo_then_demo_again_loses_nothing(
     workspace: Workspace, tmp_path: Path
 ) -> None:
-    demo = start_demo(workspace, tmp_path / "first.log")
+    demo = workspace.start("demo", log=tmp_path / "first.log")
     try:
         wait_for(workspace.data_dir / "run" / "sinks.json")
         time.sleep(1.5)

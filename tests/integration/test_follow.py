@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from pipeline.embedded import pid_alive
-from tests.workspace import ROOT, Workspace
+from tests.workspace import Workspace
 
 DROPPED = b"""From: Ines Duarte <ines.duarte@example.net>
 To: Northwind Support <support@northwind.example>
@@ -38,17 +36,7 @@ def test_follow_prints_a_dropped_message_within_seconds(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     log = tmp_path / "follow.log"
-    env = {**workspace.env, "COLUMNS": "200"}
-    with log.open("wb") as out:
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "demo", "--follow"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    demo = workspace.start("demo", "--follow", log=log, env={"COLUMNS": "200"})
     try:
         wait_for_text(log, "following", timeout=300)
         inbox = workspace.data_dir / "demo" / "mailboxes" / "mb-support"

@@ -7,8 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from pipeline.config import load_config
 from schemas.config import TidingsConfig
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ, MAIL_CHANGES, PROMOTION_DECISIONS
-from tests.workspace import ROOT, Workspace
+from tests.workspace import Workspace
 
 MESSAGE = b"""From: Dana Whitfield <dana@contoso.example>
 To: Support <support@northwind.example>
@@ -125,16 +123,7 @@ def running(workspace: Workspace, tmp_path: Path) -> Iterator[tuple[Workspace, P
         "queue:support", "--filter", "all", "--email", "support@northwind.example",
     )  # fmt: skip
     log = tmp_path / "run-all.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "all"],
-            cwd=ROOT,
-            env=workspace.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = workspace.start("run", "all", log=log)
     try:
         yield workspace, maildir
         process.send_signal(signal.SIGTERM)

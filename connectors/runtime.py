@@ -31,7 +31,7 @@ from schemas import metrics
 from schemas.base import utc_now
 from schemas.codec import decode_key
 from schemas.config import ConnectorConfig, KafkaConfig
-from schemas.errors import DecodeError, ErrorScope, Severity, SyncError
+from schemas.errors import DecodeError, ErrorScope, Severity, StopAndAlert, SyncError
 from schemas.ids import error_id
 from schemas.mailbox import (
     Cursor,
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 STATUS_HEARTBEAT = timedelta(seconds=60)
 
 
-class TopicLayoutError(RuntimeError):
+class TopicLayoutError(StopAndAlert):
     """mailbox.config and connector.cursors must have the same number of partitions."""
 
 

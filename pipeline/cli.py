@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.bootstrap import bring_up, embedded_broker
@@ -18,8 +20,17 @@ from pipeline.config import ConfigError, load_config
 from schemas.config import TidingsConfig
 from schemas.topics import TopicSpec
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """A console that does not cut output to 80 columns when it is not a terminal
+    (pipes, logs, CI): tables get 200 columns unless COLUMNS says otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 200
+    return Console(stderr=stderr, width=width)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 EPILOG = """\b
 Configuration: tidings.toml in the current directory (or --config / TIDINGS_CONFIG),
@@ -52,7 +63,9 @@ class Context:
 
 def fail(message: str, hint: str | None = None) -> Any:
     """Print one error line (and what to do next) and exit 1."""
-    err_console.print(f"[bold red]error:[/] {message}" + (f" — {hint}" if hint else ""))
+    text = f"{message} — {hint}" if hint else message
+    line = " ".join(text.split())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
     sys.exit(1)
 
 
@@ -343,6 +356,42 @@ def schemas_export(ctx: Context, directory: Path) -> None:
     for path in written:
         console.print(str(path))
     console.print(f"{len(written)} schemas written")
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter topic: messages a consumer could not decode, with where they came from."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=50, show_default=True, help="Show at most this many (newest).")
+@pass_context
+def dlq_list(ctx: Context, limit: int) -> None:
+    """List dead letters: original topic, partition and offset, the consumer, the error."""
+    from pipeline.dlq import read_dead_letters
+
+    infra = bring_up(ctx.config)
+    try:
+        letters = asyncio.run(read_dead_letters(infra.config))
+    finally:
+        infra.close()
+    table = Table(header_style="bold")
+    for column in ("dlq", "from", "consumer", "failed at", "error", "value"):
+        table.add_column(column, overflow="fold")
+    for letter in letters[-limit:]:
+        preview = (letter.value or b"")[:60].decode("utf-8", errors="replace")
+        table.add_row(
+            f"{letter.dlq_partition}@{letter.dlq_offset}",
+            f"{letter.topic}[{letter.partition}]@{letter.offset}",
+            letter.consumer,
+            letter.failed_at,
+            letter.error,
+            escape(preview),
+        )
+    console.print(table)
+    console.print(
+        f"{len(letters)} dead letters" + (f", newest {limit} shown" if len(letters) > limit else "")
+    )
 
 
 @main.group()

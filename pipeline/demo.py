@@ -161,17 +161,25 @@ async def _wait_with_progress(
             keep_alive(supervisor, lambda line: progress.console.print(f"[yellow]{line}[/]"))
         )
         try:
-            await _until_idle(probe, progress, task, config, data)
+            await _until_idle(probe, progress, task, supervisor, data)
         finally:
             watcher.cancel()
         progress.update(task, description="items decided")
 
 
 async def _until_idle(
-    probe: IdleProbe, progress: Progress, task: TaskID, config: TidingsConfig, data: DemoData
+    probe: IdleProbe,
+    progress: Progress,
+    task: TaskID,
+    supervisor: Supervisor,
+    data: DemoData,
 ) -> None:
+    config = supervisor.config
     streak = 0
     while streak < 2:
+        if supervisor.needing_attention:
+            stopped = ", ".join(supervisor.needing_attention)
+            raise DemoError(f"{stopped} stopped and needs attention; see {config.data_path}/logs")
         decided = await asyncio.to_thread(_decided_count, config)
         if decided is not None:
             progress.update(task, completed=min(decided, data.messages))

@@ -147,7 +147,7 @@ async def read_compacted(config: TidingsConfig, spec: TopicSpec[T]) -> dict[str,
     consumer = AIOKafkaConsumer(**config.kafka.consumer_options())
     await consumer.start()
     try:
-        tps = await _partitions(config, topic)
+        tps = await topic_partitions(config, topic)
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)
@@ -175,7 +175,7 @@ async def group_lag(config: TidingsConfig, group: str, topics: Sequence[str]) ->
     consumer = AIOKafkaConsumer(group_id=group, **config.kafka.consumer_options())
     await consumer.start()
     try:
-        tps = [tp for topic in topics for tp in await _partitions(config, topic)]
+        tps = [tp for topic in topics for tp in await topic_partitions(config, topic)]
         committed = {tp: (await consumer.committed(tp)) or 0 for tp in tps}
         consumer.assign(tps)
         for tp, offset in committed.items():
@@ -186,7 +186,8 @@ async def group_lag(config: TidingsConfig, group: str, topics: Sequence[str]) ->
         await consumer.stop()
 
 
-async def _partitions(config: TidingsConfig, topic: str) -> list[TopicPartition]:
+async def topic_partitions(config: TidingsConfig, topic: str) -> list[TopicPartition]:
+    """The partitions of `topic`, as the broker describes them."""
     admin = AIOKafkaAdminClient(**config.kafka.common_options())
     await admin.start()
     try:

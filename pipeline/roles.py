@@ -21,6 +21,7 @@ from pipeline.http import Endpoint, record_endpoint
 from pipeline.idle import IdleProbe
 from schemas.base import utc_now
 from schemas.config import TidingsConfig
+from schemas.errors import EXIT_NEEDS_ATTENTION, StopAndAlert
 from sinks.store import ClickHouseStore
 from sinks.writer import ClickHouseSink
 
@@ -50,6 +51,9 @@ async def _serve(config: TidingsConfig, role: str, runner: Runner, until_idle: b
         watcher = asyncio.create_task(_stop_when_idle(config, role, stop))
     try:
         await runner(config, stop, endpoint)
+    except StopAndAlert as exc:
+        log.critical("%s stopped: %s", role, exc)
+        return EXIT_NEEDS_ATTENTION
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -118,5 +122,7 @@ def run_processors(config: TidingsConfig, until_idle: bool) -> int:
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
+        if isinstance(processor.app.crash_reason, StopAndAlert):
+            return EXIT_NEEDS_ATTENTION
         return int(exc.code or 0)
     return 0

@@ -15,6 +15,7 @@ from pipeline.idle import IdleProbe
 from pipeline.roles import ROLES
 from pipeline.supervisor import Supervisor, keep_alive
 from schemas.base import utc_now
+from schemas.errors import EXIT_NEEDS_ATTENTION
 
 
 def run_all(
@@ -31,6 +32,8 @@ def run_all(
     failed = {role: code for role, code in codes.items() if code not in (0, None)}
     for role, code in failed.items():
         console.print(f"[red]{role} exited with code {code}[/]")
+    if EXIT_NEEDS_ATTENTION in failed.values():
+        return EXIT_NEEDS_ATTENTION
     return 1 if failed else 0
 
 
@@ -50,14 +53,19 @@ async def _supervise(
         keep_alive(supervisor, lambda line: console.print(f"[yellow]{line}[/]"))
     )
     try:
-        await _until_stopped(stop, probe, console)
+        await _until_stopped(stop, probe, supervisor, console)
     finally:
         watcher.cancel()
 
 
-async def _until_stopped(stop: asyncio.Event, probe: IdleProbe | None, console: Console) -> None:
+async def _until_stopped(
+    stop: asyncio.Event, probe: IdleProbe | None, supervisor: Supervisor, console: Console
+) -> None:
     streak = 0
     while not stop.is_set():
+        if supervisor.needing_attention:
+            console.print(f"[red]stopping: {', '.join(supervisor.needing_attention)} stopped[/]")
+            return
         if probe is not None:
             report = await probe.check_safely()
             streak = streak + 1 if report.idle else 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipeline.embedded import EmbeddedBroker
 from schemas.config import TidingsConfig
+from schemas.errors import EXIT_NEEDS_ATTENTION
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
+    needs_attention: bool = False
 
 
 class Supervisor:
@@ -70,11 +72,18 @@ class Supervisor:
         for child in self.children:
             process = child.process
             if process is None or process.poll() is None:
-                if process is None and now >= child.next_start:
+                if process is None and now >= child.next_start and not child.needs_attention:
                     self._spawn(child)
                 continue
             code = process.returncode
             child.process = None
+            if code == EXIT_NEEDS_ATTENTION:
+                child.needs_attention = True
+                events.append(
+                    f"{child.role} stopped and needs attention; not restarting it "
+                    f"(see {self.log_dir / (child.role + '.log')})"
+                )
+                continue
             child.restarts += 1
             delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6))
             child.next_start = now + delay
@@ -83,6 +92,11 @@ class Supervisor:
                 f"(log: {self.log_dir / (child.role + '.log')})"
             )
         return events
+
+    @property
+    def needing_attention(self) -> list[str]:
+        """Roles that stopped on purpose (exit code 3) and stay stopped."""
+        return [child.role for child in self.children if child.needs_attention]
 
     def stop(self, grace_s: float = 60.0) -> dict[str, int | None]:
         """SIGTERM every child, wait up to `grace_s`, then SIGKILL; returns exit codes."""
@@ -93,7 +107,7 @@ class Supervisor:
         codes: dict[str, int | None] = {}
         for child in self.children:
             if child.process is None:
-                codes[child.role] = None
+                codes[child.role] = EXIT_NEEDS_ATTENTION if child.needs_attention else None
                 continue
             try:
                 codes[child.role] = child.process.wait(

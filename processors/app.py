@@ -33,7 +33,7 @@ from schemas.base import utc_now
 from schemas.codec import Codec, encode_key
 from schemas.config import TidingsConfig
 from schemas.crm import Activity, DecisionStatus, PromotionDecision
-from schemas.dlq import dead_letter_headers
+from schemas.dlq import DeadLetterFlood, FloodGuard, dead_letter_headers
 from schemas.errors import DecodeError, SyncError
 from schemas.mail import MailItemChanged, ParsedEmail
 from schemas.topics import (
@@ -49,10 +49,6 @@ from schemas.topics import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class DeadLetterFlood(RuntimeError):
-    """Too many undecodable messages in a row: something systemic is wrong upstream."""
 
 
 class ProcessorApp:
@@ -130,7 +126,7 @@ class ProcessorApp:
         self.engine = DecisionEngine(
             self.state, self.directory, self.mailboxes, self.activity_index, self.settings
         )
-        self._consecutive_dead_letters = 0
+        self._flood = FloodGuard(self.settings.dlq_max_consecutive)
         self._register()
 
     def _table(self, name: str) -> Any:
@@ -264,7 +260,7 @@ class ProcessorApp:
         except DecodeError as exc:
             await self._dead_letter(event, exc, consumer)
             return None
-        self._consecutive_dead_letters = 0
+        self._flood.decoded()
         return value
 
     async def _dead_letter(self, event: Any, exc: DecodeError, consumer: str) -> None:
@@ -280,11 +276,8 @@ class ProcessorApp:
         await self.topics[DLQ.suffix].send(key=message.key, value=event.value, headers=headers)
         metrics.DLQ_MESSAGES.labels(message.topic, consumer).inc()
         log.error("dead-lettered %s", exc)
-        self._consecutive_dead_letters += 1
-        if self._consecutive_dead_letters >= self.settings.dlq_max_consecutive:
-            reason = DeadLetterFlood(
-                f"{self._consecutive_dead_letters} undecodable messages in a row on "
-                f"{message.topic}; stopping. Inspect them with `tidings dlq list`."
-            )
-            log.critical("%s", reason)
-            await self.app.crash(reason)
+        try:
+            self._flood.dead_lettered(message.topic)
+        except DeadLetterFlood as flood:
+            log.critical("%s", flood)
+            await self.app.crash(flood)

@@ -6,6 +6,8 @@ from datetime import datetime
 
 import msgspec
 
+from schemas.errors import StopAndAlert
+
 HEADER_TOPIC = "tidings.dlq.topic"
 HEADER_PARTITION = "tidings.dlq.partition"
 HEADER_OFFSET = "tidings.dlq.offset"
@@ -65,3 +67,34 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
             dlq_partition=dlq_partition,
             dlq_offset=dlq_offset,
         )
+
+
+class DeadLetterFlood(StopAndAlert):
+    """Too many undecodable messages in a row: something systemic is wrong upstream."""
+
+
+class FloodGuard:
+    """Counts dead letters in a row; the `limit`-th one raises DeadLetterFlood.
+
+    A consumer calls `dead_lettered` after sending a message to the DLQ and
+    `decoded` after every message it could read, so isolated bad messages pass
+    while a stream of them stops the consumer instead of emptying a topic into
+    the DLQ.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+
+    def decoded(self) -> None:
+        """A message was read fine: the run is broken."""
+        self.in_a_row = 0
+
+    def dead_lettered(self, topic: str) -> None:
+        """A message went to the DLQ; raises DeadLetterFlood at the limit."""
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise DeadLetterFlood(
+                f"{self.in_a_row} undecodable messages in a row on {topic}; stopping. "
+                "Inspect them with `tidings dlq list`, fix the producer, then restart."
+            )

@@ -58,3 +58,12 @@ class DecodeError(Exception):
         self.partition = partition
         self.offset = offset
         self.reason = reason
+
+
+EXIT_NEEDS_ATTENTION = 3
+"""Exit code of a process that stopped on purpose because a restart cannot help
+(a flood of undecodable input, a misconfigured topic); supervisors do not restart it."""
+
+
+class StopAndAlert(RuntimeError):
+    """A condition a restart cannot fix: stop with EXIT_NEEDS_ATTENTION and say why."""

@@ -86,7 +86,7 @@ class ClickHouseStore:
 
     def query_sync(self, sql: str, readonly: bool = True) -> QueryResult:
         """Run a query on the calling thread (only before `open` or from the store thread)."""
-        settings = {"readonly": 1} if readonly and not self.embedded else {}
+        settings = {"readonly": 1} if readonly else {}
         result = self._client.query(sql, settings=settings)
         return QueryResult(list(result.column_names), [tuple(r) for r in result.result_rows])
 

@@ -25,7 +25,7 @@ from schemas import metrics
 from schemas.base import utc_now
 from schemas.codec import Codec
 from schemas.config import KafkaConfig, SinkConfig
-from schemas.dlq import dead_letter_headers
+from schemas.dlq import FloodGuard, dead_letter_headers
 from schemas.errors import DecodeError
 from schemas.topics import (
     CRM_ACTIVITIES,
@@ -42,10 +42,6 @@ from sinks.store import ClickHouseStore, StoreError
 log = logging.getLogger(__name__)
 
 TableRows = dict[str, list[Row]]
-
-
-class DeadLetterFlood(RuntimeError):
-    """Too many undecodable messages in a row; the sink stops instead of hiding it."""
 
 
 def _activity_table_rows(value: Any) -> TableRows:
@@ -99,7 +95,7 @@ class ClickHouseSink:
         self.routes = routes(prefix)
         self.dlq_topic = DLQ.name(prefix)
         self._batches: dict[TopicPartition, _Batch] = {}
-        self._consecutive_dead_letters = 0
+        self._flood = FloodGuard(settings.dlq_max_consecutive)
         self._paused = False
         self._failures = 0
         self._retry_at = 0.0
@@ -140,7 +136,7 @@ class ClickHouseSink:
                 await self._dead_letter(message, exc)
                 batch.next_offset = message.offset + 1
                 continue
-            self._consecutive_dead_letters = 0
+            self._flood.decoded()
             batch.add(route.to_rows(value), message.offset)
         self._update_buffer_metrics()
 
@@ -247,9 +243,4 @@ class ClickHouseSink:
         )
         metrics.DLQ_MESSAGES.labels(exc.topic, self.settings.group_id).inc()
         log.error("dead-lettered %s", exc)
-        self._consecutive_dead_letters += 1
-        if self._consecutive_dead_letters >= self.settings.dlq_max_consecutive:
-            raise DeadLetterFlood(
-                f"{self._consecutive_dead_letters} undecodable messages in a row on {exc.topic}; "
-                "stopping. Inspect them with `tidings dlq list`."
-            )
+        self._flood.dead_lettered(exc.topic)

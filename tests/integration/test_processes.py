@@ -176,3 +176,33 @@ def test_undecodable_input_goes_to_the_dlq_and_processing_goes_on(
     assert by_topic[changes].consumer.startswith("tidings-processors")
     assert by_topic[decisions].consumer == "tidings-sinks"
     assert all(letter.offset >= 0 and letter.error for letter in letters)
+    listed = workspace.cli("dlq", "list").stdout
+    assert changes in listed and decisions in listed and "2 dead letters" in listed
+
+
+def test_a_flood_of_undecodable_messages_stops_the_sink_for_good(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    workspace.cli("broker", "start")
+    log = tmp_path / "run-all.log"
+    process = workspace.start(
+        "run", "all", log=log, env={"TIDINGS_SINKS__DLQ_MAX_CONSECUTIVE": "3"}
+    )
+    try:
+        endpoint(workspace, "sinks")
+        infra = bring_up(load_config(env={"TIDINGS_DATA_DIR": str(workspace.data_dir)}))
+        try:
+            decisions = PROMOTION_DECISIONS.name(infra.config.topic_prefix)
+            for n in range(3):
+                asyncio.run(produce_raw(infra.config, decisions, b"k", f"garbage {n}".encode()))
+        finally:
+            infra.close()
+        assert process.wait(timeout=120) == 3, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert "sinks stopped and needs attention" in output
+    assert (
+        "undecodable messages in a row" in (workspace.data_dir / "logs" / "sinks.log").read_text()
+    )

@@ -167,8 +167,11 @@ class ProcessorApp:
 
         @app.agent(self.topics[MAIL_CHANGES.suffix], concurrency=1)
         async def parse_changes(stream: Any) -> AsyncIterator[None]:
-            await self.views_ready()
+            # Iterate first, then wait for the views: an agent that does not read its
+            # stream while faust recovers tables at start-up can lose the first event
+            # delivered in that window (seen as a stuck partition after a restart).
             async for event in stream.events():
+                await self.views_ready()
                 change = await self._decode(event, changes_codec, "parse_changes")
                 if change is not None:
                     await self._on_change(change)
@@ -176,8 +179,8 @@ class ProcessorApp:
 
         @app.agent(self.topics[MAIL_PARSED.suffix], concurrency=1)
         async def decide(stream: Any) -> AsyncIterator[None]:
-            await self.views_ready()
             async for event in stream.events():
+                await self.views_ready()
                 parsed = await self._decode(event, parsed_codec, "decide")
                 if parsed is not None:
                     await self._on_parsed(parsed, event.message.partition)

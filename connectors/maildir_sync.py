@@ -8,16 +8,18 @@ at most that batch, with the same event ids.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from connectors.claimcheck import ClaimCheck, MessagePayload
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
+from connectors.errors import MAILBOX_MISSING, permanent
 from connectors.maildir import (
     FolderSignature,
+    MailboxMissingError,
     MaildirItem,
     changes_since,
     decode_position,
@@ -27,33 +29,28 @@ from connectors.maildir import (
     modified_at,
     signature_settled,
 )
+from connectors.source import (
+    BatchCallback,
+    PassResult,
+    ServerListing,
+    deleted_event,
+    fold_counters,
+)
 from schemas.base import utc_now
 from schemas.config import ConnectorConfig
 from schemas.ids import change_event_id
 from schemas.mail import ChangeKind, MailItemChanged
-from schemas.mailbox import Cursor, MailboxConfig, MailboxCounters, cursor_key
+from schemas.mailbox import Cursor, MailboxConfig, MailboxCounters, MaildirPosition, cursor_key
 
 PROTOCOL = "maildir"
-
-
-@dataclass
-class PassResult:
-    """What one sync pass over every folder did."""
-
-    listed: int = 0
-    created: int = 0
-    deleted: int = 0
-    unreadable: int = 0
-    pending: int = 0
-    counters: MailboxCounters = field(default_factory=MailboxCounters)
-
-
-BatchCallback = Callable[[PassResult], Awaitable[None]]
-"""Called after each acknowledged batch of a pass (progress reporting)."""
+MAX_MESSAGE_BYTES = 50 * 1024 * 1024
+"""Messages larger than this are not read: they are reported as TooLarge."""
 
 
 class MaildirMailbox:
     """Synchronizes one Maildir mailbox into mail.changes, cursor by cursor."""
+
+    protocol = PROTOCOL
 
     def __init__(
         self,
@@ -64,7 +61,11 @@ class MaildirMailbox:
         store: CursorStore,
         *,
         limits: ConnectorConfig,
+        claim_check: ClaimCheck,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
+        """`claim_check` fits each message into its event (inline, or stored as a blob);
+        a message over `max_message_bytes` is not read and is reported as TooLarge."""
         assert config.maildir is not None
         self.config = config
         self.root = Path(config.maildir.path).expanduser()
@@ -72,22 +73,47 @@ class MaildirMailbox:
         self.emitter = emitter
         self.store = store
         self.max_batch_items = limits.max_batch_items
-        self.max_inline_bytes = limits.max_inline_bytes
+        self.claim_check = claim_check
+        self.max_message_bytes = max_message_bytes
         self.seen: dict[str, set[str]] = {
             folder: decode_position(cursor.position)
             for folder in config.maildir.folders
             if (cursor := cursors.get(cursor_key(config.mailbox_id, folder))) is not None
+            and isinstance(cursor.position, MaildirPosition)
         }
         self.counters = MailboxCounters()
         self.signatures: dict[str, FolderSignature] = {}
         self.listed: dict[str, int] = {}
 
     async def sync_pass(self, on_batch: BatchCallback | None = None) -> PassResult:
-        """Sync every configured folder once; raises MailboxMissingError when the root is gone.
+        """Sync every configured folder once; a missing root is a permanent MailboxMissing.
 
         A folder whose new/ and cur/ did not change since its last complete sync
         (and did not change too recently to tell) is not listed again.
         """
+        try:
+            return await self._sync_pass(on_batch)
+        except MailboxMissingError as exc:
+            raise permanent(MAILBOX_MISSING, str(exc)) from None
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """A Maildir has no push: just wait (the runtime polls it often and cheaply)."""
+        await asyncio.sleep(timeout_s)
+
+    async def list_server_items(self) -> ServerListing:
+        """The unique names every configured folder holds now."""
+        assert self.config.maildir is not None
+        try:
+            return ServerListing(
+                {f: set(list_folder(self.root, f)) for f in self.config.maildir.folders}
+            )
+        except MailboxMissingError as exc:
+            raise permanent(MAILBOX_MISSING, str(exc)) from None
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def _sync_pass(self, on_batch: BatchCallback | None) -> PassResult:
         assert self.config.maildir is not None
         result = PassResult()
         now_ns = time.time_ns()
@@ -108,13 +134,7 @@ class MaildirMailbox:
         for folder, items in listings.items():
             await self._sync_folder(folder, items, result, on_batch)
             self.signatures[folder] = signatures[folder]
-        self.counters = MailboxCounters(
-            items_listed=result.listed,
-            created_events=self.counters.created_events + result.created,
-            updated_events=self.counters.updated_events,
-            deleted_events=self.counters.deleted_events + result.deleted,
-            errors=self.counters.errors + result.unreadable,
-        )
+        self.counters = fold_counters(self.counters, result)
         result.counters = self.counters
         return result
 
@@ -129,7 +149,7 @@ class MaildirMailbox:
         changes = changes_since(seen, items)
         for start in range(0, len(changes.created), self.max_batch_items):
             names = changes.created[start : start + self.max_batch_items]
-            events = [e for n in names if (e := self._created(folder, items[n])) is not None]
+            events = [e for n in names if (e := await self._created(folder, items[n])) is not None]
             await self.emitter.emit_changes(events, PROTOCOL)
             seen.update(e.item_id for e in events)
             await self._save(folder, seen)
@@ -151,30 +171,41 @@ class MaildirMailbox:
             self.config.mailbox_id, folder, encode_position(seen), self.partition, utc_now()
         )
 
-    def _created(self, folder: str, item: MaildirItem) -> MailItemChanged | None:
-        """The created event of an item; None when the file vanished since listing."""
+    async def _created(self, folder: str, item: MaildirItem) -> MailItemChanged | None:
+        """The created event of an item; None when the file vanished since listing.
+
+        The message travels inline or by claim-check; one over `max_message_bytes`
+        is not read (TooLarge), one that cannot be read is reported as Unreadable.
+        A failure to store a claim-check blob is raised (the batch is retried).
+        """
         now = utc_now()
         delivered = modified_at(item.path)
         if delivered is None:
             return None
+        payload = MessagePayload()
         raw: bytes | None = None
         code: str | None = None
         reason: str | None = None
         try:
-            size = item.path.stat().st_size
-            if size > self.max_inline_bytes:
+            size = _file_size(item.path)
+            if size > self.max_message_bytes:
                 code = "TooLarge"
                 reason = (
-                    f"the message is {size} bytes, over the {self.max_inline_bytes}-byte limit "
-                    "for events; raise connectors.max_inline_bytes or move the message"
+                    f"the message is {size} bytes, over the {self.max_message_bytes}-byte "
+                    "ceiling for messages tidings reads; move the message or raise the ceiling"
                 )
-            else:
-                raw = item.path.read_bytes()
+            elif self.claim_check.fits_inline(size):
+                raw = _read_file(item.path)
+            else:  # large: keep the event loop free while reading
+                raw = await asyncio.to_thread(_read_file, item.path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             size = 0
             code, reason = "Unreadable", f"cannot read the file: {exc.strerror or exc}"
+        if raw is not None:
+            size = len(raw)
+            payload = await self.claim_check.payload(raw, PROTOCOL)
         return MailItemChanged(
             event_id=change_event_id(
                 self.config.mailbox_id, folder, item.unique_name, "created", ""
@@ -187,17 +218,27 @@ class MaildirMailbox:
             server_time=delivered,
             size=size,
             flags=sorted(item.flags),
-            raw=raw,
+            folder_role=self.config.folder_role(folder),
+            raw=payload.raw,
+            blob_ref=payload.blob_ref,
+            headers=payload.headers,
+            preview=payload.preview,
             unreadable_code=code,
             unreadable_reason=reason,
         )
 
     def _deleted(self, folder: str, name: str, now: datetime) -> MailItemChanged:
-        return MailItemChanged(
-            event_id=change_event_id(self.config.mailbox_id, folder, name, "deleted", ""),
-            mailbox_id=self.config.mailbox_id,
-            folder=folder,
-            item_id=name,
-            change=ChangeKind.DELETED,
-            observed_at=now,
+        return deleted_event(
+            self.config.mailbox_id, folder, name, now, self.config.folder_role(folder)
         )
+
+
+def _file_size(path: Path) -> int:
+    """The size of a message file (one stat; cheap enough to run on the event loop)."""
+    return path.stat().st_size
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of a message file. Callers read small files inline (as before the
+    claim-check) and large ones in a worker thread."""
+    return path.read_bytes()

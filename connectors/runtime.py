@@ -23,10 +23,14 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from connectors import errors
+from connectors.claimcheck import ClaimCheck
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
-from connectors.maildir import MailboxMissingError
-from connectors.maildir_sync import PROTOCOL, MaildirMailbox, PassResult
+from connectors.errors import ConnectorError
+from connectors.retry import RetryTracker
+from connectors.source import MailboxSource, PassResult
+from connectors.sources import SourceKit, open_source, poll_interval, retry_policy
 from schemas import metrics
 from schemas.base import utc_now
 from schemas.codec import decode_key
@@ -37,8 +41,8 @@ from schemas.mailbox import (
     Cursor,
     MailboxConfig,
     MailboxStatus,
-    Protocol,
     RunStatus,
+    ServerProfile,
     SyncState,
 )
 from schemas.topics import CONNECTOR_CURSORS, MAILBOX_CONFIG, codec
@@ -63,10 +67,20 @@ class _Owned:
 class ConnectorRuntime:
     """Owns mailboxes through the consumer group and runs one sync loop per mailbox."""
 
-    def __init__(self, kafka: KafkaConfig, prefix: str, settings: ConnectorConfig) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        prefix: str,
+        settings: ConnectorConfig,
+        *,
+        claim_check: ClaimCheck,
+        profiles: dict[str, ServerProfile] | None = None,
+    ) -> None:
         self.kafka = kafka
         self.prefix = prefix
         self.settings = settings
+        self.claim_check = claim_check
+        self.profiles = profiles or {}
         self.worker = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.config_topic = MAILBOX_CONFIG.name(prefix)
         self._owned: dict[str, _Owned] = {}
@@ -76,6 +90,7 @@ class ConnectorRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._emitter: Emitter | None = None
         self._store: CursorStore | None = None
+        self._kit: SourceKit | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -85,6 +100,13 @@ class ConnectorRuntime:
         await self._producer.start()
         self._emitter = Emitter(self._producer, self.prefix, self.settings.ack_timeout_s)
         self._store = CursorStore(self.kafka, self.prefix, self._producer)
+        self._kit = SourceKit(
+            emitter=self._emitter,
+            store=self._store,
+            claim_check=self.claim_check,
+            settings=self.settings,
+            profiles=self.profiles,
+        )
         await self._check_layout()
         consumer = AIOKafkaConsumer(
             group_id=self.settings.group_id, **self.kafka.consumer_options()
@@ -194,16 +216,7 @@ class ConnectorRuntime:
         metrics.CONNECTOR_MAILBOXES_OWNED.set(len(self.owned_mailboxes))
 
     def _runnable(self, config: MailboxConfig) -> bool:
-        if not (config.enabled and config.approved):
-            return False
-        if config.protocol != Protocol.MAILDIR or config.maildir is None:
-            log.warning(
-                "mailbox %s uses %s, which this worker cannot read yet",
-                config.mailbox_id,
-                config.protocol,
-            )
-            return False
-        return True
+        return config.enabled and config.approved
 
     async def _stop_mailboxes(self, mailbox_ids: list[str]) -> None:
         stopping = [self._owned.pop(m) for m in mailbox_ids if m in self._owned]
@@ -218,38 +231,72 @@ class ConnectorRuntime:
     # -- one mailbox -----------------------------------------------------------
 
     async def _mailbox_loop(self, owned: _Owned) -> None:
-        assert self._emitter is not None and self._store is not None
+        """Sync, wait for push or the next poll, repeat; retry transient failures on the
+        policy's schedule and stop (mailbox disabled) on a permanent one."""
+        assert self._kit is not None
         config = owned.config
         await self._loaded(owned.partition).wait()
-        mailbox = MaildirMailbox(
-            config,
-            owned.partition,
-            self._cursors.get(owned.partition, {}),
-            self._emitter,
-            self._store,
-            limits=self.settings,
-        )
         tracker = _StatusTracker(config.mailbox_id, self.worker)
-        while not owned.stop.is_set():
-            started = utc_now()
-            clock = time.monotonic()
-            try:
-                result = await mailbox.sync_pass(self._progress_reporter(tracker, started))
-            except MailboxMissingError as exc:
-                await self._fail(config, tracker, "MailboxMissing", str(exc), Severity.PERMANENT)
-                return
-            except (OSError, TimeoutError) as exc:
-                await self._fail(config, tracker, "ReadFailed", str(exc), Severity.TRANSIENT)
-            else:
-                metrics.CONNECTOR_POLL_SECONDS.labels(PROTOCOL).observe(time.monotonic() - clock)
-                next_poll = utc_now() + timedelta(seconds=self.settings.poll_interval_s)
+        retries = RetryTracker(retry_policy(config, self.profiles))
+        interval = poll_interval(config, self.settings)
+        source: MailboxSource | None = None
+        try:
+            while not owned.stop.is_set():
+                started = utc_now()
+                clock = time.monotonic()
+                try:
+                    if source is None:
+                        source = open_source(
+                            config,
+                            owned.partition,
+                            self._cursors.get(owned.partition, {}),
+                            self._kit,
+                        )
+                    result = await source.sync_pass(self._progress_reporter(tracker, started))
+                except (ConnectorError, OSError) as exc:
+                    failure = _as_connector_error(exc)
+                    delay = None if failure.permanent else retries.failed()
+                    if delay is None:
+                        await self._fail(
+                            config, tracker, _final(failure, retries), retries.failures
+                        )
+                        return
+                    await self._fail(config, tracker, failure, retries.failures)
+                    metrics.CONNECTOR_RETRIES.labels(config.protocol, "retry").inc()
+                    await self._pause(owned, delay)
+                    continue
+                retries.succeeded()
+                metrics.CONNECTOR_POLL_SECONDS.labels(source.protocol).observe(
+                    time.monotonic() - clock
+                )
+                next_poll = utc_now() + timedelta(seconds=interval)
                 status = tracker.completed(started, result, next_poll)
                 if status is not None:
                     await self._publish(status)
-            owned.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.poll_interval_s):
-                    await owned.wake.wait()
+                await self._wait_for_change(owned, source, interval)
+        finally:
+            if source is not None:
+                with contextlib.suppress(Exception):
+                    await source.close()
+
+    async def _pause(self, owned: _Owned, seconds: float) -> None:
+        """Sleep, unless the mailbox is stopped or woken (manual sync) first."""
+        owned.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await owned.wake.wait()
+
+    async def _wait_for_change(self, owned: _Owned, source: MailboxSource, interval: float) -> None:
+        """Until the source sees a change (push) or the poll is due, or a wake-up."""
+        owned.wake.clear()
+        change = asyncio.create_task(source.wait_for_change(interval))
+        woken = asyncio.create_task(owned.wake.wait())
+        try:
+            await asyncio.wait({change, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (change, woken):
+                task.cancel()
+            await asyncio.gather(change, woken, return_exceptions=True)
 
     def _progress_reporter(
         self, tracker: _StatusTracker, started: datetime
@@ -263,30 +310,54 @@ class ConnectorRuntime:
         self,
         config: MailboxConfig,
         tracker: _StatusTracker,
-        code: str,
-        message: str,
-        severity: Severity,
+        failure: ConnectorError,
+        attempt: int,
     ) -> None:
+        """Report a failure: a SyncError event and the mailbox's status (disabled
+        when permanent)."""
         assert self._emitter is not None
         now = utc_now()
-        log.error("mailbox %s: %s", config.mailbox_id, message)
+        log.error("mailbox %s: %s", config.mailbox_id, failure.message)
         error = SyncError(
-            error_id=error_id(f"{config.mailbox_id}@{now.isoformat()}", code),
+            error_id=error_id(f"{config.mailbox_id}@{now.isoformat()}", failure.code, attempt),
             mailbox_id=config.mailbox_id,
             scope=ErrorScope.MAILBOX,
-            severity=severity,
-            code=code,
-            message=message,
+            severity=failure.severity,
+            code=failure.code,
+            message=failure.message,
             component="connectors",
+            folder=failure.folder,
+            item_id=failure.item_id,
+            attempt=max(attempt, 1),
             occurred_at=now,
         )
         with contextlib.suppress(Exception):
-            await self._emitter.emit_error(error, PROTOCOL)
-            await self._publish(tracker.failed(now, code, message, severity))
+            await self._emitter.emit_error(error, str(config.protocol))
+            await self._publish(
+                tracker.failed(now, failure.code, failure.message, failure.severity)
+            )
 
     async def _publish(self, status: MailboxStatus) -> None:
         assert self._emitter is not None
         await self._emitter.emit_status(status)
+
+
+def _as_connector_error(exc: ConnectorError | OSError) -> ConnectorError:
+    if isinstance(exc, ConnectorError):
+        return exc
+    return errors.transient("ReadFailed", f"reading the mailbox failed: {exc.strerror or exc}")
+
+
+def _final(failure: ConnectorError, retries: RetryTracker) -> ConnectorError:
+    """A permanent failure as is; a transient one that exhausted its retries, as permanent."""
+    if failure.permanent:
+        return failure
+    return errors.permanent(
+        errors.RETRIES_EXHAUSTED,
+        f"{failure.message} (still failing after {retries.failures} attempts; "
+        "the mailbox is disabled until its configuration changes)",
+        folder=failure.folder,
+    )
 
 
 class _StatusTracker:

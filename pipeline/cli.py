@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -211,16 +212,26 @@ def mailbox() -> None:
 @click.option("--id", "mailbox_id", required=True, help="Mailbox id, e.g. mb-alice.")
 @click.option(
     "--protocol",
-    type=click.Choice(["maildir"]),
+    type=click.Choice(["maildir", "imap", "pop3"]),
     default="maildir",
     show_default=True,
-    help="How to read it (IMAP, POP3, EWS and Graph arrive with later releases).",
+    help="How to read it (EWS and Graph arrive with a later release).",
 )
 @click.option(
     "--path",
     type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="Maildir root (with cur/ new/ tmp/).",
+    help="Maildir root (with cur/ new/ tmp/); maildir only.",
+)
+@click.option(
+    "--server-profile",
+    help="IMAP/POP3: a profile from [server_profiles.NAME] in tidings.toml (host, TLS, limits).",
+)
+@click.option("--user", "username", help="IMAP/POP3 login name (default: the mailbox address).")
+@click.option("--password-env", help="IMAP/POP3: environment variable holding the password.")
+@click.option(
+    "--password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="IMAP/POP3: file holding the password (never stored, only referenced).",
 )
 @click.option("--owner", required=True, help="user:NAME or queue:NAME.")
 @click.option(
@@ -236,37 +247,102 @@ def mailbox() -> None:
     "--folder",
     "folders",
     multiple=True,
-    help="Folder to read (repeatable; default INBOX and Sent).",
+    help="Folder to read (repeatable). Maildir: replaces INBOX+Sent; IMAP: added to them.",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="IMAP/POP3: process email from this date on (initial sync skips older mail).",
+)
+@click.option(
+    "--delete-from-server",
+    is_flag=True,
+    help="POP3: delete messages once synced (default: leave them on the server).",
 )
 @pass_context
 def mailbox_add(
     ctx: Context,
     mailbox_id: str,
     protocol: str,
-    path: Path,
+    path: Path | None,
+    server_profile: str | None,
+    username: str | None,
+    password_env: str | None,
+    password_file: Path | None,
     owner: str,
     incoming_filter: str,
     email: str | None,
     folders: tuple[str, ...],
+    since: datetime | None,
+    delete_from_server: bool,
 ) -> None:
-    """Add (or replace) a mailbox; connectors pick it up within seconds."""
-    from pipeline.mailboxes import MailboxDefinitionError, maildir_mailbox
+    """Add (or replace) a mailbox; connectors pick it up within seconds.
+
+    \b
+    Maildir:  tidings mailbox add --id mb-ann --owner user:ann --path ~/Maildir
+    IMAP:     tidings mailbox add --id mb-bob --owner user:bob --protocol imap \\
+                --server-profile corp --user bob --password-env BOB_IMAP_PASSWORD
+    """
+    from pipeline.mailboxes import MailboxDefinitionError, maildir_mailbox, server_mailbox
+    from schemas.secret import SecretRef
     from schemas.topics import MAILBOX_CONFIG
 
     try:
-        config = maildir_mailbox(
-            mailbox_id, owner, path, incoming_filter, email, list(folders) or None
-        )
+        if protocol == "maildir":
+            if path is None:
+                fail("--path is required for a Maildir mailbox")
+            assert path is not None
+            config = maildir_mailbox(
+                mailbox_id, owner, path, incoming_filter, email, list(folders) or None
+            )
+            if not path.is_dir():
+                err_console.print(f"[yellow]warning:[/] {path} does not exist yet")
+        else:
+            if not server_profile:
+                fail(f"--server-profile is required for {protocol}", _profiles_hint(ctx.config))
+            elif server_profile not in ctx.config.server_profiles:
+                fail(f"no server profile {server_profile!r}", _profiles_hint(ctx.config))
+            if bool(password_env) == bool(password_file):
+                fail("give exactly one of --password-env or --password-file")
+            secret = (
+                SecretRef(env=password_env)
+                if password_env
+                else SecretRef(file=str(Path(str(password_file)).resolve()))
+            )
+            config = server_mailbox(
+                mailbox_id,
+                owner,
+                protocol,
+                str(server_profile),
+                username,
+                secret,
+                incoming_filter=incoming_filter,
+                email=email,
+                folders=list(folders) or None,
+                leave_on_server=not delete_from_server,
+                process_email_from=since.replace(tzinfo=UTC) if since else None,
+            )
     except MailboxDefinitionError as exc:
         fail(str(exc))
-    if not path.is_dir():
-        err_console.print(f"[yellow]warning:[/] {path} does not exist yet")
     infra = bring_up(ctx.config)
     try:
         _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, config)])
     finally:
         infra.close()
     console.print(f"mailbox {mailbox_id} ({config.owner}, filter {incoming_filter}) added")
+
+
+def _where(config: Any) -> str:
+    """Where a mailbox lives, for tables: its Maildir path or protocol, user and profile."""
+    if config.maildir is not None:
+        return str(config.maildir.path)
+    user = config.credentials.username if config.credentials else "?"
+    return f"{config.protocol.value} {user} @ {config.server_profile}"
+
+
+def _profiles_hint(config: TidingsConfig) -> str:
+    known = ", ".join(sorted(config.server_profiles)) or "none yet"
+    return f"server profiles in the configuration: {known}; define [server_profiles.NAME]"
 
 
 @mailbox.command("list")
@@ -283,7 +359,8 @@ def mailbox_list(ctx: Context) -> None:
     finally:
         infra.close()
     table = Table(header_style="bold")
-    for column in ("mailbox", "owner", "address", "filter", "state", "last sync", "items", "where"):
+    columns = ("mailbox", "owner", "address", "filter", "state", "last sync", "items", "where")
+    for column in (*columns, "last error"):
         table.add_column(column)
     for mailbox_id, config in sorted(configs.items()):
         status = statuses.get(mailbox_id)
@@ -300,11 +377,64 @@ def mailbox_list(ctx: Context) -> None:
             status.state.value if status else "not run",
             last,
             str(status.counters.items_listed) if status else "",
-            config.maildir.path if config.maildir else config.protocol.value,
+            _where(config),
+            escape(f"{status.last_error_code}: {status.last_error}")
+            if status and status.last_error_code
+            else "",
         )
     console.print(table)
     if not configs:
         console.print("no mailboxes yet: add one with `tidings mailbox add` or run `tidings demo`")
+
+
+@mailbox.command("reconcile")
+@click.argument("mailbox_id")
+@pass_context
+def mailbox_reconcile(ctx: Context, mailbox_id: str) -> None:
+    """Compare what the mail server holds with what tidings emitted.
+
+    Every item on the server (since the mailbox's start date) must have been
+    emitted to mail.changes; each gap is printed and published to sync.errors.
+    Run it when the mailbox is caught up (see `tidings mailbox list`). Exits 1
+    when there are gaps.
+    """
+    from connectors.errors import ConnectorError
+    from pipeline.reconcile import reconcile
+
+    infra = bring_up(ctx.config)
+    try:
+        report = asyncio.run(reconcile(infra.config, mailbox_id))
+    except LookupError as exc:
+        fail(str(exc))
+    except ConnectorError as exc:
+        fail(f"cannot list {mailbox_id}: {exc.message}", "fix the mailbox or its server profile")
+    finally:
+        infra.close()
+    table = Table(header_style="bold")
+    for column in ("folder", "on server", "emitted", "missing", "stale"):
+        table.add_column(column, justify="left" if column == "folder" else "right")
+    for folder in report.folders:
+        table.add_row(
+            folder.folder,
+            str(folder.on_server),
+            str(folder.emitted),
+            str(len(folder.missing)),
+            str(len(folder.stale)),
+        )
+    console.print(table)
+    for folder in report.folders:
+        for item in folder.missing[:20]:
+            console.print(f"missing  {folder.folder}/{item}")
+        for item in folder.stale[:20]:
+            console.print(f"stale    {folder.folder}/{item}")
+    if report.clean:
+        console.print(f"{mailbox_id}: every item on the server was emitted")
+    else:
+        err_console.print(
+            f"[bold red]{mailbox_id}: gaps found[/] — published to sync.errors; "
+            "see `tidings query \"SELECT * FROM tidings.sync_errors WHERE code LIKE 'Reconcile%'\"`"
+        )
+        sys.exit(1)
 
 
 # -- data out ------------------------------------------------------------------

@@ -36,7 +36,7 @@ from schemas.topics import (
     codec,
 )
 
-SUPPORTED_PROTOCOLS = frozenset({Protocol.MAILDIR})
+SUPPORTED_PROTOCOLS = frozenset({Protocol.MAILDIR, Protocol.IMAP, Protocol.POP3})
 T = TypeVar("T", bound=msgspec.Struct)
 
 
@@ -152,7 +152,7 @@ async def read_compacted(config: TidingsConfig, spec: TopicSpec[T]) -> dict[str,
         for tp in tps:
             consumer.seek(tp, 0)
         value_codec = codec(spec)
-        async for tp, message in _drain(consumer, tps):
+        async for tp, message in drain(consumer, tps):
             key = decode_key(message.key)
             try:
                 value = value_codec.decode_nullable(
@@ -207,11 +207,12 @@ async def _highwaters(
     return {tp: int(consumer.highwater(tp)) for tp in tps}
 
 
-async def _drain(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+async def drain(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout_s: float = 60.0
 ) -> AsyncIterator[tuple[TopicPartition, Any]]:
-    """Yield (tp, message) from the positions in `start` up to each partition's high watermark."""
-    async with asyncio.timeout(60):
+    """Yield (tp, message) from the consumer's positions up to each partition's high
+    watermark (raises TimeoutError after `timeout_s`)."""
+    async with asyncio.timeout(timeout_s):
         while True:
             batch = await consumer.getmany(*tps, timeout_ms=300)
             for tp, messages in batch.items():

@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from connectors.claimcheck import ClaimCheck
 from connectors.runtime import ConnectorRuntime
 from pipeline.embedded import free_port
 from pipeline.http import Endpoint, record_endpoint
 from pipeline.idle import IdleProbe
 from schemas.base import utc_now
+from schemas.blobs import open_blob_store
 from schemas.config import TidingsConfig
 from schemas.errors import EXIT_NEEDS_ATTENTION, StopAndAlert
 from sinks.store import ClickHouseStore
@@ -71,7 +73,14 @@ async def _stop_when_idle(config: TidingsConfig, role: str, stop: asyncio.Event)
 
 
 async def _connectors(config: TidingsConfig, stop: asyncio.Event, endpoint: Endpoint) -> None:
-    runtime = ConnectorRuntime(config.kafka, config.topic_prefix, config.connectors)
+    claim_check = ClaimCheck(open_blob_store(config.blob_url(), config.blobs), config.connectors)
+    runtime = ConnectorRuntime(
+        config.kafka,
+        config.topic_prefix,
+        config.connectors,
+        claim_check=claim_check,
+        profiles=config.server_profiles,
+    )
     endpoint.health = lambda: {"ok": True, "mailboxes": runtime.owned_mailboxes}
     await endpoint.start()
     await runtime.run(stop)

@@ -3,7 +3,9 @@ stages (changes.handle_change, engine.DecisionEngine) to them.
 
 Two agents:
   parse_changes  mail.changes (by mailbox)   → mail.parsed (by thread key),
-                 or a final decision (+ sync error) for deletions and unreadable items
+                 or a final decision (+ sync error) for deletions and unreadable items,
+                 or nothing for flags-only updates; claim-checked messages are read
+                 from the blob store (in a worker thread) before the pure stage
   decide         mail.parsed (by thread key) → promotion.decisions, crm.activities
 
 Undecodable input goes to the DLQ before its offset is committed; a run of
@@ -23,13 +25,14 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processors.changes import handle_change
+from processors.changes import handle_change, needs_blob, read_blob
 from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine
 from processors.faust_state import TableState
 from processors.views import CompactedView
 from schemas import metrics
 from schemas.base import utc_now
+from schemas.blobs import open_blob_store
 from schemas.codec import Codec, encode_key
 from schemas.config import TidingsConfig
 from schemas.crm import Activity, DecisionStatus, PromotionDecision
@@ -57,6 +60,7 @@ class ProcessorApp:
     def __init__(self, config: TidingsConfig) -> None:
         self.config = config
         self.settings = config.processors
+        self.blobs = open_blob_store(config.blob_url(), config.blobs)
         prefix = config.topic_prefix
         kafka = config.kafka
         self.app = faust.App(
@@ -211,8 +215,16 @@ class ProcessorApp:
         self.agents = (parse_changes, decide, run_views, expire_held, metrics_page, health_page)
 
     async def _on_change(self, change: MailItemChanged) -> None:
+        blob = (
+            await asyncio.to_thread(read_blob, change.blob_ref, self.blobs.get)
+            if needs_blob(change) and change.blob_ref is not None
+            else None
+        )
         now = utc_now()
-        out = handle_change(change, self.mailboxes.get(change.mailbox_id), self.settings, now)
+        mailbox = self.mailboxes.get(change.mailbox_id)
+        out = handle_change(change, mailbox, self.settings, now, blob)
+        if out.empty:  # a flags-only update: the item's decision stands
+            return
         if out.parsed is not None:
             await self._send(
                 MAIL_PARSED.suffix, out.parsed.thread_key, out.parsed, codec(MAIL_PARSED)

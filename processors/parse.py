@@ -4,6 +4,10 @@ Pure: bytes and metadata in, a ParsedEmail or a ParseFailure out. Never raises
 on bad input; broken structure becomes a ParseFailure with a code and a message
 a person can act on, smaller defects are listed on the email.
 
+A claim-checked message is parsed from its blob's bytes (read by the caller);
+when the blob is unavailable, `parse_headers_and_preview` builds the email from
+the header block and text preview its event carries.
+
 Parsing uses the compat32 policy and decodes only the headers tidings reads:
 the modern policy parses every header through the header registry, which was
 measured at four fifths of the processors' time (py-spy, bench/e2e.py).
@@ -53,10 +57,14 @@ class ParseFailure:
 
 
 def parse_item(
-    event: MailItemChanged, folder_role: FolderRole, max_description_chars: int
+    event: MailItemChanged,
+    folder_role: FolderRole,
+    max_description_chars: int,
+    content: bytes | None = None,
 ) -> ParsedEmail | ParseFailure:
-    """Parse the raw MIME of a created/updated email event."""
-    raw = event.raw
+    """Parse the MIME of a created/updated email event: `event.raw`, else `content`
+    (the bytes of its claim-check blob, read by the caller)."""
+    raw = event.raw if event.raw is not None else content
     if event.unreadable_code:
         return ParseFailure(event.unreadable_code, event.unreadable_reason or "unreadable")
     if raw is None:
@@ -71,7 +79,67 @@ def parse_item(
     fatal = _fatal_defect(msg)
     if fatal is not None:
         return ParseFailure("Malformed", fatal)
-    return _build(event, folder_role, msg, raw, max_description_chars)
+    defects: list[str] = [type(d).__name__ for d in msg.defects]
+    text, has_html = _body_text(msg, defects)
+    body = _Body(
+        text=text[:max_description_chars],
+        truncated=len(text) > max_description_chars,
+        has_html=has_html,
+        attachments=_attachments(msg),
+        size=len(raw),
+    )
+    return _build(event, folder_role, msg, body, defects)
+
+
+def parse_headers_and_preview(
+    event: MailItemChanged, folder_role: FolderRole, max_description_chars: int, note: str
+) -> ParsedEmail | ParseFailure:
+    """Parse a claim-checked event without its blob: addresses, ids, threading and
+    auto-reply markers from `event.headers`, the body from `event.preview`.
+
+    The body is marked truncated, attachments are unknown (none listed), and `note`
+    (why the blob was not used) is recorded as a defect. Without a usable header
+    block the result is a BlobUnavailable failure carrying `note`.
+    """
+    headers = event.headers or b""
+    if event.unreadable_code:
+        return ParseFailure(event.unreadable_code, event.unreadable_reason or "unreadable")
+    if _check_structure(headers) is not None:
+        return ParseFailure("BlobUnavailable", f"{note}; the event carries no header block")
+    try:
+        msg = _PARSER.parsebytes(_strip_mbox_line(headers).lstrip(b"\r\n"))
+    except Exception as exc:  # the stdlib parser should not raise; be safe anyway
+        return ParseFailure(
+            "BlobUnavailable", f"{note}; header parser failed: {type(exc).__name__}"
+        )
+    # Only the header block is here, so a multipart body's boundary is missing by design.
+    defects = [type(d).__name__ for d in msg.defects if not isinstance(d, _FATAL_DEFECTS)]
+    defects.append(note)
+    body = (event.preview or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+    return _build(
+        event,
+        folder_role,
+        msg,
+        _Body(
+            text=body[:max_description_chars],
+            truncated=True,
+            has_html=msg.get_content_type() == "text/html",
+            attachments=[],
+            size=event.size,
+        ),
+        defects,
+    )
+
+
+@dataclass(frozen=True)
+class _Body:
+    """What of a message's body becomes part of the email."""
+
+    text: str
+    truncated: bool
+    has_html: bool
+    attachments: list[AttachmentInfo]
+    size: int
 
 
 def _check_structure(raw: bytes) -> ParseFailure | None:
@@ -104,17 +172,12 @@ def _build(
     event: MailItemChanged,
     folder_role: FolderRole,
     msg: Message,
-    raw: bytes,
-    max_description_chars: int,
+    body: _Body,
+    defects: list[str],
 ) -> ParsedEmail:
-    defects: list[str] = [type(d).__name__ for d in msg.defects]
     subject = _header_text(msg, "Subject", defects)
     sender = _first_address(msg, "From", defects)
     sent_at = _date(msg, defects)
-    body, has_html = _body_text(msg, defects)
-    truncated = len(body) > max_description_chars
-    if truncated:
-        body = body[:max_description_chars]
     # Some senders (Python's email package among them) fold long ids into encoded
     # words; decoding first keeps those threads intact.
     references = _msgid_list(_header_text(msg, "References", defects))
@@ -123,7 +186,7 @@ def _build(
     message_id = normalize_message_id(_header_text(msg, "Message-ID", defects))
     synthetic = message_id is None
     if message_id is None:
-        message_id = _synthetic_message_id(sender, sent_at, subject, body)
+        message_id = _synthetic_message_id(sender, sent_at, subject, body.text)
     thread_key = references[0] if references else (in_reply_to or message_id)
     return ParsedEmail(
         event_id=event.event_id,
@@ -145,11 +208,11 @@ def _build(
         references=references,
         thread_index=_raw_text(msg, "Thread-Index") or None,
         auto_reply=_auto_reply_kind(msg),
-        body_text=body,
-        body_truncated=truncated,
-        has_html=has_html,
-        attachments=_attachments(msg),
-        size=len(raw),
+        body_text=body.text,
+        body_truncated=body.truncated,
+        has_html=body.has_html,
+        attachments=body.attachments,
+        size=body.size,
         defects=sorted(set(defects)),
     )
 

@@ -7,7 +7,6 @@ file that holds them.
 
 from __future__ import annotations
 
-import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -15,35 +14,12 @@ from typing import Any
 
 import msgspec
 
+from schemas.mailbox import ServerProfile
+from schemas.secret import SecretRef
+
+__all__ = ["SecretRef", "ServerProfile"]
+
 _TOKEN_PREFIX = re.compile(r"[A-Za-z0-9]{1,20}")
-
-
-class SecretRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where a secret lives: an environment variable or a file. Never the secret itself."""
-
-    env: str | None = None
-    file: str | None = None
-
-    def resolve(self) -> str:
-        """Read the secret; raises LookupError naming the reference (not the value)."""
-        if self.env:
-            value = os.environ.get(self.env)
-            if value is None:
-                raise LookupError(f"environment variable {self.env} is not set")
-            return value
-        if self.file:
-            try:
-                data = Path(self.file).read_bytes()
-            except OSError as exc:
-                raise LookupError(f"cannot read secret file {self.file}: {exc.strerror}") from None
-            try:
-                return data.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise LookupError(f"secret file {self.file} is not UTF-8 text") from None
-        raise LookupError("secret reference names neither env nor file")
-
-    def __str__(self) -> str:
-        return f"env:{self.env}" if self.env else f"file:{self.file}"
 
 
 class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -207,13 +183,23 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 
 class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The connector runtime: polling, batching, acknowledgements, message size."""
+    """The connector runtime: polling, batching, acknowledgements, message size.
+
+    A message larger than `claim_check_bytes` goes to the claim-check blob store
+    and its event carries the reference, the header block and a text preview;
+    no event is ever larger than `max_event_bytes` (keep it under the broker's
+    message.max.bytes; Kafka's default is 1 MiB). `poll_interval_s` is for
+    local Maildirs; `server_poll_interval_s` for mail servers without push.
+    """
 
     group_id: str = "tidings-connectors"
     poll_interval_s: float = 0.25
+    server_poll_interval_s: float = 60.0
     max_batch_items: int = 500
     ack_timeout_s: float = 60.0
-    max_inline_bytes: int = 6 * 1024 * 1024
+    claim_check_bytes: int = 512 * 1024
+    max_event_bytes: int = 1_000_000
+    preview_chars: int = 2000
     worker_name: str | None = None
 
 
@@ -234,8 +220,27 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     port: int = 0
 
 
+class BlobStoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The claim-check store for messages too large for a topic.
+
+    `url` None means the directory `<data_dir>/blobs`; `file:///path` another
+    directory; `s3://bucket/prefix` an S3-compatible store at `endpoint` (None:
+    AWS) with keys from `access_key_id` / `secret_access_key` references.
+    """
+
+    url: str | None = None
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+
+
 class TidingsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything tidings is configured with; every field has a working default."""
+    """Everything tidings is configured with; every field has a working default.
+
+    `server_profiles` are the email server profiles mailboxes name
+    (`[server_profiles.NAME]` in tidings.toml).
+    """
 
     data_dir: str = ".tidings"
     topic_prefix: str = "tidings."
@@ -247,6 +252,8 @@ class TidingsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     processors: ProcessingConfig = msgspec.field(default_factory=ProcessingConfig)
     sinks: SinkConfig = msgspec.field(default_factory=SinkConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    blobs: BlobStoreConfig = msgspec.field(default_factory=BlobStoreConfig)
+    server_profiles: dict[str, ServerProfile] = msgspec.field(default_factory=dict)
 
     @property
     def data_path(self) -> Path:
@@ -256,3 +263,7 @@ class TidingsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     def clickhouse_dsn(self) -> str:
         """The configured DSN, or the embedded chDB one inside the data directory."""
         return self.clickhouse.dsn or f"chdb://{self.data_path / 'clickhouse'}"
+
+    def blob_url(self) -> str:
+        """The claim-check store's URL, or the directory inside the data directory."""
+        return self.blobs.url or (self.data_path / "blobs").as_uri()

@@ -17,10 +17,13 @@ class ErrorScope(StrEnum):
 
 
 class Severity(StrEnum):
-    """Transient errors are retried; permanent ones need a person."""
+    """Transient errors are retried; permanent ones need a person; notices need
+    nobody (an event worth recording, such as a folder re-read after its
+    UIDVALIDITY changed)."""
 
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    NOTICE = "notice"
 
 
 class SyncError(Record, frozen=True, kw_only=True):

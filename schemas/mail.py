@@ -32,11 +32,15 @@ class MailItemChanged(Record, frozen=True, kw_only=True):
     """One change to one item of a mailbox, as a connector saw it.
 
     `event_id` is a stable hash of (mailbox, folder, item, change, version), so a
-    re-emitted change carries the same id. For created and updated email the
-    raw MIME travels in `raw`; `blob_ref` names it in the claim-check store when
-    it is too large for the topic. When the connector could list the item but
-    not read it, `unreadable_code`/`unreadable_reason` say why (the item is still
-    reported, so it is accounted for). Keyed by `mailbox_id` on mail.changes.
+    re-emitted change carries the same id. For created email the raw MIME
+    travels in `raw`; when it is too large for the topic it goes to the
+    claim-check store instead: `blob_ref` names it there, and `headers` (the raw
+    header block) and `preview` (the start of the text) still travel here.
+    `updated` events carry only what changed (IMAP flags). `folder_role` is set
+    by connectors that know it from the server (IMAP SPECIAL-USE). When the
+    connector could list the item but not read it, `unreadable_code` and
+    `unreadable_reason` say why (the item is still reported, so it is
+    accounted for). Keyed by `mailbox_id` on mail.changes.
     """
 
     event_id: str
@@ -50,8 +54,11 @@ class MailItemChanged(Record, frozen=True, kw_only=True):
     server_time: datetime | None = None
     size: int = 0
     flags: list[str] = msgspec.field(default_factory=list)
+    folder_role: FolderRole | None = None
     raw: bytes | None = None
     blob_ref: str | None = None
+    headers: bytes | None = None
+    preview: str | None = None
     unreadable_code: str | None = None
     unreadable_reason: str | None = None
 

@@ -9,6 +9,7 @@ from enum import StrEnum
 import msgspec
 
 from schemas.base import Record, RecordRef
+from schemas.secret import SecretRef
 
 
 class Protocol(StrEnum):
@@ -54,6 +55,112 @@ class MaildirSettings(msgspec.Struct, frozen=True, kw_only=True):
     )
 
 
+class TransportSecurity(StrEnum):
+    """How a connection to a mail server is protected."""
+
+    TLS = "tls"  # TLS from the first byte (IMAPS 993, POP3S 995)
+    STARTTLS = "starttls"  # plaintext greeting, then STARTTLS / STLS before login
+    PLAIN = "plain"  # no encryption: refused unless the profile sets allow_plaintext
+
+
+class AuthMethod(StrEnum):
+    """How a connector logs in."""
+
+    PASSWORD = "password"  # IMAP LOGIN / POP3 USER+PASS with the mailbox's credentials
+    XOAUTH2 = "xoauth2"  # SASL XOAUTH2 with a bearer token from a token provider
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Transient failures: reconnect quickly a few times, then retry the mailbox on a
+    slow clock, then give up (Dynamics: 10 times, 5 minutes apart, then permanent).
+
+    Reconnect delays grow exponentially from `reconnect_base_s` up to
+    `reconnect_max_s`, each with full jitter.
+    """
+
+    max_retries: int = 10
+    retry_interval_s: float = 300.0
+    reconnect_attempts: int = 3
+    reconnect_base_s: float = 1.0
+    reconnect_max_s: float = 30.0
+
+
+class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An email server profile: where the server is, how to reach it safely, and how
+    hard tidings may use it. Mailboxes name a profile; its `max_connections` is
+    enforced across every mailbox that uses it (per connector worker).
+
+    `port` None takes the protocol's default for the security mode. `ca_file`
+    adds trusted certificates; `verify_certificates` is on by default and turning
+    it off is logged at every connection. `token_provider` ("module:function",
+    called with the mailbox's user name, returning a bearer token, sync or async)
+    is required for XOAUTH2.
+    """
+
+    protocol: Protocol
+    host: str
+    port: int | None = None
+    security: TransportSecurity = TransportSecurity.TLS
+    allow_plaintext: bool = False
+    verify_certificates: bool = True
+    ca_file: str | None = None
+    auth: AuthMethod = AuthMethod.PASSWORD
+    token_provider: str | None = None
+    max_connections: int = 10
+    timeout_s: float = 30.0
+    use_idle: bool = True
+    idle_reissue_s: float = 25 * 60.0
+    fetch_batch: int = 100
+    max_message_bytes: int = 50 * 1024 * 1024
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.auth == AuthMethod.XOAUTH2 and not self.token_provider:
+            raise ValueError("auth = xoauth2 needs token_provider = 'module:function'")
+        if not 1 <= self.fetch_batch <= 1000:
+            raise ValueError("fetch_batch must be between 1 and 1000")
+
+    def effective_port(self) -> int:
+        """The configured port, or the protocol's well-known one for the security mode."""
+        if self.port is not None:
+            return self.port
+        tls = self.security == TransportSecurity.TLS
+        if self.protocol == Protocol.POP3:
+            return 995 if tls else 110
+        return 993 if tls else 143
+
+
+class Credentials(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who a connector logs in as. The password is a reference, never the value."""
+
+    username: str
+    password: SecretRef | None = None
+
+
+class ImapSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Which IMAP folders to read besides INBOX and Sent.
+
+    Sent is found by its SPECIAL-USE attribute (`\\Sent`), else by one of
+    `sent_names`; `folders` adds any other folder by name.
+    """
+
+    folders: list[str] = msgspec.field(default_factory=list)
+    sent_names: list[str] = msgspec.field(
+        default_factory=lambda: ["Sent", "Sent Items", "Sent Messages", "INBOX.Sent"]
+    )
+    include_sent: bool = True
+
+
+class Pop3Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """POP3 reads one folder, INBOX. Messages stay on the server unless
+    `leave_on_server` is turned off (then they are deleted only after Kafka
+    acknowledged their events)."""
+
+    leave_on_server: bool = True
+
+
 class MailboxConfig(Record, frozen=True, kw_only=True):
     """One mailbox: its owner (a user or a queue), where it lives and how its mail is filtered.
 
@@ -68,7 +175,10 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     approved: bool = True
     enabled: bool = True
     server_profile: str | None = None
+    credentials: Credentials | None = None
     maildir: MaildirSettings | None = None
+    imap: ImapSettings | None = None
+    pop3: Pop3Settings | None = None
     process_email_from: datetime | None = None
     updated_at: datetime | None = None
 
@@ -146,7 +256,32 @@ class MaildirPosition(msgspec.Struct, frozen=True, kw_only=True, tag="maildir"):
     count: int
 
 
-CursorPosition = MaildirPosition
+class ImapFolderPosition(msgspec.Struct, frozen=True, kw_only=True, tag="imap"):
+    """What an IMAP folder held at the last acknowledged sync.
+
+    `uids` is the set of UIDs emitted (and not since expunged) in IMAP sequence-set
+    form ("1:500,502"), valid for `uidvalidity`; `count` its size; `uidnext`
+    the server's UIDNEXT when they were read (every UID below it is handled);
+    `highestmodseq` the CONDSTORE mod-sequence flag changes were read up to (0
+    without CONDSTORE); `exists` how many messages the folder held then.
+    """
+
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int = 0
+    uids: str = ""
+    count: int = 0
+    exists: int = 0
+
+
+class Pop3Position(msgspec.Struct, frozen=True, kw_only=True, tag="pop3"):
+    """The UIDLs of a POP3 mailbox already emitted (zlib, newline-joined, sorted)."""
+
+    uidls_z: bytes
+    count: int
+
+
+CursorPosition = MaildirPosition | ImapFolderPosition | Pop3Position
 
 
 class Cursor(Record, frozen=True, kw_only=True):

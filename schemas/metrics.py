@@ -45,6 +45,31 @@ CONNECTOR_ITEMS_PENDING = Gauge(
     "tidings_connector_items_pending",
     "Items listed by the last polls that are not yet emitted (backlog), summed over mailboxes.",
 )
+CONNECTOR_CONNECTIONS = Gauge(
+    "tidings_connector_connections",
+    "Mail-server connections held now, per email server profile (capped by max_connections).",
+    ["profile"],
+)
+CONNECTOR_RETRIES = Counter(
+    "tidings_connector_retries_total",
+    "Reconnects and mailbox retries after transient failures.",
+    ["protocol", "kind"],
+)
+CONNECTOR_IMAP_COMMANDS = Counter(
+    "tidings_connector_imap_commands_total",
+    "IMAP commands sent, by command name (the cost a poll puts on the server).",
+    ["command"],
+)
+CONNECTOR_PUSH_WAKEUPS = Counter(
+    "tidings_connector_push_wakeups_total",
+    "Times a server push (IMAP IDLE) woke a mailbox before its poll was due.",
+    ["protocol"],
+)
+CONNECTOR_CLAIM_CHECKS = Counter(
+    "tidings_connector_claim_checks_total",
+    "Messages too large for an event, stored in the claim-check blob store instead.",
+    ["protocol"],
+)
 
 # --- processors -------------------------------------------------------------
 PROCESSOR_DECISIONS = Counter(

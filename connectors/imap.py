@@ -1,0 +1,570 @@
+"""One IMAP mailbox, synchronized folder by folder: INBOX, Sent (found by
+SPECIAL-USE, else by name) and any configured folder.
+
+Per folder the cursor holds UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and the UIDs
+already emitted. A pass asks STATUS first: when nothing moved, that one
+command is the whole cost. Otherwise it EXAMINEs the folder (read-only, with
+QRESYNC where offered) and emits, in this order, `deleted` events for UIDs that
+vanished, `updated` events for flag changes (CONDSTORE), and `created` events
+for new UIDs fetched in bounded ranges with BODY.PEEK (reading never sets
+\\Seen). The cursor moves after Kafka acknowledged each batch.
+
+A changed UIDVALIDITY means the server renumbered the folder: every old item
+gets a `deleted` event, a notice says so on sync.errors, and the folder is
+read again from scratch. Email activity ids come from Message-IDs, so the
+re-read produces no duplicate activities.
+
+Between passes the connection stays open when the server profile has slots to
+spare; on INBOX the source then waits in IDLE for push, re-issued before
+server timeouts, and falls back to polling when IDLE is missing or fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import msgspec
+
+from connectors import errors
+from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
+from connectors.cursors import CursorStore
+from connectors.emitter import Emitter
+from connectors.errors import ConnectorError
+from connectors.gate import ServerGate
+from connectors.imap_protocol import (
+    FetchedMessage,
+    FolderState,
+    ListedFolder,
+    compress_uids,
+    expand_uids,
+    search_date,
+    uid_chunks,
+)
+from connectors.imap_session import ImapSession, SecretProvider
+from connectors.source import (
+    BatchCallback,
+    PassResult,
+    ServerListing,
+    deleted_event,
+    fold_counters,
+)
+from schemas import metrics
+from schemas.base import utc_now
+from schemas.errors import ErrorScope, Severity, SyncError
+from schemas.ids import change_event_id, error_id
+from schemas.mail import ChangeKind, MailItemChanged
+from schemas.mailbox import (
+    Cursor,
+    FolderRole,
+    ImapFolderPosition,
+    ImapSettings,
+    MailboxConfig,
+    MailboxCounters,
+    ServerProfile,
+    cursor_key,
+)
+
+log = logging.getLogger(__name__)
+PROTOCOL = "imap"
+SIZE_CHUNK = 1000
+"""UIDs per FETCH of sizes (short answers, so a larger bound than bodies)."""
+FETCH_BYTES = 8 * 1024 * 1024
+"""Message bytes per body FETCH: bounds memory and the answer's size."""
+_CREATED_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[])"
+_HEADER_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
+
+
+def item_id(uidvalidity: int, uid: int) -> str:
+    """An IMAP item's identity: UIDs are only unique within one UIDVALIDITY."""
+    return f"{uidvalidity}:{uid}"
+
+
+def visible_flags(flags: Sequence[str]) -> list[str]:
+    """Flags worth recording (\\Recent is session state, not the message's)."""
+    return sorted(f for f in flags if f.lower() != "\\recent")
+
+
+def pick_folders(
+    listed: Sequence[ListedFolder], settings: ImapSettings
+) -> list[tuple[str, FolderRole]]:
+    """INBOX, then Sent (SPECIAL-USE \\Sent, else the first of `sent_names`), then the
+    configured folders; raises a permanent MailboxMissing for a configured folder
+    the server does not have."""
+    names = {f.name for f in listed}
+    chosen: list[tuple[str, FolderRole]] = [("INBOX", FolderRole.INBOX)]
+    if settings.include_sent:
+        sent = next((f.name for f in listed if "\\sent" in f.attributes), None)
+        if sent is None:
+            folded = {n.casefold(): n for n in names}
+            sent = next(
+                (folded[c.casefold()] for c in settings.sent_names if c.casefold() in folded), None
+            )
+        if sent is not None and sent.upper() != "INBOX":
+            chosen.append((sent, FolderRole.SENT))
+    for configured in settings.folders:
+        folder = "INBOX" if configured.upper() == "INBOX" else configured
+        if folder != "INBOX" and folder not in names:
+            raise errors.permanent(
+                errors.MAILBOX_MISSING,
+                f"folder {folder!r} is configured but the server has no such folder",
+                folder=folder,
+            )
+        if all(folder != name for name, _ in chosen):
+            chosen.append((folder, FolderRole.OTHER))
+    return chosen
+
+
+def unchanged(position: ImapFolderPosition, status: dict[str, int]) -> bool:
+    """True when STATUS shows nothing new, nothing expunged and no flag change."""
+    return (
+        status.get("UIDVALIDITY") == position.uidvalidity
+        and status.get("UIDNEXT") == position.uidnext
+        and status.get("MESSAGES") == position.exists
+        and status.get("HIGHESTMODSEQ", 0) == position.highestmodseq
+    )
+
+
+def body_batches(sizes: dict[int, int], count: int, max_bytes: int) -> list[list[int]]:
+    """UIDs in ascending order cut into FETCH batches of at most `count` UIDs and,
+    unless one message alone is larger, at most `max_bytes`."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for uid in sorted(sizes):
+        size = sizes[uid]
+        if current and (len(current) >= count or current_bytes + size > max_bytes):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(uid)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+class ImapMailbox:
+    """Synchronizes one IMAP mailbox into mail.changes."""
+
+    protocol = PROTOCOL
+
+    def __init__(
+        self,
+        config: MailboxConfig,
+        profile: ServerProfile,
+        partition: int,
+        cursors: dict[str, Cursor],
+        emitter: Emitter,
+        store: CursorStore,
+        *,
+        gate: ServerGate,
+        claim_check: ClaimCheck,
+        secret: SecretProvider,
+        max_batch_items: int,
+    ) -> None:
+        if config.credentials is None:
+            raise errors.permanent(
+                errors.CONFIGURATION, f"mailbox {config.mailbox_id} has no credentials"
+            )
+        self.config = config
+        self.settings = config.imap or ImapSettings()
+        self.profile = profile
+        self.username = config.credentials.username
+        self.partition = partition
+        self.emitter = emitter
+        self.store = store
+        self.gate = gate
+        self.claim_check = claim_check
+        self.secret = secret
+        self.max_batch_items = max_batch_items
+        self.positions: dict[str, ImapFolderPosition] = {}
+        prefix = cursor_key(config.mailbox_id, "")
+        for key, cursor in cursors.items():
+            if key.startswith(prefix) and isinstance(cursor.position, ImapFolderPosition):
+                self.positions[cursor.folder] = cursor.position
+        self.session: ImapSession | None = None
+        self.folders: list[tuple[str, FolderRole]] | None = None
+        self.counters = MailboxCounters()
+        self.idle_failed = False
+
+    # -- connection ------------------------------------------------------------
+
+    async def _connect(self) -> ImapSession:
+        if self.session is not None and not self.session.broken:
+            return self.session
+        await self._disconnect()
+        await self.gate.acquire()
+        try:
+            self.session = await ImapSession.open(self.profile, self.username, self.secret)
+        except BaseException:
+            self.gate.release()
+            raise
+        self.folders = None
+        self.idle_failed = False
+        return self.session
+
+    async def _disconnect(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            try:
+                await session.close()
+            finally:
+                self.gate.release()
+
+    async def close(self) -> None:
+        """Log out and give the connection slot back."""
+        await self._disconnect()
+
+    async def _folders(self, session: ImapSession) -> list[tuple[str, FolderRole]]:
+        if self.folders is None:
+            self.folders = pick_folders(await session.list_folders(), self.settings)
+        return self.folders
+
+    # -- a pass ----------------------------------------------------------------
+
+    async def sync_pass(self, on_batch: BatchCallback | None = None) -> PassResult:
+        """Sync every folder once; the connection stays open unless others wait for it."""
+        result = PassResult()
+        try:
+            session = await self._connect()
+            for folder, role in await self._folders(session):
+                await self._sync_folder(session, folder, role, result, on_batch)
+        except ConnectorError:
+            await self._disconnect()
+            raise
+        except asyncio.CancelledError:
+            await self._disconnect()
+            raise
+        if self.gate.contended.is_set():
+            await self._disconnect()
+        self.counters = fold_counters(self.counters, result)
+        result.counters = self.counters
+        return result
+
+    async def _sync_folder(
+        self,
+        session: ImapSession,
+        folder: str,
+        role: FolderRole,
+        result: PassResult,
+        on_batch: BatchCallback | None,
+    ) -> None:
+        position = self.positions.get(folder)
+        status = await session.status(folder)
+        result.listed += status.get("MESSAGES", 0)
+        if position is not None and unchanged(position, status):
+            return
+        if position is not None and status.get("UIDVALIDITY") != position.uidvalidity:
+            await self._renumbered(folder, position, status.get("UIDVALIDITY", 0), result)
+            position = None
+        known_arg = (
+            (position.uidvalidity, position.highestmodseq, position.uids) if position else None
+        )
+        state = await session.examine(folder, known_arg)
+        known = expand_uids(position.uids) if position else set()
+        if position is not None:
+            gone = await self._vanished(session, state, position, known)
+            if gone:
+                await self._emit_deleted(folder, state.uidvalidity, sorted(gone), result)
+                known -= gone
+                await self._save(folder, state, known, position.uidnext, position.highestmodseq)
+            changed = await self._flag_changes(session, state, position, known)
+            if changed:
+                await self._emit_updated(folder, role, state.uidvalidity, changed, result)
+        new = await self._new_uids(session, position, known)
+        result.pending += len(new)
+        await self._emit_new(session, folder, role, state, new, known, position, result, on_batch)
+        await self._save(folder, state, known, state.uidnext, state.highestmodseq)
+
+    async def _vanished(
+        self,
+        session: ImapSession,
+        state: FolderState,
+        position: ImapFolderPosition,
+        known: set[int],
+    ) -> set[int]:
+        """UIDs of the cursor the server no longer has: QRESYNC says so in EXAMINE's
+        answer; without it one UID SEARCH ALL is compared with the cursor."""
+        if not known:
+            return set()
+        if session.qresync and position.highestmodseq > 0:
+            return state.vanished & known
+        present = set(await session.uid_search("ALL"))
+        return known - present
+
+    async def _flag_changes(
+        self,
+        session: ImapSession,
+        state: FolderState,
+        position: ImapFolderPosition,
+        known: set[int],
+    ) -> list[FetchedMessage]:
+        if not (session.condstore and position.highestmodseq and known):
+            return []
+        if state.highestmodseq <= position.highestmodseq:
+            return []
+        if session.qresync:
+            changed = state.changed
+        else:
+            changed = await session.uid_fetch(
+                f"1:{position.uidnext - 1}",
+                f"(UID FLAGS) (CHANGEDSINCE {position.highestmodseq})",
+            )
+        return [m for m in changed if m.uid in known and m.modseq > position.highestmodseq]
+
+    async def _new_uids(
+        self, session: ImapSession, position: ImapFolderPosition | None, known: set[int]
+    ) -> list[int]:
+        if position is None:
+            since = self.config.process_email_from
+            criteria = ("SINCE", search_date(since)) if since else ("ALL",)
+            found = await session.uid_search(*criteria)
+        else:
+            found = [
+                u
+                for u in await session.uid_search("UID", f"{position.uidnext}:*")
+                if u >= position.uidnext
+            ]
+        return sorted(set(found) - known)
+
+    # -- created ---------------------------------------------------------------
+
+    async def _emit_new(
+        self,
+        session: ImapSession,
+        folder: str,
+        role: FolderRole,
+        state: FolderState,
+        new: list[int],
+        known: set[int],
+        position: ImapFolderPosition | None,
+        result: PassResult,
+        on_batch: BatchCallback | None,
+    ) -> None:
+        modseq = position.highestmodseq if position else 0
+        pending: list[MailItemChanged] = []
+        for chunk in uid_chunks(new, SIZE_CHUNK):
+            sized = await session.uid_fetch(compress_uids(chunk), "(UID RFC822.SIZE)")
+            sizes = {m.uid: m.size for m in sized}
+            small = {u: s for u, s in sizes.items() if s <= self.profile.max_message_bytes}
+            large = sorted(set(sizes) - set(small))
+            for batch in body_batches(small, self.profile.fetch_batch, FETCH_BYTES):
+                fetched = await session.uid_fetch(compress_uids(batch), _CREATED_ITEMS)
+                for message in fetched:
+                    pending.append(await self._created(folder, role, state.uidvalidity, message))
+                if len(pending) >= self.max_batch_items:
+                    await self._flush_created(
+                        folder, state, known, modseq, pending, result, on_batch
+                    )
+            for batch in uid_chunks(large, self.profile.fetch_batch):
+                fetched = await session.uid_fetch(compress_uids(batch), _HEADER_ITEMS)
+                pending.extend(self._too_large(folder, role, state.uidvalidity, m) for m in fetched)
+            # UIDs that vanished between SEARCH and FETCH are simply not there any more.
+            result.pending -= len(chunk) - len(sizes)
+        await self._flush_created(folder, state, known, modseq, pending, result, on_batch)
+
+    async def _flush_created(
+        self,
+        folder: str,
+        state: FolderState,
+        known: set[int],
+        modseq: int,
+        pending: list[MailItemChanged],
+        result: PassResult,
+        on_batch: BatchCallback | None,
+    ) -> None:
+        if not pending:
+            return
+        await self.emitter.emit_changes(pending, PROTOCOL)
+        uids = [int(event.item_id.rsplit(":", 1)[1]) for event in pending]
+        known.update(uids)
+        await self._save(folder, state, known, max(uids) + 1, modseq)
+        result.created += len(pending)
+        result.unreadable += sum(1 for event in pending if event.unreadable_code)
+        result.pending -= len(pending)
+        pending.clear()
+        if on_batch is not None:
+            await on_batch(result)
+
+    async def _created(
+        self, folder: str, role: FolderRole, uidvalidity: int, message: FetchedMessage
+    ) -> MailItemChanged:
+        raw = message.body if message.body is not None else b""
+        payload = await self.claim_check.payload(raw, PROTOCOL)
+        return self._event(folder, role, uidvalidity, message, ChangeKind.CREATED, "", payload)
+
+    def _too_large(
+        self, folder: str, role: FolderRole, uidvalidity: int, message: FetchedMessage
+    ) -> MailItemChanged:
+        headers = header_block(message.body or b"")[: self.claim_check.header_limit]
+        event = self._event(
+            folder,
+            role,
+            uidvalidity,
+            message,
+            ChangeKind.CREATED,
+            "",
+            MessagePayload(headers=headers),
+        )
+        reason = (
+            f"the message is {message.size} bytes, over the profile's max_message_bytes "
+            f"({self.profile.max_message_bytes}); only its headers were read"
+        )
+        return _with(event, unreadable_code="TooLarge", unreadable_reason=reason)
+
+    def _event(
+        self,
+        folder: str,
+        role: FolderRole,
+        uidvalidity: int,
+        message: FetchedMessage,
+        change: ChangeKind,
+        version: str,
+        payload: MessagePayload | None = None,
+    ) -> MailItemChanged:
+        identity = item_id(uidvalidity, message.uid)
+        payload = payload or MessagePayload()
+        return MailItemChanged(
+            event_id=change_event_id(self.config.mailbox_id, folder, identity, change, version),
+            mailbox_id=self.config.mailbox_id,
+            folder=folder,
+            item_id=identity,
+            change=change,
+            version=version,
+            observed_at=utc_now(),
+            server_time=message.internal_date,
+            size=message.size,
+            flags=visible_flags(message.flags),
+            folder_role=role,
+            raw=payload.raw,
+            blob_ref=payload.blob_ref,
+            headers=payload.headers,
+            preview=payload.preview,
+        )
+
+    # -- updated and deleted ---------------------------------------------------
+
+    async def _emit_updated(
+        self,
+        folder: str,
+        role: FolderRole,
+        uidvalidity: int,
+        changed: list[FetchedMessage],
+        result: PassResult,
+    ) -> None:
+        for start in range(0, len(changed), self.max_batch_items):
+            batch = changed[start : start + self.max_batch_items]
+            events = [
+                self._event(folder, role, uidvalidity, m, ChangeKind.UPDATED, str(m.modseq))
+                for m in batch
+            ]
+            await self.emitter.emit_changes(events, PROTOCOL)
+            result.updated += len(events)
+
+    async def _emit_deleted(
+        self, folder: str, uidvalidity: int, uids: list[int], result: PassResult
+    ) -> None:
+        now = utc_now()
+        for start in range(0, len(uids), self.max_batch_items):
+            events = [
+                deleted_event(self.config.mailbox_id, folder, item_id(uidvalidity, uid), now)
+                for uid in uids[start : start + self.max_batch_items]
+            ]
+            await self.emitter.emit_changes(events, PROTOCOL)
+            result.deleted += len(events)
+
+    async def _renumbered(
+        self, folder: str, position: ImapFolderPosition, uidvalidity: int, result: PassResult
+    ) -> None:
+        """The folder's UIDVALIDITY changed: retire every old item and say so."""
+        old = sorted(expand_uids(position.uids))
+        now = utc_now()
+        message = (
+            f"{folder}: UIDVALIDITY changed from {position.uidvalidity} to {uidvalidity}; "
+            f"the folder is read again ({len(old)} earlier items retired; activities are "
+            "matched by Message-ID, so none is duplicated)"
+        )
+        log.warning("mailbox %s: %s", self.config.mailbox_id, message)
+        notice = SyncError(
+            error_id=error_id(
+                f"{self.config.mailbox_id}|{folder}|{position.uidvalidity}>{uidvalidity}",
+                "UidValidityChanged",
+            ),
+            mailbox_id=self.config.mailbox_id,
+            scope=ErrorScope.MAILBOX,
+            severity=Severity.NOTICE,
+            code="UidValidityChanged",
+            message=message,
+            component="connectors",
+            folder=folder,
+            occurred_at=now,
+        )
+        await self.emitter.emit_error(notice, PROTOCOL)
+        await self._emit_deleted(folder, position.uidvalidity, old, result)
+        self.positions.pop(folder, None)
+
+    async def _save(
+        self, folder: str, state: FolderState, known: set[int], uidnext: int, modseq: int
+    ) -> None:
+        position = ImapFolderPosition(
+            uidvalidity=state.uidvalidity,
+            uidnext=uidnext,
+            highestmodseq=modseq,
+            uids=compress_uids(known),
+            count=len(known),
+            exists=state.exists if uidnext == state.uidnext else -1,
+        )
+        await self.store.save(self.config.mailbox_id, folder, position, self.partition, utc_now())
+        self.positions[folder] = position
+
+    # -- waiting and listing ---------------------------------------------------
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """IDLE on INBOX when possible (push); otherwise sleep until the next poll."""
+        session = self.session
+        usable = (
+            session is not None
+            and not session.broken
+            and self.profile.use_idle
+            and not self.idle_failed
+            and "IDLE" in session.capabilities
+            and not self.gate.contended.is_set()
+        )
+        if not usable or session is None:
+            if self.gate.contended.is_set():
+                await self._disconnect()
+            await asyncio.sleep(timeout_s)
+            return
+        try:
+            if session.selected != "INBOX":
+                await session.examine("INBOX")
+            if await session.idle(min(timeout_s, self.profile.idle_reissue_s), self.gate.contended):
+                metrics.CONNECTOR_PUSH_WAKEUPS.labels(PROTOCOL).inc()
+        except ConnectorError as exc:
+            log.info("mailbox %s: IDLE unusable, polling instead: %s", self.config.mailbox_id, exc)
+            self.idle_failed = True
+            await self._disconnect()
+        if self.gate.contended.is_set():
+            await self._disconnect()
+
+    async def list_server_items(self) -> ServerListing:
+        """Item ids per folder (within "process email from"), for reconciliation."""
+        items: dict[str, set[str]] = {}
+        try:
+            session = await self._connect()
+            since = self.config.process_email_from
+            criteria = ("SINCE", search_date(since)) if since else ("ALL",)
+            for folder, _ in await self._folders(session):
+                state = await session.examine(folder)
+                uids = await session.uid_search(*criteria)
+                items[folder] = {item_id(state.uidvalidity, uid) for uid in uids}
+        finally:
+            with contextlib.suppress(ConnectorError):
+                await self._disconnect()
+        return ServerListing(items)
+
+
+def _with(event: MailItemChanged, **changes: object) -> MailItemChanged:
+    return msgspec.structs.replace(event, **changes)

@@ -1,0 +1,101 @@
+"""What the runtime needs from a mailbox, whatever its protocol.
+
+A source synchronizes one mailbox into mail.changes: each `sync_pass` emits the
+changes since its cursors in batches, moving each cursor only after Kafka
+acknowledged the batch it covers. Failures are raised as `ConnectorError`
+(connectors/errors.py) so the runtime can tell permanent from transient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from schemas.ids import change_event_id
+from schemas.mail import ChangeKind, MailItemChanged
+from schemas.mailbox import FolderRole, MailboxCounters
+
+
+@dataclass
+class PassResult:
+    """What one sync pass over every folder did.
+
+    `listed` counts the items the server (or directory) holds in the synced
+    folders; `pending` what the pass saw but has not emitted yet.
+    """
+
+    listed: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unreadable: int = 0
+    pending: int = 0
+    counters: MailboxCounters = field(default_factory=MailboxCounters)
+
+
+BatchCallback = Callable[[PassResult], Awaitable[None]]
+"""Called after each acknowledged batch of a pass (progress reporting)."""
+
+
+@dataclass(frozen=True)
+class ServerListing:
+    """What a mailbox holds now, for reconciliation: item ids per folder.
+
+    Only items within the mailbox's "process email from" window are listed.
+    """
+
+    items: dict[str, set[str]]
+
+
+class MailboxSource(Protocol):
+    """One mailbox, synchronized pass by pass."""
+
+    protocol: str
+
+    async def sync_pass(self, on_batch: BatchCallback | None = None) -> PassResult:
+        """Emit every change since the cursors; raise ConnectorError on failure."""
+        ...
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """Return when the mailbox may have changed (push), or after `timeout_s`."""
+        ...
+
+    async def list_server_items(self) -> ServerListing:
+        """Every item id the mailbox holds now (for `tidings mailbox reconcile`)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the source may be used again afterwards (it reconnects)."""
+        ...
+
+
+def fold_counters(before: MailboxCounters, result: PassResult) -> MailboxCounters:
+    """Running totals after a pass: listed is the latest count, the rest accumulate."""
+    return MailboxCounters(
+        items_listed=result.listed,
+        created_events=before.created_events + result.created,
+        updated_events=before.updated_events + result.updated,
+        deleted_events=before.deleted_events + result.deleted,
+        errors=before.errors + result.unreadable,
+    )
+
+
+def deleted_event(
+    mailbox_id: str,
+    folder: str,
+    item_id: str,
+    now: datetime,
+    folder_role: FolderRole | None = None,
+) -> MailItemChanged:
+    """The event saying an item is gone from its folder (same id on every re-emission)."""
+    return MailItemChanged(
+        event_id=change_event_id(mailbox_id, folder, item_id, ChangeKind.DELETED, ""),
+        mailbox_id=mailbox_id,
+        folder=folder,
+        item_id=item_id,
+        change=ChangeKind.DELETED,
+        observed_at=now,
+        folder_role=folder_role,
+    )

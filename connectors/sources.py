@@ -1,0 +1,117 @@
+"""Which source reads a mailbox: the protocol's module, wired to the shared parts
+(emitter, cursor store, server gates, claim-check). Configuration mistakes are
+permanent ConnectorErrors, so they disable the mailbox with a clear message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from connectors import errors
+from connectors.auth import resolve_password, secret_provider
+from connectors.claimcheck import ClaimCheck
+from connectors.cursors import CursorStore
+from connectors.emitter import Emitter
+from connectors.gate import GateRegistry
+from connectors.imap import ImapMailbox
+from connectors.maildir_sync import MaildirMailbox
+from connectors.pop3 import Pop3Mailbox
+from connectors.source import MailboxSource
+from schemas.config import ConnectorConfig
+from schemas.mailbox import Cursor, MailboxConfig, Protocol, RetryPolicy, ServerProfile
+
+
+@dataclass
+class SourceKit:
+    """What every source shares within one connector worker."""
+
+    emitter: Emitter
+    store: CursorStore
+    claim_check: ClaimCheck
+    settings: ConnectorConfig
+    profiles: dict[str, ServerProfile]
+    gates: GateRegistry = field(default_factory=GateRegistry)
+
+
+def server_profile(config: MailboxConfig, profiles: dict[str, ServerProfile]) -> ServerProfile:
+    """The profile a server mailbox names, checked against its protocol."""
+    name = config.server_profile
+    if name is None or name not in profiles:
+        known = ", ".join(sorted(profiles)) or "none configured"
+        raise errors.permanent(
+            errors.CONFIGURATION,
+            f"mailbox {config.mailbox_id} needs a server profile (it names {name!r}; "
+            f"known: {known}); add [server_profiles.NAME] to tidings.toml",
+        )
+    profile = profiles[name]
+    if profile.protocol != config.protocol:
+        raise errors.permanent(
+            errors.CONFIGURATION,
+            f"mailbox {config.mailbox_id} is {config.protocol} but profile {name} is "
+            f"{profile.protocol}",
+        )
+    return profile
+
+
+def open_source(
+    config: MailboxConfig, partition: int, cursors: dict[str, Cursor], kit: SourceKit
+) -> MailboxSource:
+    """The source for `config`; raises a permanent ConnectorError when misconfigured."""
+    if config.protocol == Protocol.MAILDIR:
+        if config.maildir is None:
+            raise errors.permanent(
+                errors.CONFIGURATION, f"mailbox {config.mailbox_id} has no maildir settings"
+            )
+        return MaildirMailbox(
+            config,
+            partition,
+            cursors,
+            kit.emitter,
+            kit.store,
+            limits=kit.settings,
+            claim_check=kit.claim_check,
+        )
+    profile = server_profile(config, kit.profiles)
+    gate = kit.gates.gate(config.server_profile or "", profile.max_connections)
+    if config.protocol == Protocol.IMAP:
+        return ImapMailbox(
+            config,
+            profile,
+            partition,
+            cursors,
+            kit.emitter,
+            kit.store,
+            gate=gate,
+            claim_check=kit.claim_check,
+            secret=secret_provider(config, profile),
+            max_batch_items=kit.settings.max_batch_items,
+        )
+    if config.protocol == Protocol.POP3:
+        return Pop3Mailbox(
+            config,
+            profile,
+            partition,
+            cursors,
+            kit.emitter,
+            kit.store,
+            gate=gate,
+            claim_check=kit.claim_check,
+            max_batch_items=kit.settings.max_batch_items,
+            password=lambda: resolve_password(config),
+        )
+    raise errors.permanent(
+        errors.CONFIGURATION,
+        f"mailbox {config.mailbox_id} uses {config.protocol}, which this worker cannot read yet",
+    )
+
+
+def poll_interval(config: MailboxConfig, settings: ConnectorConfig) -> float:
+    """Seconds between polls: short for local Maildirs, longer for servers."""
+    if config.protocol == Protocol.MAILDIR:
+        return settings.poll_interval_s
+    return settings.server_poll_interval_s
+
+
+def retry_policy(config: MailboxConfig, profiles: dict[str, ServerProfile]) -> RetryPolicy:
+    """The mailbox's server profile's retry policy (the default for Maildir)."""
+    profile = profiles.get(config.server_profile or "")
+    return profile.retry if profile is not None else RetryPolicy()

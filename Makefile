@@ -34,6 +34,8 @@ faults: setup
 
 bench: setup
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/imap_backfill.py
+	$(BIN)/python bench/idle_poll.py
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 

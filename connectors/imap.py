@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -71,8 +72,9 @@ log = logging.getLogger(__name__)
 PROTOCOL = "imap"
 SIZE_CHUNK = 1000
 """UIDs per FETCH of sizes (short answers, so a larger bound than bodies)."""
-FETCH_BYTES = 8 * 1024 * 1024
-"""Message bytes per body FETCH: bounds memory and the answer's size."""
+BIG_MESSAGE_BYTES = 128 * 1024
+"""Messages larger than this are fetched one per command, so a FETCH answer holds
+at most fetch_batch x 128 KiB (32 MiB at the default 250), or one big message."""
 _CREATED_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[])"
 _HEADER_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
 
@@ -84,6 +86,8 @@ def item_id(uidvalidity: int, uid: int) -> str:
 
 def visible_flags(flags: Sequence[str]) -> list[str]:
     """Flags worth recording (\\Recent is session state, not the message's)."""
+    if not flags:
+        return []
     return sorted(f for f in flags if f.lower() != "\\recent")
 
 
@@ -127,22 +131,56 @@ def unchanged(position: ImapFolderPosition, status: dict[str, int]) -> bool:
     )
 
 
-def body_batches(sizes: dict[int, int], count: int, max_bytes: int) -> list[list[int]]:
-    """UIDs in ascending order cut into FETCH batches of at most `count` UIDs and,
-    unless one message alone is larger, at most `max_bytes`."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_bytes = 0
-    for uid in sorted(sizes):
-        size = sizes[uid]
-        if current and (len(current) >= count or current_bytes + size > max_bytes):
-            batches.append(current)
-            current, current_bytes = [], 0
-        current.append(uid)
-        current_bytes += size
-    if current:
-        batches.append(current)
-    return batches
+def fetch_jobs(
+    new: Sequence[int], big_sizes: dict[int, int], fetch_batch: int, max_message_bytes: int
+) -> list[tuple[list[int], bool]]:
+    """FETCH ranges over `new` UIDs in ascending order: runs of ordinary messages, at
+    most `fetch_batch` per command; each big message (`big_sizes`) alone; `True`
+    marks a message over `max_message_bytes`, of which only the headers are read."""
+    jobs: list[tuple[list[int], bool]] = []
+    run: list[int] = []
+    for uid in sorted(new):
+        if uid in big_sizes:
+            if run:
+                jobs.append((run, False))
+                run = []
+            jobs.append(([uid], big_sizes[uid] > max_message_bytes))
+            continue
+        run.append(uid)
+        if len(run) >= fetch_batch:
+            jobs.append((run, False))
+            run = []
+    if run:
+        jobs.append((run, False))
+    return jobs
+
+
+@dataclass
+class _NewBatch:
+    """New messages of one folder on their way to Kafka: the events not yet sent,
+    the UIDs emitted (`known`) and those still to emit (`outstanding`)."""
+
+    folder: str
+    state: FolderState
+    known: set[int]
+    outstanding: set[int]
+    modseq: int
+    events: list[MailItemChanged] = field(default_factory=list)
+    flushing: asyncio.Future[None] | None = None
+
+    def take(self) -> list[MailItemChanged]:
+        """The events collected so far; collecting starts over."""
+        events, self.events = self.events, []
+        return events
+
+    async def settle(self) -> None:
+        """Wait for the batch being flushed (its acknowledgement and cursor), if any.
+
+        Only one batch is ever unacknowledged: the next is sent after this returns.
+        """
+        flushing, self.flushing = self.flushing, None
+        if flushing is not None:
+            await flushing
 
 
 class ImapMailbox:
@@ -343,48 +381,109 @@ class ImapMailbox:
         result: PassResult,
         on_batch: BatchCallback | None,
     ) -> None:
-        modseq = position.highestmodseq if position else 0
-        pending: list[MailItemChanged] = []
-        for chunk in uid_chunks(new, SIZE_CHUNK):
-            sized = await session.uid_fetch(compress_uids(chunk), "(UID RFC822.SIZE)")
-            sizes = {m.uid: m.size for m in sized}
-            small = {u: s for u, s in sizes.items() if s <= self.profile.max_message_bytes}
-            large = sorted(set(sizes) - set(small))
-            for batch in body_batches(small, self.profile.fetch_batch, FETCH_BYTES):
-                fetched = await session.uid_fetch(compress_uids(batch), _CREATED_ITEMS)
-                for message in fetched:
-                    pending.append(await self._created(folder, role, state.uidvalidity, message))
-                if len(pending) >= self.max_batch_items:
-                    await self._flush_created(
-                        folder, state, known, modseq, pending, result, on_batch
-                    )
-            for batch in uid_chunks(large, self.profile.fetch_batch):
-                fetched = await session.uid_fetch(compress_uids(batch), _HEADER_ITEMS)
-                pending.extend(self._too_large(folder, role, state.uidvalidity, m) for m in fetched)
-            # UIDs that vanished between SEARCH and FETCH are simply not there any more.
-            result.pending -= len(chunk) - len(sizes)
-        await self._flush_created(folder, state, known, modseq, pending, result, on_batch)
+        """Fetch new messages in bounded ranges, in UID order, and emit them in batches.
 
-    async def _flush_created(
+        The next batch is fetched while the previous one waits for Kafka's
+        acknowledgement and its cursor, and is sent only after that, so a crash
+        still re-emits at most one batch. The cursor's UIDNEXT never passes a UID
+        that is not emitted yet.
+        """
+        modseq = position.highestmodseq if position else 0
+        batch = _NewBatch(folder, state, known, set(new), modseq)
+        try:
+            if new:
+                big = await self._big_sizes(session, new)
+                jobs = fetch_jobs(
+                    new, big, self.profile.fetch_batch, self.profile.max_message_bytes
+                )
+                await self._fetch_and_emit(session, role, jobs, batch, result, on_batch)
+            await batch.settle()
+            await self._flush_new(batch, batch.take(), result, on_batch)
+        finally:
+            if batch.flushing is not None:
+                batch.flushing.cancel()
+                await asyncio.gather(batch.flushing, return_exceptions=True)
+
+    async def _fetch_and_emit(
         self,
-        folder: str,
-        state: FolderState,
-        known: set[int],
-        modseq: int,
-        pending: list[MailItemChanged],
+        session: ImapSession,
+        role: FolderRole,
+        jobs: list[tuple[list[int], bool]],
+        batch: _NewBatch,
         result: PassResult,
         on_batch: BatchCallback | None,
     ) -> None:
-        if not pending:
+        prefetch: asyncio.Future[list[FetchedMessage]] | None = None
+        try:
+            for index, (uids, large) in enumerate(jobs):
+                fetching = prefetch or asyncio.ensure_future(self._fetch(session, uids, large))
+                fetched = await fetching
+                prefetch = None
+                gone = set(uids).difference(m.uid for m in fetched)
+                if gone:  # expunged between SEARCH and FETCH: nothing to emit
+                    batch.outstanding -= gone
+                    result.pending -= len(gone)
+                if index + 1 < len(jobs):
+                    prefetch = asyncio.ensure_future(self._fetch(session, *jobs[index + 1]))
+                for message in fetched:
+                    batch.events.append(await self._new_event(batch, role, message, large))
+                if len(batch.events) >= self.max_batch_items:
+                    await batch.settle()
+                    batch.flushing = asyncio.ensure_future(
+                        self._flush_new(batch, batch.take(), result, on_batch)
+                    )
+        finally:
+            if prefetch is not None and not prefetch.done():
+                prefetch.cancel()
+                session.broken = True
+
+    async def _big_sizes(self, session: ImapSession, new: list[int]) -> dict[int, int]:
+        """Sizes of the new messages over BIG_MESSAGE_BYTES: one SEARCH finds them
+        (usually none), one short FETCH per thousand sizes them."""
+        wanted = set(new)
+        found = await session.uid_search(
+            "UID", f"{min(new)}:{max(new)}", "LARGER", str(BIG_MESSAGE_BYTES)
+        )
+        big = sorted(wanted.intersection(found))
+        sizes: dict[int, int] = {}
+        for chunk in uid_chunks(big, SIZE_CHUNK):
+            fetched = await session.uid_fetch(compress_uids(chunk), "(UID RFC822.SIZE)")
+            sizes.update((m.uid, m.size) for m in fetched)
+        return sizes
+
+    async def _fetch(
+        self, session: ImapSession, uids: list[int], large: bool
+    ) -> list[FetchedMessage]:
+        items = _HEADER_ITEMS if large else _CREATED_ITEMS
+        return await session.uid_fetch(compress_uids(uids), items)
+
+    async def _new_event(
+        self, batch: _NewBatch, role: FolderRole, message: FetchedMessage, large: bool
+    ) -> MailItemChanged:
+        uidvalidity = batch.state.uidvalidity
+        if large:
+            return self._too_large(batch.folder, role, uidvalidity, message)
+        return await self._created(batch.folder, role, uidvalidity, message)
+
+    async def _flush_new(
+        self,
+        batch: _NewBatch,
+        events: list[MailItemChanged],
+        result: PassResult,
+        on_batch: BatchCallback | None,
+    ) -> None:
+        """Emit `events`, wait for Kafka, then store the cursor past them."""
+        if not events:
             return
-        await self.emitter.emit_changes(pending, PROTOCOL)
-        uids = [int(event.item_id.rsplit(":", 1)[1]) for event in pending]
-        known.update(uids)
-        await self._save(folder, state, known, max(uids) + 1, modseq)
-        result.created += len(pending)
-        result.unreadable += sum(1 for event in pending if event.unreadable_code)
-        result.pending -= len(pending)
-        pending.clear()
+        await self.emitter.emit_changes(events, PROTOCOL)
+        uids = [int(event.item_id.rsplit(":", 1)[1]) for event in events]
+        batch.known.update(uids)
+        batch.outstanding.difference_update(uids)
+        uidnext = min(batch.outstanding) if batch.outstanding else max(uids) + 1
+        await self._save(batch.folder, batch.state, batch.known, uidnext, batch.modseq)
+        result.created += len(events)
+        result.unreadable += sum(1 for event in events if event.unreadable_code)
+        result.pending -= len(events)
         if on_batch is not None:
             await on_batch(result)
 

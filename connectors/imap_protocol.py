@@ -8,17 +8,16 @@ Nothing here does I/O, so all of it is tested without a server.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 _FETCH_START = re.compile(rb"^(\d+) FETCH \(")
-_UID = re.compile(rb"\bUID (\d+)")
-_MODSEQ = re.compile(rb"\bMODSEQ \((\d+)\)")
-_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-_INTERNALDATE = re.compile(rb'\bINTERNALDATE "([^"]+)"')
-_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
+_ATTRIBUTE = re.compile(
+    rb'\b(UID|MODSEQ|RFC822\.SIZE|INTERNALDATE|FLAGS) (\d+|\(([^)]*)\)|"([^"]*)")'
+)
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\}$")
 _RESP_CODE = re.compile(rb"\[([A-Z-]+)(?: ([^\]]*))?\]")
 _VANISHED = re.compile(rb"^VANISHED (?:\(EARLIER\) )?([0-9:,]+)")
@@ -172,28 +171,49 @@ class ListedFolder:
         return not self.attributes & {"\\noselect", "\\nonexistent"}
 
 
+_MONTH_NUMBERS = {name.upper(): number for number, name in enumerate(_MONTHS, start=1)}
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_internal_date(text: str) -> datetime | None:
-    """INTERNALDATE ("21-Nov-2026 14:43:28 +0000") as an aware datetime, None if malformed."""
+    """INTERNALDATE ("21-Nov-2026 14:43:28 +0000", day may be space-padded) as an
+    aware datetime; None if malformed."""
     try:
-        return datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z")
-    except ValueError:
+        day_part, time_part, zone = text.split()
+        day, month, year = day_part.split("-")
+        hour, minute, second = time_part.split(":")
+        sign = -1 if zone[0] == "-" else 1
+        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5])) * sign
+        return datetime(
+            int(year),
+            _MONTH_NUMBERS[month.upper()],
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=timezone(offset),
+        )
+    except (ValueError, KeyError, IndexError):
         return None
 
 
 def _fetch_item(head: bytes, body: bytes | None) -> FetchedMessage | None:
-    uid = _UID.search(head)
-    if uid is None:
+    values: dict[bytes, bytes] = {}
+    for name, value, inner, quoted in _ATTRIBUTE.findall(head):
+        values[name] = inner if value.startswith(b"(") else quoted or value
+    uid = values.get(b"UID")
+    if uid is None or not uid.isdigit():
         return None
-    flags = _FLAGS.search(head)
-    modseq = _MODSEQ.search(head)
-    size = _SIZE.search(head)
-    date = _INTERNALDATE.search(head)
+    flags = values.get(b"FLAGS")
+    modseq = values.get(b"MODSEQ", b"")
+    size = values.get(b"RFC822.SIZE", b"")
+    date = values.get(b"INTERNALDATE")
     return FetchedMessage(
-        uid=int(uid.group(1)),
-        flags=tuple(flags.group(1).decode("ascii", "replace").split()) if flags else (),
-        modseq=int(modseq.group(1)) if modseq else 0,
-        size=int(size.group(1)) if size else 0,
-        internal_date=parse_internal_date(date.group(1).decode("ascii")) if date else None,
+        uid=int(uid),
+        flags=tuple(flags.decode("ascii", "replace").split()) if flags else (),
+        modseq=int(modseq) if modseq.isdigit() else 0,
+        size=int(size) if size.isdigit() else 0,
+        internal_date=parse_internal_date(date.decode("ascii", "replace")) if date else None,
         body=body,
     )
 

@@ -16,6 +16,7 @@ user, never a password or token.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -65,14 +66,16 @@ class _FetchCommand(aioimaplib.FetchCommand):  # type: ignore[misc]
         self._depth = 0
 
     def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
-        super().append_to_resp(line, result)
-        if isinstance(line, bytes) and not isinstance(line, bytearray):
-            if self.FETCH_MESSAGE_DATA_RE.match(line):
-                self._depth = 0
-            self._depth += line.count(b"(") - line.count(b")")
+        self._resp_result = result
+        self._resp_lines.append(line)
+        if type(line) is bytes:  # literals arrive as bytearray and do not count
+            # Between items the depth is 0, so an item's first line starts afresh.
+            self._depth = max(self._depth, 0) + line.count(b"(") - line.count(b")")
+        if self._timeout is not None:
+            self._reset_timer()
 
     def wait_data(self) -> bool:
-        return bool(self._depth != 0)
+        return bool(self._depth > 0)
 
 
 class _FastProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -266,6 +269,8 @@ class ImapSession:
             response = await self._run(
                 "AUTHENTICATE", self.client.protocol.xoauth2(username, credential)
             )
+        elif self.profile.auth == AuthMethod.PLAIN or "LOGINDISABLED" in self.capabilities:
+            response = await self._authenticate_plain(username, credential)
         else:
             response = await self._run("LOGIN", self.client.protocol.login(username, credential))
         if response.result != "OK":
@@ -280,6 +285,20 @@ class ImapSession:
             )
         if not any(b"CAPABILITY" in bytes(line) for line in response.lines):
             await self._run("CAPABILITY", self.client.protocol.capability())
+
+    async def _authenticate_plain(self, username: str, password: str) -> Any:
+        """SASL PLAIN with an initial response (RFC 4616, RFC 4959)."""
+        protocol = self.client.protocol
+        if "AUTH=PLAIN" not in self.capabilities:
+            raise errors.permanent(
+                errors.CONFIGURATION, f"{self.where}: the server does not offer AUTH=PLAIN"
+            )
+        token = base64.b64encode(f"\0{username}\0{password}".encode()).decode("ascii")
+        command = aioimaplib.Command("AUTHENTICATE", protocol.new_tag(), "PLAIN", token)
+        response = await self._run("AUTHENTICATE", protocol.execute(command, scrub=token))
+        if response.result == "OK":
+            protocol.state = aioimaplib.AUTH
+        return response
 
     # -- commands --------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from connectors.claimcheck import ClaimCheck
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
+from connectors.gate import GateRegistry
 from connectors.retry import RetryTracker
 from connectors.source import MailboxSource, PassResult
 from connectors.sources import SourceKit, open_source, poll_interval, retry_policy
@@ -81,6 +82,8 @@ class ConnectorRuntime:
         self.settings = settings
         self.claim_check = claim_check
         self.profiles = profiles or {}
+        self.gates = GateRegistry()
+        """Connection limits per server profile, shared by this worker's mailboxes."""
         self.worker = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.config_topic = MAILBOX_CONFIG.name(prefix)
         self._owned: dict[str, _Owned] = {}
@@ -96,7 +99,7 @@ class ConnectorRuntime:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then let every mailbox finish its batch and flush."""
-        self._producer = AIOKafkaProducer(**self.kafka.producer_options())
+        self._producer = AIOKafkaProducer(**self.kafka.producer_options(linger_ms=0))
         await self._producer.start()
         self._emitter = Emitter(self._producer, self.prefix, self.settings.ack_timeout_s)
         self._store = CursorStore(self.kafka, self.prefix, self._producer)
@@ -106,6 +109,7 @@ class ConnectorRuntime:
             claim_check=self.claim_check,
             settings=self.settings,
             profiles=self.profiles,
+            gates=self.gates,
         )
         await self._check_layout()
         consumer = AIOKafkaConsumer(

@@ -94,6 +94,14 @@ class IdleProbe:
                 return await self.check()
         except (KafkaError, TimeoutError, OSError) as exc:
             return IdleReport(problem=f"{type(exc).__name__}: {exc}".strip()[:200])
+        except asyncio.CancelledError:
+            # aiokafka's consumer.stop() awaits fetch tasks it cancelled itself when
+            # the broker is gone; that CancelledError is not ours unless we are
+            # being cancelled.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return IdleReport(problem="the broker connection was lost while checking")
 
     async def check(self) -> IdleReport:
         """One look at mailboxes and lag."""

@@ -163,7 +163,7 @@ async def reconcile(config: TidingsConfig, mailbox_id: str) -> ReconcileReport:
     mailbox: MailboxConfig | None = configs.get(mailbox_id)
     if mailbox is None:
         raise LookupError(f"no mailbox {mailbox_id!r} (see `tidings mailbox list`)")
-    producer = AIOKafkaProducer(**config.kafka.producer_options())
+    producer = AIOKafkaProducer(**config.kafka.producer_options(linger_ms=0))
     await producer.start()
     try:
         emitter = Emitter(producer, config.topic_prefix, config.connectors.ack_timeout_s)

@@ -72,14 +72,19 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
                 options["sasl_plain_password"] = self.sasl_password.resolve()
         return options
 
-    def producer_options(self) -> dict[str, Any]:
-        """Keyword arguments for an aiokafka producer: acks=all, batching, idempotence."""
+    def producer_options(self, linger_ms: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for an aiokafka producer: acks=all, batching, idempotence.
+
+        `linger_ms` overrides the configured linger for producers that wait for
+        each batch's acknowledgement anyway (connectors): lingering would only
+        add latency there, since a batch sent in one go is one request already.
+        """
         idempotent = self.idempotence if self.idempotence is not None else not self.is_tansu
         return {
             **self.common_options(),
             "acks": "all",
             "enable_idempotence": idempotent,
-            "linger_ms": self.linger_ms,
+            "linger_ms": self.linger_ms if linger_ms is None else linger_ms,
             "max_batch_size": self.max_batch_bytes,
             "max_request_size": self.max_request_bytes,
         }

@@ -66,7 +66,9 @@ class TransportSecurity(StrEnum):
 class AuthMethod(StrEnum):
     """How a connector logs in."""
 
-    PASSWORD = "password"  # IMAP LOGIN / POP3 USER+PASS with the mailbox's credentials
+    # IMAP LOGIN (AUTHENTICATE PLAIN where the server disables LOGIN) / POP3 USER+PASS
+    PASSWORD = "password"
+    PLAIN = "plain"  # SASL PLAIN (IMAP AUTHENTICATE PLAIN) with the mailbox's credentials
     XOAUTH2 = "xoauth2"  # SASL XOAUTH2 with a bearer token from a token provider
 
 
@@ -110,7 +112,7 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     timeout_s: float = 30.0
     use_idle: bool = True
     idle_reissue_s: float = 25 * 60.0
-    fetch_batch: int = 100
+    fetch_batch: int = 250
     max_message_bytes: int = 50 * 1024 * 1024
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
 

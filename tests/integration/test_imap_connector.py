@@ -4,10 +4,12 @@ untouched, credentials and TLS rules, a server restart mid-sync, exact counts.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from schemas.config import ConnectorConfig
 from schemas.errors import Severity
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
+    AuthMethod,
     ImapSettings,
     Protocol,
     RetryPolicy,
@@ -333,3 +336,58 @@ async def test_polls_when_idle_is_off(dovecot: Dovecot, password: str, tmp_path:
             events = await h.wait_for(MAIL_CHANGES, "mb-iris", lambda e: len(e) == 2)
             assert metrics.CONNECTOR_PUSH_WAKEUPS.labels("imap")._value.get() == wakeups
     assert [e.change for e in events] == [ChangeKind.CREATED, ChangeKind.CREATED]
+
+
+async def test_sasl_plain_and_the_start_date(
+    dovecot: Dovecot, password: str, tmp_path: Path
+) -> None:
+    dovecot.add_user("jill", password)
+    dovecot.append("jill", "INBOX", message(1, "Old"), date=datetime(2020, 1, 5, tzinfo=UTC))
+    dovecot.append("jill", "INBOX", message(2, "New"), date=datetime(2026, 3, 1, tzinfo=UTC))
+    server = profile(dovecot, auth=AuthMethod.PLAIN)
+    config = mailbox("mb-jill", "jill", process_email_from=datetime(2026, 1, 1, tzinfo=UTC))
+    async with ConnectorHarness.up(tmp_path / "data", {"dovecot": server}, FAST) as h:
+        await h.add_mailbox(config)
+        async with h.runtime():
+            await h.wait_for(
+                MAILBOX_STATUS, "mb-jill", lambda s: bool(s) and s[-1].sync_generation >= 1
+            )
+            await asyncio.sleep(2)  # later polls (every 0.5 s) must not pick up the old one
+            events = await h.changes("mb-jill")
+            report = await reconcile(h.config, "mb-jill")
+    assert [e.raw is not None and b"Subject: New 2" in e.raw for e in events] == [True]
+    assert report.clean and [f.on_server for f in report.folders if f.folder == "INBOX"] == [1]
+
+
+async def test_profile_connection_limit_is_shared_by_its_mailboxes(
+    dovecot: Dovecot, password: str, tmp_path: Path
+) -> None:
+    users = [f"pool{n}" for n in range(5)]
+    for user in users:
+        dovecot.add_user(user, password)
+        dovecot.append(user, "INBOX", message(1))
+    server = profile(dovecot, max_connections=2)
+    async with ConnectorHarness.up(tmp_path / "data", {"dovecot": server}, FAST) as h:
+        for user in users:
+            await h.add_mailbox(mailbox(f"mb-{user}", user))
+        async with h.runtime() as runtime:
+            gate = runtime.gates.gate("dovecot", 2)
+            peak = 0
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, gate.in_use)
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                for user in users:
+                    await h.wait_for(MAIL_CHANGES, f"mb-{user}", lambda e: len(e) == 1)
+                for user in users:
+                    dovecot.append(user, "INBOX", message(2))
+                for user in users:
+                    await h.wait_for(MAIL_CHANGES, f"mb-{user}", lambda e: len(e) == 2)
+            finally:
+                watcher.cancel()
+    assert peak == 2

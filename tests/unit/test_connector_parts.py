@@ -9,7 +9,6 @@ import random
 import ssl
 import zlib
 from datetime import UTC, datetime
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 from connectors import errors
 from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry, ServerGate
-from connectors.imap import body_batches, item_id, pick_folders, unchanged, visible_flags
+from connectors.imap import fetch_jobs, item_id, pick_folders, unchanged, visible_flags
 from connectors.imap_protocol import ListedFolder, parse_fetch
 from connectors.imap_session import (
     ImapSession,
@@ -187,41 +186,40 @@ def test_a_position_saved_mid_pass_is_never_unchanged() -> None:
     assert not unchanged(partial, {**STATUS, "MESSAGES": 0})
 
 
-# --- imap.py: body batches ---------------------------------------------------------------------
+# --- imap.py: fetch jobs ------------------------------------------------------------------------
 
 
-def test_body_batches_bound_count_and_bytes() -> None:
-    sizes = {1: 10, 2: 10, 3: 10, 4: 10, 5: 10}
-    assert body_batches(sizes, count=2, max_bytes=1000) == [[1, 2], [3, 4], [5]]
-    assert body_batches(sizes, count=10, max_bytes=25) == [[1, 2], [3, 4], [5]]
-    assert body_batches(sizes, count=10, max_bytes=30) == [[1, 2, 3], [4, 5]]
-    assert body_batches({}, count=3, max_bytes=10) == []
+def test_fetch_jobs_bound_ordinary_runs_by_count() -> None:
+    assert fetch_jobs([5, 1, 2, 3, 4], {}, fetch_batch=2, max_message_bytes=100) == [
+        ([1, 2], False),
+        ([3, 4], False),
+        ([5], False),
+    ]
+    assert fetch_jobs([], {}, fetch_batch=3, max_message_bytes=10) == []
 
 
-def test_a_message_larger_than_max_bytes_gets_its_own_batch() -> None:
-    sizes = {3: 5, 1: 5, 2: 500, 4: 5, 5: 600}
-    assert body_batches(sizes, count=10, max_bytes=100) == [[1], [2], [3, 4], [5]]
+def test_big_messages_go_alone_and_huge_ones_as_headers() -> None:
+    jobs = fetch_jobs([1, 2, 3, 4, 5, 6], {2: 500, 5: 600}, fetch_batch=10, max_message_bytes=550)
+    assert jobs == [([1], False), ([2], False), ([3, 4], False), ([5], True), ([6], False)]
 
 
 @given(
-    st.dictionaries(st.integers(1, 10**6), st.integers(0, 5000), max_size=120),
+    st.sets(st.integers(1, 10**6), max_size=120),
+    st.dictionaries(st.integers(1, 10**6), st.integers(0, 5000), max_size=20),
     st.integers(1, 20),
-    st.integers(1, 20000),
+    st.integers(1, 5000),
 )
-def test_body_batches_properties(sizes: dict[int, int], count: int, max_bytes: int) -> None:
-    batches = body_batches(sizes, count, max_bytes)
-    # Every UID exactly once, ascending across and within batches.
-    assert [uid for batch in batches for uid in batch] == sorted(sizes)
-    for batch in batches:
-        assert 1 <= len(batch) <= count
-        assert len(batch) == 1 or sum(sizes[u] for u in batch) <= max_bytes
-    for uid, size in sizes.items():
-        if size > max_bytes:
-            assert [uid] in batches
-    # A batch is only cut when the next message would not fit.
-    for current, following in pairwise(batches):
-        weight = sum(sizes[u] for u in current)
-        assert len(current) == count or weight + sizes[following[0]] > max_bytes
+def test_fetch_jobs_properties(
+    new: set[int], big: dict[int, int], fetch_batch: int, max_bytes: int
+) -> None:
+    jobs = fetch_jobs(sorted(new), big, fetch_batch, max_bytes)
+    # Every UID exactly once, ascending across and within jobs.
+    assert [uid for uids, _ in jobs for uid in uids] == sorted(new)
+    for uids, headers_only in jobs:
+        assert 1 <= len(uids) <= fetch_batch
+        if any(uid in big for uid in uids):
+            assert len(uids) == 1
+        assert headers_only == (len(uids) == 1 and big.get(uids[0], 0) > max_bytes)
 
 
 # --- retry.py ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -61,6 +62,10 @@ _TRANSIENT_CODES = {"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG", "CONTACTADMIN"
 class _FetchCommand(aioimaplib.FetchCommand):  # type: ignore[misc]
     """FETCH that tracks parenthesis depth as lines arrive instead of re-scanning them."""
 
+    _expected_size: int
+    _resp_literal_data: bytearray
+    _resp_lines: list[bytes | bytearray]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._depth = 0
@@ -76,6 +81,20 @@ class _FetchCommand(aioimaplib.FetchCommand):  # type: ignore[misc]
 
     def wait_data(self) -> bool:
         return bool(self._depth > 0)
+
+    def append_literal_data(self, data: bytes) -> bytes:
+        """Collect a literal; once complete it becomes one bytearray response item."""
+        need = self._expected_size - len(self._resp_literal_data)
+        if not self._resp_literal_data and len(data) >= need:
+            self._resp_lines.append(bytearray(data[:need]))
+            self._expected_size = 0
+            return data[need:]
+        self._resp_literal_data.extend(data[:need])
+        if len(self._resp_literal_data) == self._expected_size:
+            self._resp_lines.append(self._resp_literal_data)
+            self._expected_size = 0
+            self._resp_literal_data = bytearray()
+        return data[need:]
 
 
 class _FastProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -109,17 +128,43 @@ class _FastProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
                 raise aioimaplib.IncompleteRead(current_cmd, data[pos:])
             line = data[pos:newline]
             pos = newline + 2
-            cmd = line_handler(line, current_cmd)
-            literal = aioimaplib.literal_data_re.match(line)
-            if literal:
+            cmd = self._fetch_data(line, current_cmd) or line_handler(line, current_cmd)
+            size = _literal_size(line)
+            if size is not None:
                 if cmd is None:
                     cmd = aioimaplib.Command("NIL", "unused")
-                cmd.begin_literal_data(int(literal.group("size")))
+                cmd.begin_literal_data(size)
                 current_cmd = cmd
             elif cmd is not None and cmd.wait_data():
                 current_cmd = cmd
             else:
                 current_cmd = None
+
+    def _fetch_data(self, line: bytes, current_cmd: Any) -> _FetchCommand | None:
+        """Fast path for the bulk of a FETCH answer: its untagged FETCH lines and the
+        rest of an item after a literal go straight to the pending FETCH (what
+        aioimaplib's general line handler would do, without its per-line work)."""
+        fetch: object = self.pending_async_commands.get("FETCH")
+        if not isinstance(fetch, _FetchCommand) or self.pending_sync_command is not None:
+            return None
+        if current_cmd is not fetch:
+            if not (line.startswith(b"* ") and _FETCH_DATA.match(line, 2)):
+                return None
+            line = line[2:]
+        fetch.append_to_resp(line)
+        return fetch
+
+
+def _literal_size(line: bytes) -> int | None:
+    """The size of the literal a line announces ("... {123}"), else None."""
+    if not line.endswith(b"}"):
+        return None
+    start = line.rfind(b"{")
+    digits = line[start + 1 : -1]
+    return int(digits) if start != -1 and digits.isdigit() else None
+
+
+_FETCH_DATA = re.compile(rb"\d+ FETCH \(")
 
 
 class _Client(aioimaplib.IMAP4_SSL):  # type: ignore[misc]

@@ -37,6 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipeline.bootstrap import bring_up
 from pipeline.config import load_config
+from pipeline.http import read_endpoint
 from pipeline.mailboxes import maildir_mailbox
 from pipeline.publish import publish
 from pipeline.query import QueryError, run_query
@@ -111,8 +112,16 @@ def contacts_for(count: int) -> list[CrmRecord]:
     ]
 
 
+def sinks_up(config: TidingsConfig) -> bool:
+    """True once the sinks process serves queries (before that, a query from here
+    would open chDB itself and keep the sinks from opening it)."""
+    return read_endpoint(config.data_path / "run", "sinks") is not None
+
+
 def decided(config: TidingsConfig) -> int:
     """Rows in promotion_decisions (FINAL) — through the running sinks process."""
+    if not sinks_up(config):
+        return 0
     try:
         sql = "SELECT count() FROM tidings.promotion_decisions FINAL WHERE status != 'removed'"
         rows = run_query(config, sql).rows
@@ -123,6 +132,8 @@ def decided(config: TidingsConfig) -> int:
 
 def item_decided(config: TidingsConfig, item_key: str) -> bool:
     """True once one item's decision is a row in ClickHouse."""
+    if not sinks_up(config):
+        return False
     try:
         rows = run_query(
             config,

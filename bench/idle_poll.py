@@ -41,8 +41,6 @@ from schemas.mailbox import (
     Credentials,
     MailboxConfig,
     Protocol,
-    ServerProfile,
-    TransportSecurity,
 )
 from schemas.secret import SecretRef
 from tests.mailserver import Dovecot
@@ -83,16 +81,7 @@ def commands(sources: list[ImapMailbox]) -> int:
 
 async def run(dovecot: Dovecot, count: int, rounds: int, tls: bool, blobs: Path) -> dict[str, Any]:
     os.environ["BENCH_IDLE_PASSWORD"] = PASSWORD
-    profile = ServerProfile(
-        protocol=Protocol.IMAP,
-        host="localhost" if tls else dovecot.host,
-        port=dovecot.imaps_port if tls else dovecot.imap_port,
-        security=TransportSecurity.TLS if tls else TransportSecurity.PLAIN,
-        allow_plaintext=not tls,
-        ca_file=str(dovecot.ca_file),
-        max_connections=count,
-        use_idle=False,
-    )
+    profile = dovecot.profile(tls=tls, max_connections=count, use_idle=False)
     gate = ServerGate("bench", count)
     claim_check = ClaimCheck(DirectoryBlobStore(blobs), ConnectorConfig())
     emitter, store = CountingEmitter(), CountingStore()

@@ -53,7 +53,6 @@ from schemas.mailbox import (
     MailboxConfig,
     Protocol,
     ServerProfile,
-    TransportSecurity,
 )
 from schemas.secret import SecretRef
 from tests.mailserver import Dovecot
@@ -112,15 +111,7 @@ async def connector_syncs(
     infra = await asyncio.to_thread(bring_up, config)
     try:
         config = infra.config
-        profile = ServerProfile(
-            protocol=Protocol.IMAP,
-            host="localhost" if tls else dovecot.host,
-            port=dovecot.imaps_port if tls else dovecot.imap_port,
-            security=TransportSecurity.TLS if tls else TransportSecurity.PLAIN,
-            allow_plaintext=not tls,
-            ca_file=str(dovecot.ca_file),
-            fetch_batch=fetch_batch,
-        )
+        profile = dovecot.profile(tls=tls, fetch_batch=fetch_batch)
         mailbox = MailboxConfig(
             mailbox_id="mb-bench",
             owner=RecordRef(type=RecordType.USER, id=USER),

@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import Self
 
 from connectors.imap_protocol import encode_mailbox
+from schemas.mailbox import Protocol, ServerProfile, TransportSecurity
 
 _SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])
 _START_TIMEOUT = 20.0
@@ -453,6 +454,26 @@ class Dovecot:
         if "." in encoded or encoded.startswith("/") or encoded.endswith("/"):
             raise ValueError(f"folder {folder!r} cannot be stored in a Maildir++ layout")
         return self.maildir(user) / ("." + encoded.replace("/", "."))
+
+    def profile(
+        self, protocol: Protocol = Protocol.IMAP, *, tls: bool = True, **changes: object
+    ) -> ServerProfile:
+        """A server profile for this server: TLS checked against `ca_file` (host
+        localhost, as in the certificate), or plaintext loopback (allowed
+        explicitly); `changes` override any other field."""
+        imap = protocol == Protocol.IMAP
+        secure_port = self.imaps_port if imap else self.pop3s_port
+        plain_port = self.imap_port if imap else self.pop3_port
+        settings: dict[str, object] = {
+            "protocol": protocol,
+            "host": "localhost" if tls else self.host,
+            "port": secure_port if tls else plain_port,
+            "security": TransportSecurity.TLS if tls else TransportSecurity.PLAIN,
+            "allow_plaintext": not tls,
+            "ca_file": str(self.ca_file),
+        }
+        settings.update(changes)
+        return ServerProfile(**settings)  # type: ignore[arg-type]
 
     def client(self, user: str, password: str) -> imaplib.IMAP4:
         """A logged-in stdlib IMAP client on the plaintext port; the caller logs out."""

@@ -23,7 +23,6 @@ from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
     AuthMethod,
     ImapSettings,
-    Protocol,
     RetryPolicy,
     ServerProfile,
     SyncState,
@@ -42,18 +41,9 @@ FAST = ConnectorConfig(server_poll_interval_s=0.5, max_batch_items=100)
 
 
 def profile(dovecot: Dovecot, **changes: object) -> ServerProfile:
-    """IMAPS on the test server, certificate checked against its CA."""
-    settings: dict[str, object] = {
-        "protocol": Protocol.IMAP,
-        "host": "localhost",
-        "port": dovecot.imaps_port,
-        "security": TransportSecurity.TLS,
-        "ca_file": str(dovecot.ca_file),
-        "retry": FAST_RETRY,
-        "timeout_s": 10.0,
-    }
-    settings.update(changes)
-    return ServerProfile(**settings)  # type: ignore[arg-type]
+    """IMAPS on the test server, certificate checked, fast retries."""
+    settings: dict[str, object] = {"retry": FAST_RETRY, "timeout_s": 10.0, **changes}
+    return dovecot.profile(**settings)  # type: ignore[arg-type]
 
 
 @pytest.fixture

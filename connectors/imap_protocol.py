@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from typing import NamedTuple
 
 _FETCH_START = re.compile(rb"^(\d+) FETCH \(")
 _ATTRIBUTE = re.compile(
@@ -132,9 +133,11 @@ def search_date(moment: datetime) -> str:
 # -- responses -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FetchedMessage:
-    """One message's FETCH data; `body` is None when it was not requested."""
+class FetchedMessage(NamedTuple):
+    """One message's FETCH data; `body` is None when it was not requested.
+
+    A NamedTuple: one is built per message of a backfill, and it is immutable.
+    """
 
     uid: int
     flags: tuple[str, ...] = ()
@@ -236,7 +239,7 @@ def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[FetchedMessage]:
             continue
         head = bytes(line)
         body: bytes | None = None
-        if _LITERAL_AT_END.search(head) and i < count and isinstance(lines[i], bytearray):
+        if head.endswith(b"}") and i < count and isinstance(lines[i], bytearray):
             body = bytes(lines[i])
             i += 1
             if i < count and not isinstance(lines[i], bytearray):

@@ -39,6 +39,7 @@ from connectors.imap_protocol import (
     quote_mailbox,
     response_code,
 )
+from connectors.transport import check_transport, tls_context
 from schemas import metrics
 from schemas.mailbox import AuthMethod, ServerProfile, TransportSecurity
 
@@ -182,36 +183,6 @@ class _Client(aioimaplib.IMAP4_SSL):  # type: ignore[misc]
         self.protocol = _FastProtocol(running, conn_lost_cb)
         self._client_task = running.create_task(
             running.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
-        )
-
-
-def tls_context(profile: ServerProfile) -> ssl.SSLContext:
-    """Certificate-checking TLS (the system CAs plus `ca_file`), unless the profile opts out.
-
-    An unreadable `ca_file` is a permanent Configuration error.
-    """
-    try:
-        context = ssl.create_default_context(cafile=profile.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise errors.permanent(
-            errors.CONFIGURATION,
-            f"ca_file {profile.ca_file} of the profile for {profile.host} cannot be used: "
-            f"{getattr(exc, 'strerror', None) or exc}",
-        ) from None
-    if not profile.verify_certificates:
-        log.warning("certificate checks are OFF for %s (verify_certificates = false)", profile.host)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def check_transport(profile: ServerProfile) -> None:
-    """Refuse plaintext unless the profile explicitly allows it."""
-    if profile.security == TransportSecurity.PLAIN and not profile.allow_plaintext:
-        raise errors.permanent(
-            errors.PLAINTEXT_REFUSED,
-            f"{profile.host}:{profile.effective_port()} would be read without encryption; "
-            "use security = tls or starttls, or set allow_plaintext = true on the profile",
         )
 
 

@@ -59,7 +59,6 @@ from connectors.errors import (
     AUTHENTICATION_FAILED,
     CONFIGURATION,
     CONNECTION_LOST,
-    PLAINTEXT_REFUSED,
     PROTOCOL_ERROR,
     SERVER_BUSY,
     TLS_FAILED,
@@ -70,6 +69,7 @@ from connectors.errors import (
 )
 from connectors.gate import ServerGate
 from connectors.source import BatchCallback, PassResult, ServerListing, deleted_event, fold_counters
+from connectors.transport import check_transport, tls_context
 from schemas.base import utc_now
 from schemas.ids import change_event_id
 from schemas.mail import ChangeKind, MailItemChanged
@@ -357,18 +357,6 @@ def read_multiline(stream: BinaryIO, cap: int) -> tuple[bytes, bool]:
             out += piece
 
 
-def tls_context(profile: ServerProfile) -> ssl.SSLContext:
-    """The TLS context of a profile: system CAs plus `ca_file`, hostname checked,
-    certificate required; neither when `verify_certificates` is off."""
-    context = ssl.create_default_context()
-    if profile.ca_file:
-        context.load_verify_locations(cafile=profile.ca_file)
-    if not profile.verify_certificates:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 # --- one connection (blocking; every method runs in a worker thread) ---------------------
 
 
@@ -644,12 +632,7 @@ class Pop3Mailbox:
                 CONFIGURATION,
                 f"XOAUTH2 is not supported for POP3 ({self.server}); use auth = password",
             )
-        if profile.security == TransportSecurity.PLAIN and not profile.allow_plaintext:
-            raise permanent(
-                PLAINTEXT_REFUSED,
-                f"{self.server} would be reached without encryption; use tls or starttls, "
-                "or set allow_plaintext = true on the server profile to allow it",
-            )
+        check_transport(profile)
         if self.config.credentials is None:
             raise permanent(
                 CONFIGURATION, f"mailbox {self.config.mailbox_id} has no credentials for POP3"
@@ -668,18 +651,7 @@ class Pop3Mailbox:
         profile = self.profile
         context: ssl.SSLContext | None = None
         if profile.security != TransportSecurity.PLAIN:
-            try:
-                context = tls_context(profile)
-            except (OSError, ValueError) as exc:
-                raise permanent(
-                    CONFIGURATION, f"cannot load ca_file {profile.ca_file}: {exc}"
-                ) from None
-            if not profile.verify_certificates:
-                log.warning(
-                    "TLS certificate verification is off for %s (mailbox %s)",
-                    self.server,
-                    self.config.mailbox_id,
-                )
+            context = tls_context(profile)
         session = await self._call(
             "connect",
             Pop3Session.connect,

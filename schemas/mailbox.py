@@ -93,8 +93,9 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     enforced across every mailbox that uses it (per connector worker).
 
     `port` None takes the protocol's default for the security mode. `ca_file`
-    adds trusted certificates; `verify_certificates` is on by default and turning
-    it off is logged at every connection. `token_provider` ("module:function",
+    names the certificate authorities to trust instead of the system's;
+    `verify_certificates` is on by default and turning it off is logged at
+    every connection. `token_provider` ("module:function",
     called with the mailbox's user name, returning a bearer token, sync or async)
     is required for XOAUTH2.
     """

@@ -374,7 +374,7 @@ async def test_verification_off_works_and_warns_every_connect(
     server: Dovecot, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pop = Harness(tmp_path, tls_profile(server, ca_file=None, verify_certificates=False))
-    with caplog.at_level(logging.WARNING, logger="connectors.pop3"):
+    with caplog.at_level(logging.WARNING, logger="connectors.transport"):
         await pop.sync()
         await pop.sync()
     warnings = [r for r in caplog.records if "verification is off" in r.getMessage()]

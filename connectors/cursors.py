@@ -8,6 +8,7 @@ its cursors from partition p of connector.cursors alone.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -75,3 +76,18 @@ class CursorStore:
             )
         )
         return cursor
+
+
+def pack_names(names: set[str]) -> bytes:
+    """A set of item names as a cursor stores it: sorted, newline-joined, zlib.
+
+    Names that came from undecodable bytes (surrogate escapes) survive the trip.
+    """
+    return zlib.compress("\n".join(sorted(names)).encode("utf-8", "surrogateescape"), 6)
+
+
+def unpack_names(packed: bytes, count: int) -> set[str]:
+    """The set of names `pack_names` packed (`count` of them)."""
+    if count == 0:
+        return set()
+    return set(zlib.decompress(packed).decode("utf-8", "surrogateescape").split("\n"))

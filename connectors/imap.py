@@ -27,8 +27,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import msgspec
-
 from connectors import errors
 from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
 from connectors.cursors import CursorStore
@@ -51,11 +49,12 @@ from connectors.source import (
     ServerListing,
     deleted_event,
     fold_counters,
+    item_event,
 )
 from schemas import metrics
 from schemas.base import utc_now
 from schemas.errors import ErrorScope, Severity, SyncError
-from schemas.ids import change_event_id, error_id
+from schemas.ids import error_id
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
     Cursor,
@@ -498,7 +497,11 @@ class ImapMailbox:
         self, folder: str, role: FolderRole, uidvalidity: int, message: FetchedMessage
     ) -> MailItemChanged:
         headers = header_block(message.body or b"")[: self.claim_check.header_limit]
-        event = self._event(
+        reason = (
+            f"the message is {message.size} bytes, over the profile's max_message_bytes "
+            f"({self.profile.max_message_bytes}); only its headers were read"
+        )
+        return self._event(
             folder,
             role,
             uidvalidity,
@@ -506,12 +509,8 @@ class ImapMailbox:
             ChangeKind.CREATED,
             "",
             MessagePayload(headers=headers),
+            unreadable=("TooLarge", reason),
         )
-        reason = (
-            f"the message is {message.size} bytes, over the profile's max_message_bytes "
-            f"({self.profile.max_message_bytes}); only its headers were read"
-        )
-        return _with(event, unreadable_code="TooLarge", unreadable_reason=reason)
 
     def _event(
         self,
@@ -522,25 +521,23 @@ class ImapMailbox:
         change: ChangeKind,
         version: str,
         payload: MessagePayload | None = None,
+        unreadable: tuple[str, str] | None = None,
     ) -> MailItemChanged:
-        identity = item_id(uidvalidity, message.uid)
-        payload = payload or MessagePayload()
-        return MailItemChanged(
-            event_id=change_event_id(self.config.mailbox_id, folder, identity, change, version),
-            mailbox_id=self.config.mailbox_id,
-            folder=folder,
-            item_id=identity,
-            change=change,
+        code, reason = unreadable or (None, None)
+        return item_event(
+            self.config.mailbox_id,
+            folder,
+            item_id(uidvalidity, message.uid),
+            change,
+            utc_now(),
             version=version,
-            observed_at=utc_now(),
+            payload=payload,
             server_time=message.internal_date,
             size=message.size,
             flags=visible_flags(message.flags),
             folder_role=role,
-            raw=payload.raw,
-            blob_ref=payload.blob_ref,
-            headers=payload.headers,
-            preview=payload.preview,
+            unreadable_code=code,
+            unreadable_reason=reason,
         )
 
     # -- updated and deleted ---------------------------------------------------
@@ -663,7 +660,3 @@ class ImapMailbox:
             with contextlib.suppress(ConnectorError):
                 await self._disconnect()
         return ServerListing(items)
-
-
-def _with(event: MailItemChanged, **changes: object) -> MailItemChanged:
-    return msgspec.structs.replace(event, **changes)

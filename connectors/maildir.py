@@ -10,11 +10,11 @@ and moving from new/ to cur/ is not a new item).
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from connectors.cursors import pack_names, unpack_names
 from schemas.mailbox import MaildirPosition
 
 _SUBDIRS = ("new", "cur")
@@ -116,14 +116,10 @@ def modified_at(path: Path) -> datetime | None:
 
 
 def encode_position(names: set[str]) -> MaildirPosition:
-    """The cursor position for a set of unique names (sorted, newline-joined, zlib)."""
-    joined = "\n".join(sorted(names)).encode("utf-8", "surrogateescape")
-    return MaildirPosition(names_z=zlib.compress(joined, 6), count=len(names))
+    """The cursor position for a set of unique names."""
+    return MaildirPosition(names_z=pack_names(names), count=len(names))
 
 
 def decode_position(position: MaildirPosition) -> set[str]:
     """The set of unique names a cursor position holds."""
-    if position.count == 0:
-        return set()
-    text = zlib.decompress(position.names_z).decode("utf-8", "surrogateescape")
-    return set(text.split("\n"))
+    return unpack_names(position.names_z, position.count)

@@ -35,10 +35,10 @@ from connectors.source import (
     ServerListing,
     deleted_event,
     fold_counters,
+    item_event,
 )
 from schemas.base import utc_now
 from schemas.config import ConnectorConfig
-from schemas.ids import change_event_id
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import Cursor, MailboxConfig, MailboxCounters, MaildirPosition, cursor_key
 
@@ -206,23 +206,17 @@ class MaildirMailbox:
         if raw is not None:
             size = len(raw)
             payload = await self.claim_check.payload(raw, PROTOCOL)
-        return MailItemChanged(
-            event_id=change_event_id(
-                self.config.mailbox_id, folder, item.unique_name, "created", ""
-            ),
-            mailbox_id=self.config.mailbox_id,
-            folder=folder,
-            item_id=item.unique_name,
-            change=ChangeKind.CREATED,
-            observed_at=now,
+        return item_event(
+            self.config.mailbox_id,
+            folder,
+            item.unique_name,
+            ChangeKind.CREATED,
+            now,
+            payload=payload,
             server_time=delivered,
             size=size,
             flags=sorted(item.flags),
             folder_role=self.config.folder_role(folder),
-            raw=payload.raw,
-            blob_ref=payload.blob_ref,
-            headers=payload.headers,
-            preview=payload.preview,
             unreadable_code=code,
             unreadable_reason=reason,
         )

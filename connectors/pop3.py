@@ -46,14 +46,13 @@ import logging
 import poplib
 import re
 import ssl
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO, NamedTuple, TypeVar
 
-from connectors.claimcheck import ClaimCheck, header_block
-from connectors.cursors import CursorStore
+from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
+from connectors.cursors import CursorStore, pack_names, unpack_names
 from connectors.emitter import Emitter
 from connectors.errors import (
     AUTHENTICATION_FAILED,
@@ -68,10 +67,16 @@ from connectors.errors import (
     transient,
 )
 from connectors.gate import ServerGate
-from connectors.source import BatchCallback, PassResult, ServerListing, deleted_event, fold_counters
+from connectors.source import (
+    BatchCallback,
+    PassResult,
+    ServerListing,
+    deleted_event,
+    fold_counters,
+    item_event,
+)
 from connectors.transport import check_transport, tls_context
 from schemas.base import utc_now
-from schemas.ids import change_event_id
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
     AuthMethod,
@@ -192,16 +197,13 @@ def plan_batches(
 
 
 def encode_position(uidls: set[str]) -> Pop3Position:
-    """The cursor position for a set of UIDLs (sorted, newline-joined, zlib)."""
-    joined = "\n".join(sorted(uidls)).encode("utf-8")
-    return Pop3Position(uidls_z=zlib.compress(joined, 6), count=len(uidls))
+    """The cursor position for a set of UIDLs."""
+    return Pop3Position(uidls_z=pack_names(uidls), count=len(uidls))
 
 
 def decode_position(position: Pop3Position) -> set[str]:
     """The set of UIDLs a cursor position holds."""
-    if position.count == 0:
-        return set()
-    return set(zlib.decompress(position.uidls_z).decode("utf-8").split("\n"))
+    return unpack_names(position.uidls_z, position.count)
 
 
 def header_date(headers: bytes) -> datetime | None:
@@ -763,18 +765,9 @@ class Pop3Mailbox:
     ) -> MailItemChanged:
         code: str | None = None
         reason: str | None = None
-        raw: bytes | None = None
-        blob_ref: str | None = None
-        headers: bytes | None = None
-        preview: str | None = None
+        payload = MessagePayload()
         if fetched.raw is not None:
             payload = await self.claim_check.payload(fetched.raw, PROTOCOL)
-            raw, blob_ref, headers, preview = (
-                payload.raw,
-                payload.blob_ref,
-                payload.headers,
-                payload.preview,
-            )
             sent = header_date(fetched.raw)
         elif fetched.refused:
             sent = None
@@ -784,29 +777,24 @@ class Pop3Mailbox:
                 "another client may have deleted it"
             )
         else:
-            headers = fetched.headers
-            sent = header_date(headers) if headers is not None else None
+            payload = MessagePayload(headers=fetched.headers)
+            sent = header_date(fetched.headers) if fetched.headers is not None else None
             code = "TooLarge"
             reason = (
                 f"the message is {message.size} bytes, over the server profile's "
                 f"max_message_bytes ({self.profile.max_message_bytes}); raise it or "
                 "remove the message"
             )
-        return MailItemChanged(
-            event_id=change_event_id(self.config.mailbox_id, FOLDER, message.uidl, "created", ""),
-            mailbox_id=self.config.mailbox_id,
-            folder=FOLDER,
-            item_id=message.uidl,
-            change=ChangeKind.CREATED,
-            observed_at=now,
+        return item_event(
+            self.config.mailbox_id,
+            FOLDER,
+            message.uidl,
+            ChangeKind.CREATED,
+            now,
+            payload=payload,
             server_time=sent,
             size=message.size,
-            flags=[],
             folder_role=FolderRole.INBOX,
-            raw=raw,
-            blob_ref=blob_ref,
-            headers=headers,
-            preview=preview,
             unreadable_code=code,
             unreadable_reason=reason,
         )

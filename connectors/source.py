@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from connectors.claimcheck import MessagePayload
 from schemas.ids import change_event_id
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import FolderRole, MailboxCounters
@@ -82,6 +83,48 @@ def fold_counters(before: MailboxCounters, result: PassResult) -> MailboxCounter
     )
 
 
+def item_event(
+    mailbox_id: str,
+    folder: str,
+    item_id: str,
+    change: ChangeKind,
+    observed_at: datetime,
+    *,
+    version: str = "",
+    payload: MessagePayload | None = None,
+    server_time: datetime | None = None,
+    size: int = 0,
+    flags: list[str] | None = None,
+    folder_role: FolderRole | None = None,
+    unreadable_code: str | None = None,
+    unreadable_reason: str | None = None,
+) -> MailItemChanged:
+    """A change event of any connector. Its id is derived from (mailbox, folder,
+    item, change, version) here and only here, so every re-emission of a change
+    carries the same id. `payload` is the message as it travels (inline or by
+    claim-check), when the event carries one."""
+    body = payload or MessagePayload()
+    return MailItemChanged(
+        event_id=change_event_id(mailbox_id, folder, item_id, change, version),
+        mailbox_id=mailbox_id,
+        folder=folder,
+        item_id=item_id,
+        change=change,
+        version=version,
+        observed_at=observed_at,
+        server_time=server_time,
+        size=size,
+        flags=flags or [],
+        folder_role=folder_role,
+        raw=body.raw,
+        blob_ref=body.blob_ref,
+        headers=body.headers,
+        preview=body.preview,
+        unreadable_code=unreadable_code,
+        unreadable_reason=unreadable_reason,
+    )
+
+
 def deleted_event(
     mailbox_id: str,
     folder: str,
@@ -89,13 +132,5 @@ def deleted_event(
     now: datetime,
     folder_role: FolderRole | None = None,
 ) -> MailItemChanged:
-    """The event saying an item is gone from its folder (same id on every re-emission)."""
-    return MailItemChanged(
-        event_id=change_event_id(mailbox_id, folder, item_id, ChangeKind.DELETED, ""),
-        mailbox_id=mailbox_id,
-        folder=folder,
-        item_id=item_id,
-        change=ChangeKind.DELETED,
-        observed_at=now,
-        folder_role=folder_role,
-    )
+    """The event saying an item is gone from its folder."""
+    return item_event(mailbox_id, folder, item_id, ChangeKind.DELETED, now, folder_role=folder_role)

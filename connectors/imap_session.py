@@ -353,14 +353,18 @@ class ImapSession:
 
     async def _command(self, name: str, *args: str) -> Sequence[bytes | bytearray]:
         protocol = self.client.protocol
+        return await self._execute(aioimaplib.Command(name, protocol.new_tag(), *args))
+
+    async def _execute(self, command: Any) -> Sequence[bytes | bytearray]:
+        """Send a prepared command; its response lines, or a ConnectorError for a
+        closed connection or a NO/BAD answer."""
+        protocol = self.client.protocol
         if protocol.transport is None or protocol.transport.is_closing():
             self.broken = True
             raise errors.transient(errors.CONNECTION_LOST, f"{self.where}: connection closed")
-        response = await self._run(
-            name, protocol.execute(aioimaplib.Command(name, protocol.new_tag(), *args))
-        )
+        response = await self._run(command.name, protocol.execute(command))
         if response.result != "OK":
-            raise classify_refusal(name, response.lines, self.where)
+            raise classify_refusal(command.name, response.lines, self.where)
         lines: Sequence[bytes | bytearray] = response.lines
         return lines
 
@@ -394,21 +398,15 @@ class ImapSession:
 
     async def uid_search(self, *criteria: str) -> list[int]:
         """UID SEARCH in the selected folder."""
-        protocol = self.client.protocol
-        command = aioimaplib.Command("SEARCH", protocol.new_tag(), *criteria, prefix="UID")
-        response = await self._run("SEARCH", protocol.execute(command))
-        if response.result != "OK":
-            raise classify_refusal("SEARCH", response.lines, self.where)
-        return parse_search(response.lines)
+        tag = self.client.protocol.new_tag()
+        return parse_search(
+            await self._execute(aioimaplib.Command("SEARCH", tag, *criteria, prefix="UID"))
+        )
 
     async def uid_fetch(self, uid_set: str, items: str) -> list[FetchedMessage]:
         """UID FETCH a bounded set in the selected folder."""
-        protocol = self.client.protocol
-        command = _FetchCommand(protocol.new_tag(), uid_set, items, prefix="UID")
-        response = await self._run("FETCH", protocol.execute(command))
-        if response.result != "OK":
-            raise classify_refusal("FETCH", response.lines, self.where)
-        return parse_fetch(response.lines)
+        tag = self.client.protocol.new_tag()
+        return parse_fetch(await self._execute(_FetchCommand(tag, uid_set, items, prefix="UID")))
 
     async def idle(self, timeout_s: float, interrupt: asyncio.Event) -> bool:
         """IDLE in the selected folder until the server reports a change (True), or

@@ -42,6 +42,11 @@ class RetryTracker:
         self.failures += 1
         return retry_delay(self.failures, self.policy)
 
+    @property
+    def reconnecting(self) -> bool:
+        """True while the failures are still in the quick-reconnect phase."""
+        return self.failures <= self.policy.reconnect_attempts
+
     def succeeded(self) -> None:
         """A pass worked: the next failure starts the schedule over."""
         self.failures = 0

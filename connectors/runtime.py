@@ -266,7 +266,8 @@ class ConnectorRuntime:
                         )
                         return
                     await self._fail(config, tracker, failure, retries.failures)
-                    metrics.CONNECTOR_RETRIES.labels(config.protocol, "retry").inc()
+                    kind = "reconnect" if retries.reconnecting else "retry"
+                    metrics.CONNECTOR_RETRIES.labels(config.protocol, kind).inc()
                     await self._pause(owned, delay)
                     continue
                 retries.succeeded()

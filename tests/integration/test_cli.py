@@ -178,6 +178,12 @@ def seed(ws: Workspace, tmp_path: Path) -> Path:
     maildir = make_maildir(tmp_path / "alice")
     ws.cli("crm", "import", str(tmp_path / "crm.csv"))
     ws.cli("crm", "import", str(tmp_path / "tracked.jsonl"))
+    add_alice(ws, maildir)
+    return maildir
+
+
+def add_alice(ws: Workspace, maildir: Path) -> None:
+    """`tidings mailbox add` alice's Maildir mailbox (filter crm-records)."""
     ws.cli(
         "mailbox",
         "add",
@@ -192,7 +198,6 @@ def seed(ws: Workspace, tmp_path: Path) -> Path:
         "--email",
         "alice@northwind.example",
     )
-    return maildir
 
 
 class PipelineHang(AssertionError):
@@ -443,20 +448,7 @@ def test_mailbox_list_shows_ordinary_ids_in_full_when_piped(ws: Workspace, tmp_p
     maildir = tmp_path / "alice"
     for sub in ("cur", "new", "tmp"):
         (maildir / sub).mkdir(parents=True)
-    ws.cli(
-        "mailbox",
-        "add",
-        "--id",
-        "mb-alice",
-        "--path",
-        str(maildir),
-        "--owner",
-        "user:alice",
-        "--filter",
-        "crm-records",
-        "--email",
-        "alice@northwind.example",
-    )
+    add_alice(ws, maildir)
     listing = ws.cli("mailbox", "list").stdout
     assert table_rows(listing)[0][:4] == [
         "mb-alice",

@@ -47,10 +47,15 @@ class ClaimCheck:
         """True when a message of `size` bytes travels in its event."""
         return size <= self.inline_limit
 
+    def inline(self, raw: bytes) -> MessagePayload | None:
+        """`raw` as it travels in its event, or None when it needs the claim-check."""
+        return MessagePayload(raw=raw) if self.fits_inline(len(raw)) else None
+
     async def payload(self, raw: bytes, protocol: str) -> MessagePayload:
         """Inline `raw`, or store it and return the reference with headers and preview."""
-        if self.fits_inline(len(raw)):
-            return MessagePayload(raw=raw)
+        inline = self.inline(raw)
+        if inline is not None:
+            return inline
         ref = await asyncio.to_thread(self.store.put, raw)
         metrics.CONNECTOR_CLAIM_CHECKS.labels(protocol).inc()
         return MessagePayload(

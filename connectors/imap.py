@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
 
 from connectors import errors
 from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
@@ -37,6 +40,7 @@ from connectors.imap_protocol import (
     FetchedMessage,
     FolderState,
     ListedFolder,
+    UidRanges,
     compress_uids,
     expand_uids,
     search_date,
@@ -71,9 +75,11 @@ log = logging.getLogger(__name__)
 PROTOCOL = "imap"
 SIZE_CHUNK = 1000
 """UIDs per FETCH of sizes (short answers, so a larger bound than bodies)."""
+MEDIUM_MESSAGE_BYTES = 16 * 1024
+"""Messages up to this size count as this much against a FETCH's byte budget."""
 BIG_MESSAGE_BYTES = 128 * 1024
-"""Messages larger than this are fetched one per command, so a FETCH answer holds
-at most fetch_batch x 128 KiB (32 MiB at the default 250), or one big message."""
+"""Messages larger than this are fetched one per command; those between the two
+sizes count as this much against the budget."""
 _CREATED_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[])"
 _HEADER_ITEMS = "(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
 
@@ -87,7 +93,12 @@ def visible_flags(flags: Sequence[str]) -> list[str]:
     """Flags worth recording (\\Recent is session state, not the message's)."""
     if not flags:
         return []
-    return sorted(f for f in flags if f.lower() != "\\recent")
+    return list(_visible(tuple(flags)))
+
+
+@functools.lru_cache(maxsize=256)
+def _visible(flags: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(f for f in flags if f.lower() != "\\recent"))
 
 
 def pick_folders(
@@ -130,25 +141,50 @@ def unchanged(position: ImapFolderPosition, status: dict[str, int]) -> bool:
     )
 
 
+class SizeBounds(NamedTuple):
+    """What is known of new messages' sizes before their bodies are fetched: exact
+    sizes of the big ones (over BIG_MESSAGE_BYTES), and which others are over
+    MEDIUM_MESSAGE_BYTES (`medium`; None when that was not asked, so any of them
+    may be)."""
+
+    big: dict[int, int]
+    medium: set[int] | None = None
+
+    def upper_bound(self, uid: int) -> int:
+        """At most how many bytes the message with this UID has (not big)."""
+        if self.medium is None or uid in self.medium:
+            return BIG_MESSAGE_BYTES
+        return MEDIUM_MESSAGE_BYTES
+
+
 def fetch_jobs(
-    new: Sequence[int], big_sizes: dict[int, int], fetch_batch: int, max_message_bytes: int
+    new: Sequence[int],
+    sizes: SizeBounds,
+    fetch_batch: int,
+    fetch_bytes: int,
+    max_message_bytes: int,
 ) -> list[tuple[list[int], bool]]:
-    """FETCH ranges over `new` UIDs in ascending order: runs of ordinary messages, at
-    most `fetch_batch` per command; each big message (`big_sizes`) alone; `True`
-    marks a message over `max_message_bytes`, of which only the headers are read."""
+    """FETCH ranges over `new` UIDs in ascending order: runs of ordinary messages of at
+    most `fetch_batch` messages and at most `fetch_bytes` by their size bounds; each
+    big message alone; `True` marks a message over `max_message_bytes`, of which
+    only the headers are read."""
     jobs: list[tuple[list[int], bool]] = []
     run: list[int] = []
+    run_bytes = 0
     for uid in sorted(new):
-        if uid in big_sizes:
+        size = sizes.big.get(uid)
+        if size is not None:
             if run:
                 jobs.append((run, False))
-                run = []
-            jobs.append(([uid], big_sizes[uid] > max_message_bytes))
+                run, run_bytes = [], 0
+            jobs.append(([uid], size > max_message_bytes))
             continue
-        run.append(uid)
-        if len(run) >= fetch_batch:
+        bound = sizes.upper_bound(uid)
+        if run and (len(run) >= fetch_batch or run_bytes + bound > fetch_bytes):
             jobs.append((run, False))
-            run = []
+            run, run_bytes = [], 0
+        run.append(uid)
+        run_bytes += bound
     if run:
         jobs.append((run, False))
     return jobs
@@ -156,21 +192,41 @@ def fetch_jobs(
 
 @dataclass
 class _NewBatch:
-    """New messages of one folder on their way to Kafka: the events not yet sent,
-    the UIDs emitted (`known`) and those still to emit (`outstanding`)."""
+    """New messages of one folder on their way to Kafka: the events not yet sent
+    (with their UIDs), the UIDs emitted (`known`, also as `ranges` for the
+    cursor) and those still to emit (`outstanding`, in UID order in `order`)."""
 
     folder: str
     state: FolderState
     known: set[int]
-    outstanding: set[int]
+    ranges: UidRanges
+    order: list[int]
     modseq: int
+    outstanding: set[int] = field(init=False)
     events: list[MailItemChanged] = field(default_factory=list)
+    uids: list[int] = field(default_factory=list)
     flushing: asyncio.Future[None] | None = None
+    _lowest: int = 0
 
-    def take(self) -> list[MailItemChanged]:
-        """The events collected so far; collecting starts over."""
-        events, self.events = self.events, []
-        return events
+    def __post_init__(self) -> None:
+        self.outstanding = set(self.order)
+
+    def take(self) -> tuple[list[MailItemChanged], list[int]]:
+        """The events collected so far and their UIDs; collecting starts over."""
+        taken = self.events, self.uids
+        self.events, self.uids = [], []
+        return taken
+
+    def emitted(self, uids: list[int]) -> int:
+        """Record `uids` as acknowledged; the UIDNEXT the cursor may now hold (the
+        lowest UID still outstanding, or past the highest emitted)."""
+        self.known.update(uids)
+        self.ranges.add(uids)
+        self.outstanding.difference_update(uids)
+        order = self.order
+        while self._lowest < len(order) and order[self._lowest] not in self.outstanding:
+            self._lowest += 1
+        return order[self._lowest] if self._lowest < len(order) else max(uids) + 1
 
     async def settle(self) -> None:
         """Wait for the batch being flushed (its acknowledgement and cursor), if any.
@@ -306,14 +362,23 @@ class ImapMailbox:
             if gone:
                 await self._emit_deleted(folder, state.uidvalidity, sorted(gone), result)
                 known -= gone
-                await self._save(folder, state, known, position.uidnext, position.highestmodseq)
+                await self._save(
+                    folder,
+                    state,
+                    UidRanges(known),
+                    len(known),
+                    position.uidnext,
+                    position.highestmodseq,
+                )
             changed = await self._flag_changes(session, state, position, known)
             if changed:
                 await self._emit_updated(folder, role, state.uidvalidity, changed, result)
         new = await self._new_uids(session, position, known)
         result.pending += len(new)
-        await self._emit_new(session, folder, role, state, new, known, position, result, on_batch)
-        await self._save(folder, state, known, state.uidnext, state.highestmodseq)
+        ranges = await self._emit_new(
+            session, folder, role, state, new, known, position, result, on_batch
+        )
+        await self._save(folder, state, ranges, len(known), state.uidnext, state.highestmodseq)
 
     async def _vanished(
         self,
@@ -379,8 +444,9 @@ class ImapMailbox:
         position: ImapFolderPosition | None,
         result: PassResult,
         on_batch: BatchCallback | None,
-    ) -> None:
-        """Fetch new messages in bounded ranges, in UID order, and emit them in batches.
+    ) -> UidRanges:
+        """Fetch new messages in bounded ranges, in UID order, and emit them in batches;
+        returns the UIDs emitted so far (`known`, which it updates) as ranges.
 
         The next batch is fetched while the previous one waits for Kafka's
         acknowledgement and its cursor, and is sent only after that, so a crash
@@ -388,20 +454,25 @@ class ImapMailbox:
         that is not emitted yet.
         """
         modseq = position.highestmodseq if position else 0
-        batch = _NewBatch(folder, state, known, set(new), modseq)
+        batch = _NewBatch(folder, state, known, UidRanges(known), new, modseq)
         try:
             if new:
-                big = await self._big_sizes(session, new)
+                profile = self.profile
                 jobs = fetch_jobs(
-                    new, big, self.profile.fetch_batch, self.profile.max_message_bytes
+                    new,
+                    await self._size_bounds(session, new),
+                    profile.fetch_batch,
+                    profile.fetch_bytes,
+                    profile.max_message_bytes,
                 )
                 await self._fetch_and_emit(session, role, jobs, batch, result, on_batch)
             await batch.settle()
-            await self._flush_new(batch, batch.take(), result, on_batch)
+            await self._flush_new(batch, *batch.take(), result, on_batch)
         finally:
             if batch.flushing is not None:
                 batch.flushing.cancel()
                 await asyncio.gather(batch.flushing, return_exceptions=True)
+        return batch.ranges
 
     async def _fetch_and_emit(
         self,
@@ -416,39 +487,44 @@ class ImapMailbox:
         try:
             for index, (uids, large) in enumerate(jobs):
                 fetching = prefetch or asyncio.ensure_future(self._fetch(session, uids, large))
-                fetched = await fetching
                 prefetch = None
+                if index + 1 < len(jobs):
+                    # Queued now, the next FETCH goes out the moment this one ends, so
+                    # the server streams it while this batch becomes events.
+                    prefetch = asyncio.ensure_future(self._fetch(session, *jobs[index + 1]))
+                fetched = await fetching
                 gone = set(uids).difference(m.uid for m in fetched)
                 if gone:  # expunged between SEARCH and FETCH: nothing to emit
                     batch.outstanding -= gone
                     result.pending -= len(gone)
-                if index + 1 < len(jobs):
-                    prefetch = asyncio.ensure_future(self._fetch(session, *jobs[index + 1]))
-                for message in fetched:
-                    batch.events.append(await self._new_event(batch, role, message, large))
+                await self._add_events(batch, role, fetched, large)
                 if len(batch.events) >= self.max_batch_items:
                     await batch.settle()
                     batch.flushing = asyncio.ensure_future(
-                        self._flush_new(batch, batch.take(), result, on_batch)
+                        self._flush_new(batch, *batch.take(), result, on_batch)
                     )
         finally:
             if prefetch is not None and not prefetch.done():
                 prefetch.cancel()
                 session.broken = True
 
-    async def _big_sizes(self, session: ImapSession, new: list[int]) -> dict[int, int]:
-        """Sizes of the new messages over BIG_MESSAGE_BYTES: one SEARCH finds them
-        (usually none), one short FETCH per thousand sizes them."""
+    async def _size_bounds(self, session: ImapSession, new: list[int]) -> SizeBounds:
+        """Size classes of the new messages: one SEARCH finds the big ones (usually
+        none), one short FETCH per thousand sizes them; when the others are too
+        many to assume all medium within one FETCH's budget, one more SEARCH
+        tells the medium ones from the small."""
         wanted = set(new)
-        found = await session.uid_search(
-            "UID", f"{min(new)}:{max(new)}", "LARGER", str(BIG_MESSAGE_BYTES)
-        )
+        span = f"{min(new)}:{max(new)}"
+        found = await session.uid_search("UID", span, "LARGER", str(BIG_MESSAGE_BYTES))
         big = sorted(wanted.intersection(found))
         sizes: dict[int, int] = {}
         for chunk in uid_chunks(big, SIZE_CHUNK):
             fetched = await session.uid_fetch(compress_uids(chunk), "(UID RFC822.SIZE)")
             sizes.update((m.uid, m.size) for m in fetched)
-        return sizes
+        if (len(new) - len(big)) * BIG_MESSAGE_BYTES <= self.profile.fetch_bytes:
+            return SizeBounds(sizes)
+        found = await session.uid_search("UID", span, "LARGER", str(MEDIUM_MESSAGE_BYTES))
+        return SizeBounds(sizes, wanted.intersection(found).difference(sizes))
 
     async def _fetch(
         self, session: ImapSession, uids: list[int], large: bool
@@ -456,18 +532,32 @@ class ImapMailbox:
         items = _HEADER_ITEMS if large else _CREATED_ITEMS
         return await session.uid_fetch(compress_uids(uids), items)
 
-    async def _new_event(
-        self, batch: _NewBatch, role: FolderRole, message: FetchedMessage, large: bool
-    ) -> MailItemChanged:
-        uidvalidity = batch.state.uidvalidity
-        if large:
-            return self._too_large(batch.folder, role, uidvalidity, message)
-        return await self._created(batch.folder, role, uidvalidity, message)
+    async def _add_events(
+        self, batch: _NewBatch, role: FolderRole, fetched: list[FetchedMessage], large: bool
+    ) -> None:
+        """The `created` events of fetched messages, added to the batch; those that
+        do not fit in an event go to the claim-check store."""
+        folder, uidvalidity = batch.folder, batch.state.uidvalidity
+        observed = utc_now()
+        for message in fetched:
+            if large:
+                event = self._too_large(folder, role, uidvalidity, message, observed)
+            else:
+                raw = message.body if message.body is not None else b""
+                payload = self.claim_check.inline(raw) or await self.claim_check.payload(
+                    raw, PROTOCOL
+                )
+                event = self._event(
+                    folder, role, uidvalidity, message, ChangeKind.CREATED, "", observed, payload
+                )
+            batch.events.append(event)
+            batch.uids.append(message.uid)
 
     async def _flush_new(
         self,
         batch: _NewBatch,
         events: list[MailItemChanged],
+        uids: list[int],
         result: PassResult,
         on_batch: BatchCallback | None,
     ) -> None:
@@ -475,26 +565,23 @@ class ImapMailbox:
         if not events:
             return
         await self.emitter.emit_changes(events, PROTOCOL)
-        uids = [int(event.item_id.rsplit(":", 1)[1]) for event in events]
-        batch.known.update(uids)
-        batch.outstanding.difference_update(uids)
-        uidnext = min(batch.outstanding) if batch.outstanding else max(uids) + 1
-        await self._save(batch.folder, batch.state, batch.known, uidnext, batch.modseq)
+        uidnext = batch.emitted(uids)
+        await self._save(
+            batch.folder, batch.state, batch.ranges, len(batch.known), uidnext, batch.modseq
+        )
         result.created += len(events)
         result.unreadable += sum(1 for event in events if event.unreadable_code)
         result.pending -= len(events)
         if on_batch is not None:
             await on_batch(result)
 
-    async def _created(
-        self, folder: str, role: FolderRole, uidvalidity: int, message: FetchedMessage
-    ) -> MailItemChanged:
-        raw = message.body if message.body is not None else b""
-        payload = await self.claim_check.payload(raw, PROTOCOL)
-        return self._event(folder, role, uidvalidity, message, ChangeKind.CREATED, "", payload)
-
     def _too_large(
-        self, folder: str, role: FolderRole, uidvalidity: int, message: FetchedMessage
+        self,
+        folder: str,
+        role: FolderRole,
+        uidvalidity: int,
+        message: FetchedMessage,
+        observed: datetime,
     ) -> MailItemChanged:
         headers = header_block(message.body or b"")[: self.claim_check.header_limit]
         reason = (
@@ -508,6 +595,7 @@ class ImapMailbox:
             message,
             ChangeKind.CREATED,
             "",
+            observed,
             MessagePayload(headers=headers),
             unreadable=("TooLarge", reason),
         )
@@ -520,6 +608,7 @@ class ImapMailbox:
         message: FetchedMessage,
         change: ChangeKind,
         version: str,
+        observed: datetime,
         payload: MessagePayload | None = None,
         unreadable: tuple[str, str] | None = None,
     ) -> MailItemChanged:
@@ -529,7 +618,7 @@ class ImapMailbox:
             folder,
             item_id(uidvalidity, message.uid),
             change,
-            utc_now(),
+            observed,
             version=version,
             payload=payload,
             server_time=message.internal_date,
@@ -550,10 +639,13 @@ class ImapMailbox:
         changed: list[FetchedMessage],
         result: PassResult,
     ) -> None:
+        observed = utc_now()
         for start in range(0, len(changed), self.max_batch_items):
             batch = changed[start : start + self.max_batch_items]
             events = [
-                self._event(folder, role, uidvalidity, m, ChangeKind.UPDATED, str(m.modseq))
+                self._event(
+                    folder, role, uidvalidity, m, ChangeKind.UPDATED, str(m.modseq), observed
+                )
                 for m in batch
             ]
             await self.emitter.emit_changes(events, PROTOCOL)
@@ -602,14 +694,20 @@ class ImapMailbox:
         self.positions.pop(folder, None)
 
     async def _save(
-        self, folder: str, state: FolderState, known: set[int], uidnext: int, modseq: int
+        self,
+        folder: str,
+        state: FolderState,
+        uids: UidRanges,
+        count: int,
+        uidnext: int,
+        modseq: int,
     ) -> None:
         position = ImapFolderPosition(
             uidvalidity=state.uidvalidity,
             uidnext=uidnext,
             highestmodseq=modseq,
-            uids=compress_uids(known),
-            count=len(known),
+            uids=uids.sequence_set(),
+            count=count,
             exists=state.exists if uidnext == state.uidnext else -1,
         )
         await self.store.save(self.config.mailbox_id, folder, position, self.partition, utc_now())

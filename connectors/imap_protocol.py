@@ -32,19 +32,54 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 def compress_uids(uids: Iterable[int]) -> str:
     """An IMAP sequence set for `uids`, as ranges: {1,2,3,5} → "1:3,5" ("" when empty)."""
-    ordered = sorted(set(uids))
-    if not ordered:
-        return ""
-    parts: list[str] = []
-    start = prev = ordered[0]
-    for uid in ordered[1:]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        parts.append(f"{start}:{prev}" if prev != start else str(start))
-        start = prev = uid
-    parts.append(f"{start}:{prev}" if prev != start else str(start))
-    return ",".join(parts)
+    return UidRanges(uids).sequence_set()
+
+
+class UidRanges:
+    """A growing set of UIDs kept as the IMAP sequence set that names it.
+
+    Made for cursors saved after every batch: adding UIDs above the highest
+    costs only their number, and the text of every range below the highest is
+    kept, so rendering stays cheap however large the folder. Adding a UID lower
+    down rebuilds the ranges (correct, only slower).
+    """
+
+    def __init__(self, uids: Iterable[int] = ()) -> None:
+        self._closed: list[str] = []
+        self._start = self._end = 0  # the highest range; 0: none (UIDs start at 1)
+        self._extend(sorted(set(uids)))
+
+    def add(self, uids: Iterable[int]) -> None:
+        """Add `uids` (any order, duplicates allowed)."""
+        ordered = sorted(uids)
+        if ordered and ordered[0] <= self._end:
+            everything = sorted(expand_uids(self.sequence_set()).union(ordered))
+            self._closed, self._start, self._end = [], 0, 0
+            self._extend(everything)
+        else:
+            self._extend(ordered)
+
+    def _extend(self, ordered: list[int]) -> None:
+        start, end = self._start, self._end
+        for uid in ordered:
+            if uid == end + 1 and end:
+                end = uid
+            elif uid > end:
+                if end:
+                    self._closed.append(_range_text(start, end))
+                start = end = uid
+        self._start, self._end = start, end
+
+    def sequence_set(self) -> str:
+        """The UIDs as a sequence set ("1:3,5"; "" when empty)."""
+        if not self._end:
+            return ""
+        last = _range_text(self._start, self._end)
+        return ",".join([*self._closed, last]) if self._closed else last
+
+
+def _range_text(start: int, end: int) -> str:
+    return f"{start}:{end}" if end != start else str(start)
 
 
 def expand_uids(sequence_set: str) -> set[int]:
@@ -200,7 +235,8 @@ def parse_internal_date(text: str) -> datetime | None:
         return None
 
 
-def _fetch_item(head: bytes, body: bytes | None) -> FetchedMessage | None:
+def fetch_item(head: bytes, body: bytes | None) -> FetchedMessage | None:
+    """One FETCH item from its attribute text (`head`) and literal; None without a UID."""
     values: dict[bytes, bytes] = {}
     for name, value, inner, quoted in _ATTRIBUTE.findall(head):
         values[name] = inner if value.startswith(b"(") else quoted or value
@@ -213,12 +249,67 @@ def _fetch_item(head: bytes, body: bytes | None) -> FetchedMessage | None:
     date = values.get(b"INTERNALDATE")
     return FetchedMessage(
         uid=int(uid),
-        flags=tuple(flags.decode("ascii", "replace").split()) if flags else (),
+        flags=_flag_names(flags) if flags else (),
         modseq=int(modseq) if modseq.isdigit() else 0,
         size=int(size) if size.isdigit() else 0,
         internal_date=parse_internal_date(date.decode("ascii", "replace")) if date else None,
         body=body,
     )
+
+
+_ORDINARY_ITEM = re.compile(
+    rb"\* \d+ FETCH \(UID (\d+) FLAGS \(([^)]*)\) RFC822\.SIZE (\d+) "
+    rb'INTERNALDATE "([^"]*)" BODY\[[A-Z]*\] \{(\d+)\}\r\n'
+)
+_ANY_ITEM = re.compile(rb"\* \d+ FETCH \(([^{\r\n]*)\{(\d+)\}\r\n")
+_ITEM_END = b")\r\n"
+WHOLE_ITEM_MAX = 256 * 1024
+"""Items with a literal up to this size are taken whole once all of it arrived
+(`take_whole_item`); larger ones are read line by line and literal by literal."""
+
+
+def take_whole_item(data: bytes, pos: int, items: list[FetchedMessage]) -> int:
+    """Take the FETCH item at `pos` of a response stream when it is one piece:
+    "* n FETCH (attributes {size}", the literal, ")". Appends it to `items` (when it
+    has a UID) and returns where the next response starts.
+
+    Returns `pos` when something else is there (a line-by-line reader handles
+    it: other responses, attributes after the literal, a literal over
+    WHOLE_ITEM_MAX), and -1 when such an item has only partly arrived.
+    The usual answer to the connector's own FETCH is matched by one expression;
+    attributes in another order take the general route through `fetch_item`.
+    """
+    ordinary = _ORDINARY_ITEM.match(data, pos)
+    match = ordinary or _ANY_ITEM.match(data, pos)
+    if match is None:
+        return pos
+    size = int(match[match.lastindex or 0])
+    body_start = match.end()
+    body_end = body_start + size
+    if body_end + 3 > len(data):
+        return -1 if size <= WHOLE_ITEM_MAX else pos
+    if data[body_end : body_end + 3] != _ITEM_END:
+        return pos
+    body = data[body_start:body_end]
+    if ordinary is None:
+        item = fetch_item(match[1], body)
+        if item is not None:
+            items.append(item)
+        return body_end + 3
+    uid, flags, rfc822_size, date, _ = ordinary.groups()
+    date_text = date.decode("ascii", "replace")
+    # positional: (uid, flags, modseq, size, internal_date, body)
+    items.append(
+        FetchedMessage(
+            int(uid), _flag_names(flags), 0, int(rfc822_size), parse_internal_date(date_text), body
+        )
+    )
+    return body_end + 3
+
+
+@functools.lru_cache(maxsize=256)
+def _flag_names(flags: bytes) -> tuple[str, ...]:
+    return tuple(flags.decode("ascii", "replace").split())
 
 
 def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[FetchedMessage]:
@@ -247,7 +338,7 @@ def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[FetchedMessage]:
                 if not _FETCH_START.match(tail):
                     head += b" " + bytes(tail)
                     i += 1
-        item = _fetch_item(head, body)
+        item = fetch_item(head, body)
         if item is not None:
             out.append(item)
     return out

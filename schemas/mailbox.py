@@ -98,6 +98,10 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     every connection. `token_provider` ("module:function",
     called with the mailbox's user name, returning a bearer token, sync or async)
     is required for XOAUTH2.
+
+    One IMAP FETCH reads at most `fetch_batch` messages and, reckoned from
+    their size classes, at most `fetch_bytes`; a message over 128 KiB is read
+    alone, and one over `max_message_bytes` only as headers.
     """
 
     protocol: Protocol
@@ -113,7 +117,8 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     timeout_s: float = 30.0
     use_idle: bool = True
     idle_reissue_s: float = 25 * 60.0
-    fetch_batch: int = 250
+    fetch_batch: int = 1000
+    fetch_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 50 * 1024 * 1024
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
 
@@ -124,6 +129,8 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             raise ValueError("auth = xoauth2 needs token_provider = 'module:function'")
         if not 1 <= self.fetch_batch <= 1000:
             raise ValueError("fetch_batch must be between 1 and 1000")
+        if self.fetch_bytes < 1024 * 1024:
+            raise ValueError("fetch_bytes must be at least 1 MiB (1048576)")
 
     def effective_port(self) -> int:
         """The configured port, or the protocol's well-known one for the security mode."""

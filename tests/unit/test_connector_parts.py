@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from connectors import errors
 from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry, ServerGate
-from connectors.imap import fetch_jobs, item_id, pick_folders, unchanged, visible_flags
-from connectors.imap_protocol import ListedFolder, parse_fetch
+from connectors.imap import SizeBounds, fetch_jobs, item_id, pick_folders, unchanged, visible_flags
+from connectors.imap_protocol import ListedFolder
 from connectors.imap_session import (
     ImapSession,
     _FastProtocol,
@@ -189,36 +189,63 @@ def test_a_position_saved_mid_pass_is_never_unchanged() -> None:
 # --- imap.py: fetch jobs ------------------------------------------------------------------------
 
 
+MiB = 1024 * 1024
+
+
 def test_fetch_jobs_bound_ordinary_runs_by_count() -> None:
-    assert fetch_jobs([5, 1, 2, 3, 4], {}, fetch_batch=2, max_message_bytes=100) == [
+    small = SizeBounds({}, set())
+    assert fetch_jobs([5, 1, 2, 3, 4], small, 2, MiB, max_message_bytes=100) == [
         ([1, 2], False),
         ([3, 4], False),
         ([5], False),
     ]
-    assert fetch_jobs([], {}, fetch_batch=3, max_message_bytes=10) == []
+    assert fetch_jobs([], small, 3, MiB, max_message_bytes=10) == []
+
+
+def test_fetch_jobs_bound_runs_by_bytes_of_the_size_classes() -> None:
+    # 1 MiB holds 64 small (16 KiB) messages, or 8 that may be up to 128 KiB.
+    assert [
+        len(uids) for uids, _ in fetch_jobs(range(1, 101), SizeBounds({}, set()), 1000, MiB, 0)
+    ] == [64, 36]
+    unknown = SizeBounds({})  # classes not asked: any message may be up to 128 KiB
+    assert [len(uids) for uids, _ in fetch_jobs(range(1, 21), unknown, 1000, MiB, 0)] == [8, 8, 4]
+    mixed = SizeBounds({}, {1, 2, 3, 4})  # 4 x 128 KiB + 32 x 16 KiB = 1 MiB
+    assert [len(uids) for uids, _ in fetch_jobs(range(1, 41), mixed, 1000, MiB, 0)] == [36, 4]
 
 
 def test_big_messages_go_alone_and_huge_ones_as_headers() -> None:
-    jobs = fetch_jobs([1, 2, 3, 4, 5, 6], {2: 500, 5: 600}, fetch_batch=10, max_message_bytes=550)
+    sizes = SizeBounds({2: 500, 5: 600}, set())
+    jobs = fetch_jobs([1, 2, 3, 4, 5, 6], sizes, 10, MiB, max_message_bytes=550)
     assert jobs == [([1], False), ([2], False), ([3, 4], False), ([5], True), ([6], False)]
 
 
 @given(
     st.sets(st.integers(1, 10**6), max_size=120),
     st.dictionaries(st.integers(1, 10**6), st.integers(0, 5000), max_size=20),
+    st.one_of(st.none(), st.sets(st.integers(1, 10**6), max_size=60)),
+    st.integers(1, 20),
     st.integers(1, 20),
     st.integers(1, 5000),
 )
 def test_fetch_jobs_properties(
-    new: set[int], big: dict[int, int], fetch_batch: int, max_bytes: int
+    new: set[int],
+    big: dict[int, int],
+    medium: set[int] | None,
+    fetch_batch: int,
+    budget_units: int,
+    max_bytes: int,
 ) -> None:
-    jobs = fetch_jobs(sorted(new), big, fetch_batch, max_bytes)
+    sizes = SizeBounds(big, medium)
+    fetch_bytes = budget_units * 64 * 1024
+    jobs = fetch_jobs(sorted(new), sizes, fetch_batch, fetch_bytes, max_bytes)
     # Every UID exactly once, ascending across and within jobs.
     assert [uid for uids, _ in jobs for uid in uids] == sorted(new)
     for uids, headers_only in jobs:
         assert 1 <= len(uids) <= fetch_batch
         if any(uid in big for uid in uids):
             assert len(uids) == 1
+        else:  # within the budget, unless one message alone is over it
+            assert len(uids) == 1 or sum(sizes.upper_bound(u) for u in uids) <= fetch_bytes
         assert headers_only == (len(uids) == 1 and big.get(uids[0], 0) > max_bytes)
 
 
@@ -506,7 +533,7 @@ async def run_fetch(chunks: list[bytes]) -> _FetchCommand:
 
 def assert_fetched(command: _FetchCommand, count: int) -> None:
     assert command.response.result == "OK"
-    messages = parse_fetch(command.response.lines)
+    messages = command.messages()
     assert [m.uid for m in messages] == list(range(1, count + 1))
     for m in messages:
         assert m.body == message_body(m.uid)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from connectors.imap_protocol import (
     FetchedMessage,
     ListedFolder,
+    UidRanges,
     compress_uids,
     decode_mailbox,
     encode_mailbox,
@@ -48,6 +49,30 @@ def test_compress_uids_makes_ranges() -> None:
     assert compress_uids([7]) == "7"
     assert compress_uids([]) == ""
     assert compress_uids([3, 3, 2]) == "2:3"
+
+
+def test_uid_ranges_grow_at_the_top_and_below() -> None:
+    ranges = UidRanges([1, 2, 3])
+    ranges.add([4, 5, 7])
+    assert ranges.sequence_set() == "1:5,7"
+    ranges.add([9, 8, 12])
+    assert ranges.sequence_set() == "1:5,7:9,12"
+    ranges.add([6, 3])  # below the top: rebuilt
+    assert ranges.sequence_set() == "1:9,12"
+    ranges.add([])
+    assert ranges.sequence_set() == "1:9,12"
+    assert UidRanges().sequence_set() == ""
+
+
+@given(st.lists(st.lists(st.integers(1, 300), max_size=30), max_size=8))
+def test_uid_ranges_name_the_union_of_what_was_added(additions: list[list[int]]) -> None:
+    ranges = UidRanges()
+    added: set[int] = set()
+    for uids in additions:
+        ranges.add(uids)
+        added.update(uids)
+        assert expand_uids(ranges.sequence_set()) == added
+        assert ranges.sequence_set() == compress_uids(added)
 
 
 def test_expand_uids_reads_numbers_and_ranges_in_either_order() -> None:

@@ -114,7 +114,10 @@ class ProcessorApp:
         self.held = self._table("held")
         self.directory = Directory()
         self.mailboxes = Mailboxes()
-        self.activity_index = ActivityIndex()
+        correlation = self.settings.correlation
+        self.activity_index = ActivityIndex(
+            correlation.smart if correlation.smart_matching else None
+        )
         self.views = [
             CompactedView(
                 kafka, CRM_RECORDS.name(prefix), codec(CRM_RECORDS), self.directory.apply

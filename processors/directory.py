@@ -1,5 +1,6 @@
 """In-memory indexes the decisions read: CRM records by email address, mailboxes by id,
-and tracked activities by Message-ID and tracking token.
+and tracked activities by Message-ID, tracking token, conversation index and (when
+smart matching is on) subject and address hashes.
 
 Each is fed by a compacted topic (crm.records, mailbox.config, crm.activities)
 and knows nothing about Kafka: `apply` takes a key and a decoded value or None
@@ -9,8 +10,11 @@ and knows nothing about Kafka: `apply` takes a key and a decoded value or None
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
+from processors.smart_match import SmartIndex, SmartKey, smart_key
 from schemas.base import RecordRef, RecordType
+from schemas.config import SmartMatchingConfig
 from schemas.crm import Activity, CrmRecord
 from schemas.mailbox import MailboxConfig
 
@@ -105,20 +109,24 @@ class TrackedRef:
     conversation_id: str
     regarding: RecordRef | None = None
     tracking_token: str | None = None
+    conversation_index: str | None = None
 
 
 class ActivityIndex:
-    """Tracked email activities (from crm.activities) by Message-ID and by tracking token.
+    """Tracked email activities (from crm.activities) by Message-ID, tracking token and
+    conversation index, and by smart-matching key when `smart` is given.
 
-    Several activities may share a Message-ID (internal email tracked twice) or a
-    token; a lookup answers the one with the smallest activity id, and removing
-    one leaves the others findable.
+    Several activities may share a Message-ID (internal email tracked twice), a
+    token or an index; a lookup answers the one with the smallest activity id,
+    and removing one leaves the others findable.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, smart: SmartMatchingConfig | None = None) -> None:
         self._by_activity: dict[str, TrackedRef] = {}
         self._by_message_id: dict[str, dict[str, TrackedRef]] = {}
         self._by_token: dict[str, dict[str, TrackedRef]] = {}
+        self._by_conversation_index: dict[str, dict[str, TrackedRef]] = {}
+        self._smart = SmartIndex(smart) if smart is not None else None
 
     def __len__(self) -> int:
         return len(self._by_activity)
@@ -130,6 +138,10 @@ class ActivityIndex:
             _unindex(self._by_message_id, old.message_id, activity_id)
             if old.tracking_token:
                 _unindex(self._by_token, old.tracking_token, activity_id)
+            if old.conversation_index:
+                _unindex(self._by_conversation_index, old.conversation_index, activity_id)
+        if self._smart is not None:
+            self._smart.remove(activity_id)
         if activity is None:
             return
         ref = TrackedRef(
@@ -138,11 +150,18 @@ class ActivityIndex:
             conversation_id=activity.conversation_id,
             regarding=activity.regarding,
             tracking_token=activity.tracking_token.upper() if activity.tracking_token else None,
+            conversation_index=activity.conversation_index,
         )
         self._by_activity[activity_id] = ref
         self._by_message_id.setdefault(ref.message_id, {})[activity_id] = ref
         if ref.tracking_token:
             self._by_token.setdefault(ref.tracking_token, {})[activity_id] = ref
+        if ref.conversation_index:
+            self._by_conversation_index.setdefault(ref.conversation_index, {})[activity_id] = ref
+        if self._smart is not None and activity.sent_at is not None:
+            addresses = [party.address for party in activity.parties]
+            key = smart_key(activity.subject, addresses, self._smart.config)
+            self._smart.add(activity_id, key, activity.sent_at)
 
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The activity of a normalized Message-ID, if tracked."""
@@ -151,6 +170,21 @@ class ActivityIndex:
     def by_token(self, token: str) -> TrackedRef | None:
         """The activity sent with tracking token `token` (normalized, upper-case prefix)."""
         return _first(self._by_token.get(token.upper()))
+
+    def by_conversation_index(self, key: str) -> TrackedRef | None:
+        """The activity whose message has this conversation index (hex key)."""
+        return _first(self._by_conversation_index.get(key))
+
+    def by_smart_key(self, key: SmartKey, sent_at: datetime | None) -> TrackedRef | None:
+        """The tracked email smart matching links `key` to (None when it is off)."""
+        if self._smart is None:
+            return None
+        found = self._smart.best_match(key, sent_at)
+        return self._by_activity.get(found) if found is not None else None
+
+    def prune_smart(self, before: datetime) -> int:
+        """Drop smart-matching entries of email sent before `before`; how many."""
+        return self._smart.prune(before) if self._smart is not None else 0
 
 
 def _unindex(index: dict[str, dict[str, TrackedRef]], key: str, activity_id: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from processors.conversation_index import parse_thread_index
 from processors.correlate import Correlation, reply_chain
 from processors.directory import ORG_TYPES, ActivityIndex, Directory, Mailboxes, TrackedRef
 from processors.promote import DecisionContext, Verdict, decide
@@ -49,6 +50,8 @@ _IMPROVABLE = frozenset(
     }
 )
 _QUALIFIERS = ("", "#incoming", "#outgoing")
+# Correlations that make the target the parent activity (Dynamics: InReplyTo, ConversationIndex).
+_PARENTING = frozenset({CorrelationMethod.IN_REPLY_TO, CorrelationMethod.CONVERSATION_INDEX})
 S = TypeVar("S", bound=msgspec.Struct)
 
 
@@ -173,6 +176,8 @@ class DecisionEngine:
             tracked=self.state.get_tracked,
             by_message_id=self._by_message_id,
             by_token=self.activities.by_token,
+            by_conversation_index=self.activities.by_conversation_index,
+            by_smart_key=self.activities.by_smart_key,
         )
 
     def _by_message_id(self, message_id: str) -> TrackedRef | None:
@@ -334,6 +339,9 @@ class DecisionEngine:
             correlated_activity_id=entry.correlated_to,
             tracking_token=entry.tracking_token,
             in_reply_to=email.in_reply_to,
+            conversation_index=index.key
+            if (index := parse_thread_index(email.thread_index))
+            else None,
             receiving_mailboxes=entry.mailboxes,
             created_at=entry.created_at,
             updated_at=email.observed_at,
@@ -399,7 +407,7 @@ def _apply_correlation(
     other_target = entry.correlated_to is not None and entry.correlated_to != target.activity_id
     if other_target and correlation.rank >= entry.correlation_rank:
         return entry
-    parent = target.activity_id if correlation.method == CorrelationMethod.IN_REPLY_TO else None
+    parent = target.activity_id if correlation.method in _PARENTING else None
     return _with(
         entry,
         correlation_method=correlation.method,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from processors.correlate import Correlation, Lookup, correlate, find_tokens
+from processors.correlate import Correlation, Lookup, SmartLookup, correlate, find_tokens
 from processors.directory import CUSTOMER_TYPES, ORG_TYPES, Directory
 from schemas.base import RecordRef
 from schemas.config import InternalEmailPolicy, ProcessingConfig
@@ -29,6 +29,8 @@ class DecisionContext:
     tracked: Callable[[str], TrackedMessage | None]
     by_message_id: Lookup
     by_token: Lookup
+    by_conversation_index: Lookup | None = None
+    by_smart_key: SmartLookup | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,14 @@ def decide(email: ParsedEmail, item_key: str, ctx: DecisionContext) -> Verdict:
     two = internal and ctx.settings.internal_email == InternalEmailPolicy.TWO
     qualifier = direction.value if two else ""
     key = tracking_key(email.message_id, qualifier)
-    correlation = correlate(email, ctx.by_message_id, ctx.by_token, ctx.settings.correlation)
+    correlation = correlate(
+        email,
+        ctx.by_message_id,
+        ctx.by_token,
+        ctx.settings.correlation,
+        by_conversation_index=ctx.by_conversation_index,
+        by_smart_key=ctx.by_smart_key,
+    )
     base = Verdict(
         DecisionStatus.PROMOTED,
         ReasonCode.DUPLICATE,
@@ -191,8 +200,16 @@ def _no_correlation(email: ParsedEmail, mailbox: MailboxConfig, ctx: DecisionCon
 def describe_correlation(correlation: Correlation) -> str:
     """One line saying what an email correlated to and how."""
     target = correlation.target.activity_id
+    tracked = correlation.target.message_id
     if correlation.method == CorrelationMethod.TRACKING_TOKEN:
         return f"subject carries tracking token {correlation.matched} of activity {target}"
+    if correlation.method == CorrelationMethod.CONVERSATION_INDEX:
+        return f"its Thread-Index continues tracked email <{tracked}> (activity {target})"
+    if correlation.method == CorrelationMethod.SMART_MATCHING:
+        return (
+            f"same subject words and enough common addresses as tracked email <{tracked}> "
+            f"(activity {target}, smart matching)"
+        )
     return f"answers tracked email <{correlation.matched}> (activity {target})"
 
 

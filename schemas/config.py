@@ -154,6 +154,36 @@ class InternalEmailPolicy(StrEnum):
     REJECT = "reject"
 
 
+class SmartMatchingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Smart matching's rule (used when `CorrelationConfig.smart_matching` is on).
+
+    The subject loses what `subject_filter` matches at its start ("RE:", "FW: AW:"),
+    is case-folded, and its first `max_hashes` words are hashed; each unique
+    address is hashed. A tracked email sent within `window_days` before matches
+    when at most `subject_delta` subject hashes differ and at least
+    `min_common_addresses` address hashes are shared (Dynamics' defaults).
+    """
+
+    subject_filter: str = r"^[\s]*([\w]+\s?:[\s]*)+"
+    max_hashes: int = 20
+    subject_delta: int = 0
+    min_common_addresses: int = 2
+    window_days: float = 90.0
+
+    def __post_init__(self) -> None:
+        try:
+            re.compile(self.subject_filter)
+        except re.error as exc:
+            raise ValueError(f"smart matching subject_filter is not a regex: {exc}") from None
+        if not 1 <= self.max_hashes <= 100:
+            raise ValueError("smart matching max_hashes must be between 1 and 100")
+        if self.subject_delta < 0 or self.min_common_addresses < 1 or self.window_days <= 0:
+            raise ValueError(
+                "smart matching needs subject_delta >= 0, min_common_addresses >= 1 "
+                "and window_days > 0"
+            )
+
+
 class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Correlation methods (applied in this order) and the tracking token format.
 
@@ -170,6 +200,7 @@ class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     token_base_number: int = 0
     token_user_digits: int = 3
     token_counter_digits: int = 3
+    smart: SmartMatchingConfig = msgspec.field(default_factory=SmartMatchingConfig)
 
     def __post_init__(self) -> None:
         for prefix in (self.token_prefix, *self.earlier_token_prefixes):

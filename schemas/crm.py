@@ -164,6 +164,7 @@ class Activity(Record, frozen=True, kw_only=True):
     correlated_activity_id: str | None = None
     tracking_token: str | None = None
     in_reply_to: str | None = None
+    conversation_index: str | None = None  # the Thread-Index, as hex
     receiving_mailboxes: list[str] = msgspec.field(default_factory=list)
     source: str = "mailbox"  # "mailbox" when tidings promoted it, "crm" when imported
     created_at: datetime

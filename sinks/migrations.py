@@ -122,6 +122,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) ENGINE = ReplacingMergeTree(updated_at) ORDER BY mailbox_id""",
         ),
     ),
+    Migration(
+        2,
+        "activities.conversation_index (the Thread-Index, hex)",
+        (
+            "ALTER TABLE {db}.activities ADD COLUMN IF NOT EXISTS "
+            "conversation_index String AFTER in_reply_to",
+        ),
+    ),
 )
 
 

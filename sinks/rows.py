@@ -21,7 +21,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "description_truncated", "direction", "sender", "to_addresses", "cc_addresses",
         "sent_at", "owner", "regarding", "parent_activity_id", "conversation_id",
         "correlation_method", "correlated_activity_id", "tracking_token", "in_reply_to",
-        "receiving_mailboxes",
+        "conversation_index", "receiving_mailboxes",
         "source", "created_at", "updated_at",
     ),
     "activity_parties": (
@@ -74,6 +74,7 @@ def activity_rows(activity: Activity) -> tuple[Row, list[Row]]:
         activity.correlated_activity_id or "",
         activity.tracking_token or "",
         activity.in_reply_to or "",
+        activity.conversation_index or "",
         list(activity.receiving_mailboxes),
         activity.source,
         activity.created_at,

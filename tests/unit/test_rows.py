@@ -47,6 +47,15 @@ def ddl_columns() -> dict[str, list[tuple[str, str]]]:
     tables: dict[str, list[tuple[str, str]]] = {}
     for migration in MIGRATIONS:
         for statement in migration.statements:
+            added = re.fullmatch(
+                r"ALTER TABLE \{db\}\.(\w+) ADD COLUMN IF NOT EXISTS (\w+) (.+) AFTER (\w+)",
+                statement,
+            )
+            if added is not None:
+                table, name, kind, after = added.groups()
+                names = [column for column, _ in tables[table]]
+                tables[table].insert(names.index(after) + 1, (name, kind))
+                continue
             found = re.search(r"\{db\}\.(\w+) \((.*)\) ENGINE", statement, re.S)
             assert found is not None, statement
             tables[found.group(1)] = [
@@ -106,6 +115,7 @@ FULL_ACTIVITY = Activity(
     correlated_activity_id="act-0",
     tracking_token="CRM:0001001",
     in_reply_to="p@x.example",
+    conversation_index="01c4fb64ef1b42feb11847944940908379e15c3769df0059ed6a60",
     receiving_mailboxes=["mb-alice", "mb-support"],
     source="mailbox",
     created_at=T0,
@@ -146,6 +156,7 @@ def test_activity_row_values() -> None:
         "correlated_activity_id": "act-0",
         "tracking_token": "CRM:0001001",
         "in_reply_to": "p@x.example",
+        "conversation_index": "01c4fb64ef1b42feb11847944940908379e15c3769df0059ed6a60",
         "receiving_mailboxes": ["mb-alice", "mb-support"],
         "source": "mailbox",
         "created_at": T0,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -242,6 +243,13 @@ def mailbox() -> None:
     type=click.Choice(["all", "responses", "crm-records", "email-enabled", "none"]),
     help="Which incoming email becomes an activity.",
 )
+@click.option(
+    "--auto-create",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "contact", "lead"]),
+    help="Create a contact or lead for the unknown sender of incoming email that is tracked.",
+)
 @click.option("--email", help="The mailbox's address (default: <owner>@localhost).")
 @click.option(
     "--folder",
@@ -271,6 +279,7 @@ def mailbox_add(
     password_file: Path | None,
     owner: str,
     incoming_filter: str,
+    auto_create: str,
     email: str | None,
     folders: tuple[str, ...],
     since: datetime | None,
@@ -284,6 +293,7 @@ def mailbox_add(
                 --server-profile corp --user bob --password-env BOB_IMAP_PASSWORD
     """
     from pipeline.mailboxes import MailboxDefinitionError, maildir_mailbox, server_mailbox
+    from schemas.mailbox import AutoCreate
     from schemas.secret import SecretRef
     from schemas.topics import MAILBOX_CONFIG
 
@@ -324,6 +334,7 @@ def mailbox_add(
             )
     except MailboxDefinitionError as exc:
         fail(str(exc))
+    config = msgspec.structs.replace(config, auto_create=AutoCreate(auto_create))
     infra = bring_up(ctx.config)
     try:
         _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, config)])

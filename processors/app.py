@@ -106,6 +106,7 @@ class ProcessorApp:
                 MAIL_PARSED,
                 PROMOTION_DECISIONS,
                 CRM_ACTIVITIES,
+                CRM_RECORDS,
                 SYNC_ERRORS,
                 DLQ,
             )
@@ -242,6 +243,8 @@ class ProcessorApp:
         now = utc_now()
         emission = self.engine.process(parsed, partition, now)
         metrics.PROCESSOR_REDECISIONS.inc(emission.redecided)
+        for record in emission.records:
+            await self._send(CRM_RECORDS.suffix, record.record_id, record, codec(CRM_RECORDS))
         for activity in emission.activities:
             await self._send_activity(activity)
         for decision in emission.decisions:

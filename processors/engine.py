@@ -29,14 +29,16 @@ from schemas.crm import (
     Activity,
     ActivityParty,
     CorrelationMethod,
+    CrmRecord,
     DecisionStatus,
     Direction,
     PartyRole,
     PromotionDecision,
     ReasonCode,
 )
-from schemas.ids import email_activity_id
+from schemas.ids import created_record_id, email_activity_id
 from schemas.mail import EmailAddress, ParsedEmail
+from schemas.mailbox import AutoCreate
 from schemas.state import HeldItem, HeldThread, TrackedItem, TrackedMessage
 
 # Skips that another copy of the message (or a later reply chain) can still turn into a link.
@@ -96,6 +98,7 @@ class Emission:
 
     decisions: list[PromotionDecision] = field(default_factory=list)
     activities: list[Activity] = field(default_factory=list)
+    records: list[CrmRecord] = field(default_factory=list)
     redecided: int = 0
 
 
@@ -104,6 +107,7 @@ class _Applied:
     decision: PromotionDecision
     activity: Activity | None
     changed: set[str]
+    record: CrmRecord | None = None
 
 
 class DecisionEngine:
@@ -228,7 +232,36 @@ class DecisionEngine:
         changed = set()
         if old is None or _inherited(old) != _inherited(entry):
             changed.add(email.message_id)
-        return _Applied(decision, self._activity(email, entry, verdict), changed)
+        record = self._create_unknown_sender(email, verdict, now)
+        return _Applied(decision, self._activity(email, entry, verdict), changed, record)
+
+    def _create_unknown_sender(
+        self, email: ParsedEmail, verdict: Verdict, now: datetime
+    ) -> CrmRecord | None:
+        """The contact or lead to create for the unknown sender of tracked incoming email,
+        when its mailbox says so. It joins the directory at once, so this email's
+        activity and the next ones resolve to it before crm.records brings it back."""
+        mailbox = self.mailboxes.get(email.mailbox_id)
+        sender = email.sender
+        if (
+            mailbox is None
+            or mailbox.auto_create == AutoCreate.NONE
+            or sender is None
+            or verdict.direction != Direction.INCOMING
+            or self.directory.resolve(sender.address)
+        ):
+            return None
+        kind = mailbox.auto_create.value
+        record = CrmRecord(
+            record_id=created_record_id(kind, sender.address),
+            record_type=kind,
+            name=sender.name or sender.address.split("@", 1)[0],
+            email_addresses=[sender.address],
+            created_by_tidings=True,
+            updated_at=now,
+        )
+        self.directory.apply(record.record_id, record)
+        return record
 
     def _merge_entry(
         self,
@@ -348,14 +381,18 @@ class DecisionEngine:
         )
 
     def _party(self, role: PartyRole, address: EmailAddress) -> ActivityParty:
-        return ActivityParty(
-            role=role,
-            address=address.address,
-            name=address.name,
-            records=self.directory.resolve(address.address),
-        )
+        """A party and its records: the sender resolves to the first record in Dynamics'
+        order; a recipient to every match, or to none when ambiguous and so configured."""
+        records = self.directory.resolve(address.address)
+        if role == PartyRole.FROM:
+            records = records[:1]
+        elif len(records) > 1 and self.settings.leave_ambiguous_recipients_unresolved:
+            records = []
+        return ActivityParty(role=role, address=address.address, name=address.name, records=records)
 
     def _emit(self, emission: Emission, applied: _Applied) -> None:
+        if applied.record is not None:
+            emission.records.append(applied.record)
         emission.decisions.append(applied.decision)
         if applied.activity is not None:
             emission.activities.append(applied.activity)

@@ -215,6 +215,11 @@ class CorrelationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How processors decide: correlation, internal email, auto-replies, limits.
 
+    Party resolution: the sender resolves to one record (user, queue, contact,
+    account, lead, then other types); a recipient lists every record its
+    address matches, or none when it matches several and
+    `leave_ambiguous_recipients_unresolved` is on.
+
     `late_correlation_window_s`: an item whose decision could still improve
     (it referenced mail not yet tracked, or a copy elsewhere may be tracked) is
     re-decided when that mail arrives within this window — so the result does
@@ -225,6 +230,7 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     correlation: CorrelationConfig = msgspec.field(default_factory=CorrelationConfig)
     internal_email: InternalEmailPolicy = InternalEmailPolicy.ONE
     process_only_approved: bool = True
+    leave_ambiguous_recipients_unresolved: bool = False
     skip_uncorrelated_auto_replies: bool = True
     max_description_chars: int = 256 * 1024
     late_correlation_window_s: float = 900.0

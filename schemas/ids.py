@@ -52,3 +52,9 @@ def email_activity_id(normalized_message_id: str, qualifier: str = "") -> str:
     if qualifier:
         name = f"{name}#{qualifier}"
     return str(uuid.uuid5(_NAMESPACE, name))
+
+
+def created_record_id(record_type: str, address: str) -> str:
+    """The id of the record tidings creates for an unknown address (one per address and
+    type, so creating it again is an idempotent upsert)."""
+    return str(uuid.uuid5(_NAMESPACE, f"record:{record_type}:{address.strip().lower()}"))

@@ -32,6 +32,15 @@ class IncomingFilter(StrEnum):
     NONE = "none"
 
 
+class AutoCreate(StrEnum):
+    """What tidings creates for the unknown sender of email it tracks (Dynamics'
+    "automatically create records" option): nothing, a contact or a lead."""
+
+    NONE = "none"
+    CONTACT = "contact"
+    LEAD = "lead"
+
+
 class FolderRole(StrEnum):
     """What a folder holds, which decides the direction of its email."""
 
@@ -174,6 +183,10 @@ class Pop3Settings(msgspec.Struct, frozen=True, kw_only=True):
 class MailboxConfig(Record, frozen=True, kw_only=True):
     """One mailbox: its owner (a user or a queue), where it lives and how its mail is filtered.
 
+    `auto_create` makes tidings create a contact or lead (published on
+    crm.records, marked `created_by_tidings`) for the sender of incoming email
+    it tracks when that address matches no CRM record.
+
     Keyed by `mailbox_id` on mailbox.config; a tombstone removes the mailbox.
     """
 
@@ -182,6 +195,7 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     email_address: str
     protocol: Protocol
     incoming_filter: IncomingFilter = IncomingFilter.RESPONSES
+    auto_create: AutoCreate = AutoCreate.NONE
     approved: bool = True
     enabled: bool = True
     server_profile: str | None = None

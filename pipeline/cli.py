@@ -250,6 +250,11 @@ def mailbox() -> None:
     type=click.Choice(["none", "contact", "lead"]),
     help="Create a contact or lead for the unknown sender of incoming email that is tracked.",
 )
+@click.option(
+    "--forward-mailbox",
+    is_flag=True,
+    help="Users' rules forward mail here as attachments; each is decided as their own mail.",
+)
 @click.option("--email", help="The mailbox's address (default: <owner>@localhost).")
 @click.option(
     "--folder",
@@ -280,6 +285,7 @@ def mailbox_add(
     owner: str,
     incoming_filter: str,
     auto_create: str,
+    forward_mailbox: bool,
     email: str | None,
     folders: tuple[str, ...],
     since: datetime | None,
@@ -334,7 +340,9 @@ def mailbox_add(
             )
     except MailboxDefinitionError as exc:
         fail(str(exc))
-    config = msgspec.structs.replace(config, auto_create=AutoCreate(auto_create))
+    config = msgspec.structs.replace(
+        config, auto_create=AutoCreate(auto_create), forward_mailbox=forward_mailbox
+    )
     infra = bring_up(ctx.config)
     try:
         _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, config)])

@@ -25,7 +25,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processors.changes import handle_change, needs_blob, read_blob
+from processors.changes import StageOutput, handle_change, needs_blob, read_blob
 from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine
 from processors.faust_state import TableState
@@ -226,9 +226,14 @@ class ProcessorApp:
         )
         now = utc_now()
         mailbox = self.mailboxes.get(change.mailbox_id)
-        out = handle_change(change, mailbox, self.settings, now, blob)
-        if out.empty:  # a flags-only update: the item's decision stands
-            return
+        out = handle_change(change, mailbox, self.settings, now, blob, self.mailboxes.by_address)
+        await self._emit_stage(out)
+
+    async def _emit_stage(self, out: StageOutput) -> None:
+        """Publish what the parse stage decided; an empty output (a flags-only update:
+        the item's decision stands) publishes nothing."""
+        for forwarded in out.forwarded:
+            await self._emit_stage(forwarded)
         if out.parsed is not None:
             await self._send(
                 MAIL_PARSED.suffix, out.parsed.thread_key, out.parsed, codec(MAIL_PARSED)

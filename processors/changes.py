@@ -17,17 +17,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from processors.parse import ParseFailure, parse_headers_and_preview, parse_item
+import msgspec
+
+from processors.parse import (
+    ParseFailure,
+    forwarded_messages,
+    parse_headers_and_preview,
+    parse_item,
+)
 from schemas.blobs import BlobNotFoundError
 from schemas.config import ProcessingConfig
 from schemas.crm import REMOVED_DECISION_VERSION, DecisionStatus, PromotionDecision, ReasonCode
 from schemas.errors import ErrorScope, Severity, SyncError
-from schemas.ids import error_id
+from schemas.ids import change_event_id, error_id
 from schemas.mail import ChangeKind, ItemType, MailItemChanged, ParsedEmail
 from schemas.mailbox import FolderRole, MailboxConfig
 
 BlobLoader = Callable[[str], bytes]
 """Returns the bytes of a claim-check reference (BlobStore.get)."""
+MailboxLookup = Callable[[str], MailboxConfig | None]
+"""The (non-forward) mailbox with an email address, if any."""
 
 BLOB_UNAVAILABLE = "BlobUnavailable"
 PREVIEW_DEFECT = "body from preview: claim-check blob unavailable"
@@ -46,16 +55,24 @@ class StageOutput:
 
     `error` accompanies an errored decision, or a parsed email that was built
     from the event's headers and preview because its blob was unavailable.
+    `forwarded` holds the outputs of the messages a forward mailbox's item
+    carried as attachments (its own decision says so).
     """
 
     parsed: ParsedEmail | None = None
     decision: PromotionDecision | None = None
     error: SyncError | None = None
+    forwarded: tuple[StageOutput, ...] = ()
 
     @property
     def empty(self) -> bool:
         """True when there is nothing to emit."""
-        return self.parsed is None and self.decision is None and self.error is None
+        return (
+            self.parsed is None
+            and self.decision is None
+            and self.error is None
+            and not self.forwarded
+        )
 
 
 def needs_blob(event: MailItemChanged) -> bool:
@@ -93,12 +110,14 @@ def handle_change(
     settings: ProcessingConfig,
     now: datetime,
     blob: bytes | BlobUnavailable | None = None,
+    mailbox_of: MailboxLookup | None = None,
 ) -> StageOutput:
     """Route one change event: deletions and non-email end here, email is parsed.
 
     `blob` is the content of a claim-checked event (see `needs_blob`), read by
     the caller; None for such an event means no store was available. A
-    flags-only update yields an empty output.
+    flags-only update yields an empty output. An email of a forward mailbox is
+    unwrapped (see `unwrap_forward`); `mailbox_of` finds mailboxes by address.
     """
     if event.change == ChangeKind.DELETED:
         return StageOutput(
@@ -130,7 +149,87 @@ def handle_change(
     result = parse_item(event, role, settings.max_description_chars, content)
     if isinstance(result, ParseFailure):
         return _failed(event, result, now)
+    if mailbox is not None and mailbox.forward_mailbox:
+        raw = event.raw if event.raw is not None else content
+        return unwrap_forward(event, result, raw or b"", mailbox_of or _nobody, settings, now)
     return StageOutput(parsed=result)
+
+
+def unwrap_forward(
+    event: MailItemChanged,
+    wrapper: ParsedEmail,
+    raw: bytes,
+    mailbox_of: MailboxLookup,
+    settings: ProcessingConfig,
+    now: datetime,
+) -> StageOutput:
+    """A forward mailbox's item: every message attached whole becomes an item of the
+    mailbox whose address forwarded it (the wrapper's From), in its INBOX; the
+    wrapper itself is skipped as `Forwarded`. A wrapper with nothing attached, or
+    from an address no mailbox has, is skipped as `ForwardUnattributed` with a
+    permanent error saying what to fix."""
+    forwarder = wrapper.sender.address if wrapper.sender else ""
+    attached = forwarded_messages(raw)
+    target = mailbox_of(forwarder) if forwarder else None
+    if not attached or target is None:
+        why = (
+            "a forward mailbox takes messages forwarded as attachments; this one carries none"
+            if not attached
+            else f"forwarded by {forwarder or 'no sender'}, which is no mailbox's address; "
+            "add that user's mailbox or fix the forwarding rule"
+        )
+        message = f"{event.folder}/{event.item_id}: {why}"
+        return StageOutput(
+            decision=_final(event, DecisionStatus.SKIPPED, _UNATTRIBUTED, message, now),
+            error=_error(event, _UNATTRIBUTED.value, message, now),
+        )
+    outputs = tuple(
+        _unwrapped(event, target, index, message, settings, now)
+        for index, message in enumerate(attached)
+    )
+    explanation = (
+        f"forwarded as an attachment by {forwarder}: {len(attached)} message(s) decided "
+        f"as mail of mailbox {target.mailbox_id}"
+    )
+    decision = _final(event, DecisionStatus.SKIPPED, ReasonCode.FORWARDED, explanation, now)
+    return StageOutput(decision=decision, forwarded=outputs)
+
+
+def _unwrapped(
+    wrapper: MailItemChanged,
+    target: MailboxConfig,
+    index: int,
+    raw: bytes,
+    settings: ProcessingConfig,
+    now: datetime,
+) -> StageOutput:
+    """One attached message as an item of `target`'s INBOX, with ids derived from the
+    wrapper's, so re-reading the wrapper yields the same items."""
+    item_id = f"fwd:{wrapper.mailbox_id}:{wrapper.item_id}#{index}"
+    event = msgspec.structs.replace(
+        wrapper,
+        event_id=change_event_id(
+            target.mailbox_id, "INBOX", item_id, wrapper.change.value, wrapper.version
+        ),
+        mailbox_id=target.mailbox_id,
+        folder="INBOX",
+        folder_role=FolderRole.INBOX,
+        item_id=item_id,
+        raw=raw,
+        blob_ref=None,
+        size=len(raw),
+    )
+    result = parse_item(event, FolderRole.INBOX, settings.max_description_chars)
+    if isinstance(result, ParseFailure):
+        return _failed(event, result, now)
+    return StageOutput(parsed=result)
+
+
+_UNATTRIBUTED = ReasonCode.FORWARD_UNATTRIBUTED
+
+
+def _nobody(address: str) -> MailboxConfig | None:
+    return None
 
 
 def _mailbox_role(folder: str, mailbox: MailboxConfig | None) -> FolderRole:

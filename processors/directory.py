@@ -84,20 +84,32 @@ class Mailboxes:
 
     def __init__(self) -> None:
         self._by_id: dict[str, MailboxConfig] = {}
+        self._by_address: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     def apply(self, mailbox_id: str, config: MailboxConfig | None) -> None:
         """Insert, replace or (config None) remove one mailbox."""
-        if config is None:
-            self._by_id.pop(mailbox_id, None)
-        else:
+        old = self._by_id.pop(mailbox_id, None)
+        if old is not None:
+            holders = self._by_address.get(old.email_address.lower(), set())
+            holders.discard(mailbox_id)
+            if not holders:
+                self._by_address.pop(old.email_address.lower(), None)
+        if config is not None:
             self._by_id[mailbox_id] = config
+            self._by_address.setdefault(config.email_address.lower(), set()).add(mailbox_id)
 
     def get(self, mailbox_id: str) -> MailboxConfig | None:
         """The configuration of `mailbox_id`, if known."""
         return self._by_id.get(mailbox_id)
+
+    def by_address(self, address: str) -> MailboxConfig | None:
+        """The mailbox (not a forward mailbox) with this address; the smallest id wins."""
+        ids = sorted(self._by_address.get(address.strip().lower(), ()))
+        found = (self._by_id[i] for i in ids if not self._by_id[i].forward_mailbox)
+        return next(found, None)
 
 
 @dataclass(frozen=True)

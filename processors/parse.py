@@ -91,6 +91,28 @@ def parse_item(
     return _build(event, folder_role, msg, body, defects)
 
 
+def forwarded_messages(raw: bytes) -> list[bytes]:
+    """The messages attached to `raw` whole (message/rfc822 parts), in order, as bytes;
+    empty when there are none or `raw` cannot be parsed. Attachments of the
+    attached messages are not unwrapped."""
+    try:
+        msg = _PARSER.parsebytes(_strip_mbox_line(raw).lstrip(b"\r\n"))
+    except Exception:  # the stdlib parser should not raise; be safe anyway
+        return []
+    found: list[bytes] = []
+    for part in _leaves(msg):
+        if part.get_content_type() != "message/rfc822":
+            continue
+        inner = part.get_payload()
+        for message in inner if isinstance(inner, list) else []:
+            if isinstance(message, Message):
+                try:
+                    found.append(message.as_bytes())
+                except (UnicodeError, LookupError, ValueError):
+                    continue
+    return found
+
+
 def parse_headers_and_preview(
     event: MailItemChanged, folder_role: FolderRole, max_description_chars: int, note: str
 ) -> ParsedEmail | ParseFailure:

@@ -69,6 +69,8 @@ class ReasonCode(StrEnum):
     UNREADABLE = "Unreadable"
     ITEM_DELETED = "ItemDeleted"
     UNSUPPORTED_ITEM = "UnsupportedItem"
+    FORWARDED = "Forwarded"
+    FORWARD_UNATTRIBUTED = "ForwardUnattributed"
 
 
 class CorrelationMethod(StrEnum):

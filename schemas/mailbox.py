@@ -187,6 +187,10 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     crm.records, marked `created_by_tidings`) for the sender of incoming email
     it tracks when that address matches no CRM record.
 
+    A `forward_mailbox` receives the messages users' server rules forward to it
+    as attachments: each attached message is decided as if the mailbox of the
+    user who forwarded it (the wrapper's From address) had received it.
+
     Keyed by `mailbox_id` on mailbox.config; a tombstone removes the mailbox.
     """
 
@@ -196,6 +200,7 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     protocol: Protocol
     incoming_filter: IncomingFilter = IncomingFilter.RESPONSES
     auto_create: AutoCreate = AutoCreate.NONE
+    forward_mailbox: bool = False
     approved: bool = True
     enabled: bool = True
     server_profile: str | None = None

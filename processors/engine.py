@@ -402,6 +402,8 @@ class DecisionEngine:
     def _waiting_on(self, email: ParsedEmail, decision: PromotionDecision) -> list[str]:
         """Message-IDs whose tracking could change this item's decision."""
         waiting = list(reply_chain(email))
+        if email.bounced_message_id and email.bounced_message_id not in waiting:
+            waiting.append(email.bounced_message_id)
         if decision.status == DecisionStatus.SKIPPED and decision.reason in _IMPROVABLE:
             waiting.append(email.message_id)
         return waiting

@@ -210,6 +210,11 @@ def _build(
     if message_id is None:
         message_id = _synthetic_message_id(sender, sent_at, subject, body.text)
     thread_key = references[0] if references else (in_reply_to or message_id)
+    auto_reply = _auto_reply_kind(msg)
+    bounce = _bounce(msg) if auto_reply == AutoReplyKind.BOUNCE else None
+    if bounce is not None and bounce.thread_key:
+        # The bounce meets the message it reports on, on that conversation's partition.
+        thread_key = bounce.thread_key
     return ParsedEmail(
         event_id=event.event_id,
         mailbox_id=event.mailbox_id,
@@ -229,7 +234,9 @@ def _build(
         in_reply_to=in_reply_to,
         references=references,
         thread_index=_raw_text(msg, "Thread-Index") or None,
-        auto_reply=_auto_reply_kind(msg),
+        auto_reply=auto_reply,
+        bounced_message_id=bounce.message_id if bounce else None,
+        bounce_detail=bounce.detail if bounce else "",
         body_text=body.text,
         body_truncated=body.truncated,
         has_html=body.has_html,
@@ -354,6 +361,54 @@ def _date(msg: Message, defects: list[str]) -> datetime | None:
         defects.append("InvalidDateHeader")
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class _Bounce:
+    """What a delivery status notification says of the message it returns."""
+
+    message_id: str | None
+    thread_key: str | None
+    detail: str
+
+
+def _bounce(msg: Message) -> _Bounce:
+    """The returned message's id and thread key (from its attached message or headers,
+    RFC 3462), and a one-line summary of the failed recipients (RFC 3464)."""
+    original: Message | None = None
+    failures: list[str] = []
+    for part in msg.walk():
+        kind = part.get_content_type()
+        payload = part.get_payload()
+        if kind == "message/delivery-status" and isinstance(payload, list):
+            blocks = [block for block in payload[1:] if isinstance(block, Message)]
+            failures.extend(_failure(block) for block in blocks if _failed(block))
+        elif kind == "message/rfc822" and original is None and isinstance(payload, list):
+            original = payload[0] if payload and isinstance(payload[0], Message) else None
+        elif kind == "text/rfc822-headers" and original is None:
+            text = part.get_payload(decode=True)
+            if isinstance(text, bytes):
+                original = _PARSER.parsebytes(text, headersonly=True)
+    detail = "; ".join(failures[:5]) or "delivery failed"
+    if original is None:
+        return _Bounce(None, None, detail)
+    ignored: list[str] = []
+    message_id = normalize_message_id(_header_text(original, "Message-ID", ignored))
+    references = _msgid_list(_header_text(original, "References", ignored))
+    in_reply_to = _msgid_list(_header_text(original, "In-Reply-To", ignored))
+    key = references[0] if references else (in_reply_to[0] if in_reply_to else message_id)
+    return _Bounce(message_id, key, detail)
+
+
+def _failed(block: Message) -> bool:
+    return str(block.get("Action", "")).strip().lower() in ("failed", "")
+
+
+def _failure(block: Message) -> str:
+    recipient = str(block.get("Final-Recipient", "")).split(";")[-1].strip() or "?"
+    status = str(block.get("Status", "")).strip() or "?"
+    diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split(";")[-1].split())
+    return f"{status} {recipient}" + (f" ({diagnostic[:120]})" if diagnostic else "")
 
 
 def _auto_reply_kind(msg: Message) -> AutoReplyKind:

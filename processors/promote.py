@@ -89,6 +89,9 @@ def decide(email: ParsedEmail, item_key: str, ctx: DecisionContext) -> Verdict:
         by_conversation_index=ctx.by_conversation_index,
         by_smart_key=ctx.by_smart_key,
     )
+    returned = _returned_email(email, ctx)
+    if returned is not None:
+        correlation = returned
     base = Verdict(
         DecisionStatus.PROMOTED,
         ReasonCode.DUPLICATE,
@@ -151,6 +154,14 @@ def _apply_rules(
             ReasonCode.INTERNAL_EMAIL_REJECT,
             f"email between CRM users from {sender.address}; internal email is set to reject",
         )
+    bounce = email.auto_reply == AutoReplyKind.BOUNCE
+    if bounce and correlation is not None and ctx.settings.mark_bounces:
+        target = correlation.target
+        return (
+            ReasonCode.BOUNCE,
+            f"delivery of tracked email <{target.message_id}> (activity "
+            f"{target.activity_id}) failed: {email.bounce_detail or 'no details'}",
+        )
     machine_made = correlation is None and email.auto_reply != AutoReplyKind.NONE
     if machine_made and ctx.settings.skip_uncorrelated_auto_replies:
         if email.auto_reply == AutoReplyKind.BOUNCE:
@@ -175,6 +186,16 @@ def _apply_rules(
     if match is not None:
         return ReasonCode.RECIPIENT_MATCH, f"a recipient is {match.type} {match.id}"
     return ReasonCode.NO_RECIPIENT_MATCH, f"no recipient is {wanted}"
+
+
+def _returned_email(email: ParsedEmail, ctx: DecisionContext) -> Correlation | None:
+    """For a bounce, the tracked email it returns (by the returned Message-ID)."""
+    if email.auto_reply != AutoReplyKind.BOUNCE or not email.bounced_message_id:
+        return None
+    target = ctx.by_message_id(email.bounced_message_id)
+    if target is None or target.message_id == email.message_id:
+        return None
+    return Correlation(CorrelationMethod.IN_REPLY_TO, target, email.bounced_message_id, 0)
 
 
 def _first_match(

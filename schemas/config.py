@@ -220,6 +220,10 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     address matches, or none when it matches several and
     `leave_ambiguous_recipients_unresolved` is on.
 
+    `mark_bounces`: a delivery failure report about tracked email is skipped as
+    `Bounce` and its decision names that email (correlated_activity_id) instead
+    of becoming an activity itself.
+
     `late_correlation_window_s`: an item whose decision could still improve
     (it referenced mail not yet tracked, or a copy elsewhere may be tracked) is
     re-decided when that mail arrives within this window — so the result does
@@ -232,6 +236,7 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     process_only_approved: bool = True
     leave_ambiguous_recipients_unresolved: bool = False
     skip_uncorrelated_auto_replies: bool = True
+    mark_bounces: bool = True
     max_description_chars: int = 256 * 1024
     late_correlation_window_s: float = 900.0
     dlq_max_consecutive: int = 100

@@ -123,6 +123,8 @@ class ParsedEmail(Record, frozen=True, kw_only=True):
     in_reply_to: str | None = None
     references: list[str] = msgspec.field(default_factory=list)
     thread_index: str | None = None
+    bounced_message_id: str | None = None  # a bounce: the Message-ID it reports on
+    bounce_detail: str = ""  # a bounce: "5.1.1 bob@x.example (failed: ...)"
     auto_reply: AutoReplyKind = AutoReplyKind.NONE
     body_text: str = ""
     body_truncated: bool = False

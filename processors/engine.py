@@ -23,7 +23,7 @@ from processors.conversation_index import parse_thread_index
 from processors.correlate import Correlation, reply_chain
 from processors.directory import ORG_TYPES, ActivityIndex, Directory, Mailboxes, TrackedRef
 from processors.promote import DecisionContext, Verdict, decide
-from schemas.base import RecordRef
+from schemas.base import RecordRef, RecordType
 from schemas.config import ProcessingConfig
 from schemas.crm import (
     Activity,
@@ -354,6 +354,7 @@ class DecisionEngine:
             (PartyRole.BCC, email.bcc),
         ):
             parties.extend(self._party(role, address) for address in addresses)
+        accepted = self._queue_copies(entry)
         return Activity(
             activity_id=entry.activity_id,
             version=entry.version,
@@ -376,9 +377,29 @@ class DecisionEngine:
             if (index := parse_thread_index(email.thread_index))
             else None,
             receiving_mailboxes=entry.mailboxes,
+            queues=sorted({queue for _, queue in accepted}, key=str),
+            accepting_queue=min(accepted, key=lambda copy: copy[0])[1] if accepted else None,
             created_at=entry.created_at,
             updated_at=email.observed_at,
         )
+
+    def _queue_copies(
+        self, entry: TrackedMessage
+    ) -> list[tuple[tuple[bool, datetime, str], RecordRef]]:
+        """Each promoted copy a queue's mailbox received, as (order, queue): copies that
+        passed their own mailbox's rules before those linked as duplicates, then the
+        earliest decided, then by mailbox id; the first is the accepting queue."""
+        found = []
+        for item in entry.items:
+            config = self.mailboxes.get(item.mailbox_id)
+            if config is None or config.owner.type != RecordType.QUEUE.value:
+                continue
+            decision = item.decision
+            if decision.status == DecisionStatus.PROMOTED:
+                duplicate = decision.reason == ReasonCode.DUPLICATE
+                order = (duplicate, decision.decided_at, item.mailbox_id)
+                found.append((order, config.owner))
+        return found
 
     def _party(self, role: PartyRole, address: EmailAddress) -> ActivityParty:
         """A party and its records: the sender resolves to the first record in Dynamics'

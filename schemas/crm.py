@@ -146,6 +146,8 @@ class Activity(Record, frozen=True, kw_only=True):
 
     The id derives from the normalized Message-ID, so the same message seen in
     several mailboxes is one activity listing every receiving mailbox.
+    `queues` are the queues whose mailboxes received it (one queue item each);
+    `accepting_queue` is the one whose mailbox accepted it first.
     """
 
     activity_id: str
@@ -168,6 +170,8 @@ class Activity(Record, frozen=True, kw_only=True):
     in_reply_to: str | None = None
     conversation_index: str | None = None  # the Thread-Index, as hex
     receiving_mailboxes: list[str] = msgspec.field(default_factory=list)
+    queues: list[RecordRef] = msgspec.field(default_factory=list)
+    accepting_queue: RecordRef | None = None
     source: str = "mailbox"  # "mailbox" when tidings promoted it, "crm" when imported
     created_at: datetime
     updated_at: datetime

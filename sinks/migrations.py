@@ -130,6 +130,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "conversation_index String AFTER in_reply_to",
         ),
     ),
+    Migration(
+        3,
+        "activities.queues and accepting_queue",
+        (
+            "ALTER TABLE {db}.activities ADD COLUMN IF NOT EXISTS "
+            "queues Array(String) AFTER receiving_mailboxes",
+            "ALTER TABLE {db}.activities ADD COLUMN IF NOT EXISTS "
+            "accepting_queue String AFTER queues",
+        ),
+    ),
 )
 
 

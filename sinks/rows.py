@@ -21,7 +21,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "description_truncated", "direction", "sender", "to_addresses", "cc_addresses",
         "sent_at", "owner", "regarding", "parent_activity_id", "conversation_id",
         "correlation_method", "correlated_activity_id", "tracking_token", "in_reply_to",
-        "conversation_index", "receiving_mailboxes",
+        "conversation_index", "receiving_mailboxes", "queues", "accepting_queue",
         "source", "created_at", "updated_at",
     ),
     "activity_parties": (
@@ -76,6 +76,8 @@ def activity_rows(activity: Activity) -> tuple[Row, list[Row]]:
         activity.in_reply_to or "",
         activity.conversation_index or "",
         list(activity.receiving_mailboxes),
+        [str(queue) for queue in activity.queues],
+        _ref(activity.accepting_queue),
         activity.source,
         activity.created_at,
         activity.updated_at,

@@ -11,6 +11,14 @@ Two changes to how the stock `localbucket` command serves, measured on this mach
   of 250 objects in a small bucket). The walk now starts at the deepest
   directory the prefix names; the listing is the same.
 
+* PutObject honours If-Match: stock localbucket ignores it and writes anyway.
+  tansu updates each cluster's meta.json (where every partition's next offset
+  lives) with If-Match on the ETag it read, and relies on a 412 to learn that
+  another producer got there first. Without it, two producers appending to one
+  partition at the same moment were both told they wrote at the same offset:
+  one batch was overwritten (lost) and two shared an offset. The check and the
+  write now happen under one lock, and a stale ETag gets 412 PreconditionFailed.
+
 Request logging is lowered to warnings: one line per S3 call is noise.
 """
 
@@ -50,10 +58,31 @@ def _narrow_listing() -> None:
     os.walk = _narrowed_walk  # this process serves localbucket only
 
 
+_conditional_writes = threading.Lock()
+
+
+def _honour_if_match() -> None:
+    original = localbucket.S3Handler._write_object
+
+    def write_object(self: Any, bucket: str, key: str, write: Any) -> str:
+        expected = self.headers.get("If-Match")
+        if expected is None:
+            return str(original(self, bucket, key, write))
+        with _conditional_writes:
+            target = self._object_path(bucket, key)
+            current = localbucket.object_etag(target) if target.is_file() else None
+            if current is None or not localbucket.etag_matches(expected, current):
+                raise self._precondition_failed_error()
+            return str(original(self, bucket, key, write))
+
+    localbucket.S3Handler._write_object = write_object
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve DATA_ROOT like the `localbucket` command, tuned as described above."""
     localbucket.S3Handler.disable_nagle_algorithm = True
     _narrow_listing()
+    _honour_if_match()
     logging.getLogger("localbucket").setLevel(logging.WARNING)
     sys.argv = ["localbucket", *(argv if argv is not None else sys.argv[1:])]
     localbucket.main()

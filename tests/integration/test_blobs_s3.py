@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,3 +146,28 @@ def test_unreachable_endpoint_is_a_store_error(bucket: Bucket) -> None:
     store = S3BlobStore(BUCKET, "p", dead, timeout_s=2.0)
     with pytest.raises(BlobStoreError, match="failed"):
         store.get(blob_ref(b"x"))
+
+
+def put(bucket: Bucket, key: str, body: bytes, **headers: str) -> tuple[int, str]:
+    """Status and ETag of a raw PutObject (localbucket does not check signatures)."""
+    request = urllib.request.Request(
+        f"{bucket.endpoint}/{BUCKET}/{key}", data=body, method="PUT", headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("ETag", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_put_honours_if_match_as_tansu_needs(bucket: Bucket) -> None:
+    # tansu moves a partition's next offset with If-Match on the ETag it read: a
+    # stale ETag must be refused, or two producers get the same offsets.
+    status, first = put(bucket, "meta.json", b'{"offset": 1}')
+    assert status == 200
+    status, second = put(bucket, "meta.json", b'{"offset": 2}', **{"If-Match": first})
+    assert status == 200 and second != first
+    assert put(bucket, "meta.json", b'{"offset": 9}', **{"If-Match": first})[0] == 412
+    assert put(bucket, "absent.json", b"{}", **{"If-Match": first})[0] == 412
+    assert (bucket.root / BUCKET / "meta.json").read_bytes() == b'{"offset": 2}'
+    assert put(bucket, "meta.json", b"{}", **{"If-None-Match": "*"})[0] == 412

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -59,12 +60,11 @@ def decisions_made(url: str) -> float:
     return sum(float(value) for value in re.findall(pattern, body, re.M))
 
 
-def test_two_workers_make_one_activity_per_message(workspace: Workspace, tmp_path: Path) -> None:
-    workspace.env["TIDINGS_EMBEDDED__STORAGE"] = "memory"
-    workspace.cli("broker", "start")
+def add_mailboxes(workspace: Workspace, root: Path) -> dict[str, Path]:
+    """Three Maildir mailboxes with the filter `all`; their directories by id."""
     dirs = {}
     for mailbox_id in MAILBOXES:
-        maildir = tmp_path / mailbox_id
+        maildir = root / mailbox_id
         for sub in ("cur", "new", "tmp"):
             (maildir / sub).mkdir(parents=True)
         dirs[mailbox_id] = maildir
@@ -72,44 +72,72 @@ def test_two_workers_make_one_activity_per_message(workspace: Workspace, tmp_pat
             "mailbox", "add", "--id", mailbox_id, "--path", str(maildir), "--owner",
             f"user:{mailbox_id}", "--filter", "all", "--email", f"{mailbox_id}@nw.example",
         )  # fmt: skip
+    return dirs
+
+
+def deliver_all(dirs: dict[str, Path]) -> dict[str, set[str]]:
+    """Deliver the shared and the own messages; the mailboxes each Message-ID reaches."""
+    expected: dict[str, set[str]] = {}
+    for n in range(SHARED):
+        for mailbox_id in MAILBOXES:
+            deliver(dirs[mailbox_id], f"{1_790_000_000 + n}.M{n}.s", message(n, "team"))
+        expected[f"order-{n}@contoso.example"] = set(MAILBOXES)
+    for index, mailbox_id in enumerate(MAILBOXES):
+        for k in range(OWN):
+            n = 1000 + index * OWN + k
+            deliver(dirs[mailbox_id], f"{1_790_000_000 + n}.M{n}.o", message(n, mailbox_id))
+            expected[f"order-{n}@contoso.example"] = {mailbox_id}
+    return expected
+
+
+def wait_until_healthy(url: str, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while status(f"{url}/healthz") != 200:
+        assert time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.5)
+
+
+def wait_for_decisions(workspace: Workspace, count: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = workspace.query("SELECT count() FROM tidings.promotion_decisions FINAL")
+        if rows and int(rows[0][0]) >= count:
+            return
+        if time.monotonic() > deadline:
+            keys = workspace.query("SELECT item_key FROM tidings.promotion_decisions FINAL")
+            raise AssertionError(f"{rows} decided: {sorted(keys)}\n{workspace.logs()}")
+        time.sleep(1)
+
+
+def stop(*processes: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL whatever does not exit within two minutes."""
+    running = [p for p in processes if p is not None and p.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    for process in running:
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_two_workers_make_one_activity_per_message(workspace: Workspace, tmp_path: Path) -> None:
+    workspace.env["TIDINGS_EMBEDDED__STORAGE"] = "memory"
+    workspace.cli("broker", "start")
+    dirs = add_mailboxes(workspace, tmp_path)
     first = workspace.start("run", "all", log=tmp_path / "run-all.log")
-    second_port = free_port()
     second = None
     try:
         first_url = endpoint(workspace, "processors")
-        second = workspace.start(
-            "run",
-            "processors",
-            log=tmp_path / "processors-2.log",
-            env={"TIDINGS_PROCESSORS__WEB_PORT": str(second_port)},
-        )
-        second_url = f"http://127.0.0.1:{second_port}"
-        deadline = time.monotonic() + 120
-        while status(f"{second_url}/healthz") != 200:
-            assert time.monotonic() < deadline, (tmp_path / "processors-2.log").read_text()
-            time.sleep(0.5)
+        port = free_port()
+        log = tmp_path / "processors-2.log"
+        env = {"TIDINGS_PROCESSORS__WEB_PORT": str(port)}
+        second = workspace.start("run", "processors", log=log, env=env)
+        second_url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(second_url, log)
         time.sleep(5)  # let the group settle on two members before mail arrives
-        expected: dict[str, set[str]] = {}
-        for n in range(SHARED):
-            for mailbox_id in MAILBOXES:
-                deliver(dirs[mailbox_id], f"{1_790_000_000 + n}.M{n}.s", message(n, "team"))
-            expected[f"order-{n}@contoso.example"] = set(MAILBOXES)
-        for index, mailbox_id in enumerate(MAILBOXES):
-            for k in range(OWN):
-                n = 1000 + index * OWN + k
-                deliver(dirs[mailbox_id], f"{1_790_000_000 + n}.M{n}.o", message(n, mailbox_id))
-                expected[f"order-{n}@contoso.example"] = {mailbox_id}
-        total_items = SHARED * len(MAILBOXES) + OWN * len(MAILBOXES)
-        deadline = time.monotonic() + 180
-        while True:
-            rows = workspace.query("SELECT count() FROM tidings.promotion_decisions FINAL")
-            if rows and int(rows[0][0]) >= total_items:
-                break
-            if time.monotonic() > deadline:
-                keys = workspace.query("SELECT item_key, reason FROM tidings.promotion_decisions FINAL")
-                logs = [(tmp_path / name).read_text()[-6000:] for name in ("run-all.log", "processors-2.log")]
-                raise AssertionError(f"decided {rows}: {sorted(keys)}\n" + "\n".join(logs))
-            time.sleep(1)
+        expected = deliver_all(dirs)
+        wait_for_decisions(workspace, (SHARED + OWN) * len(MAILBOXES))
         activities = workspace.query(
             "SELECT message_id, count(), groupUniqArrayArray(receiving_mailboxes) "
             "FROM tidings.activities FINAL GROUP BY message_id"
@@ -119,19 +147,11 @@ def test_two_workers_make_one_activity_per_message(workspace: Workspace, tmp_pat
         reasons = workspace.query(
             "SELECT reason, count() FROM tidings.promotion_decisions FINAL GROUP BY reason"
         )
-        assert dict((str(r), int(c)) for r, c in reasons) == {
+        assert {str(r): int(c) for r, c in reasons} == {
             "AcceptAll": len(expected),
             "Duplicate": SHARED * (len(MAILBOXES) - 1),
         }
         assert decisions_made(first_url) > 0, "the first worker decided nothing"
         assert decisions_made(second_url) > 0, "the second worker decided nothing"
     finally:
-        for process in (second, first):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (second, first):
-            if process is not None:
-                try:
-                    process.wait(timeout=120)
-                except Exception:
-                    os.killpg(process.pid, signal.SIGKILL)
+        stop(second, first)

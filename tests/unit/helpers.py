@@ -95,10 +95,15 @@ def history_activity(message_id: str, token: str | None, regarding: str | None) 
     )
 
 
-def engine(settings: ProcessingConfig | None = None) -> DecisionEngine:
-    directory = Directory()
+def directory() -> Directory:
+    """The small CRM world's records, by address."""
+    found = Directory()
     for record in RECORDS:
-        directory.apply(record.record_id, record)
+        found.apply(record.record_id, record)
+    return found
+
+
+def engine(settings: ProcessingConfig | None = None) -> DecisionEngine:
     mailboxes = Mailboxes()
     for config in MAILBOXES:
         mailboxes.apply(config.mailbox_id, config)
@@ -106,7 +111,7 @@ def engine(settings: ProcessingConfig | None = None) -> DecisionEngine:
     history = history_activity("crm-1@nw.example", "CRM:0001001", "opportunity:opp-1")
     index.apply(history.activity_id, history)
     return DecisionEngine(
-        MemoryState(), directory, mailboxes, index, settings or ProcessingConfig()
+        MemoryState(), directory(), mailboxes, index, settings or ProcessingConfig()
     )
 
 

@@ -105,16 +105,6 @@ def test_any_delivery_status_text_never_raises(text: str) -> None:
     raw = dsn("crm-1@nw.example", "root@nw.example").replace(
         b"Action: failed", ("Action: failed\r\n" + text.replace("\r", " ")).encode()
     )
-    event = MailItemChanged(
-        event_id="ev",
-        mailbox_id="mb",
-        folder="INBOX",
-        item_id="1",
-        change=ChangeKind.CREATED,
-        observed_at=T0,
-        raw=raw,
-    )
-    result = parse_item(event, FolderRole.INBOX, 1000)
-    assert isinstance(result, ParsedEmail)
+    result = parsed(raw)
     assert result.auto_reply == AutoReplyKind.BOUNCE
     assert result.bounced_message_id == "crm-1@nw.example"

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from processors.conversation_index import new_conversation_index, thread_index_header
-from processors.directory import ActivityIndex, Directory, Mailboxes
+from processors.directory import ActivityIndex, Mailboxes
 from processors.engine import DecisionEngine, MemoryState
 from schemas.base import RecordRef
 from schemas.config import CorrelationConfig, ProcessingConfig
@@ -30,7 +30,7 @@ from schemas.crm import (
 from schemas.ids import email_activity_id
 from schemas.mail import ParsedEmail
 from schemas.mailbox import IncomingFilter
-from tests.unit.helpers import RECORDS, T0, email, mailbox
+from tests.unit.helpers import T0, directory, email, mailbox
 
 TRACKED_ID = "quote-march@nw.example"
 TRACKED_ACTIVITY = email_activity_id(TRACKED_ID)
@@ -58,15 +58,12 @@ ALL_ON = CorrelationConfig(smart_matching=True)
 
 
 def world(flt: IncomingFilter, correlation: CorrelationConfig = ALL_ON) -> DecisionEngine:
-    directory = Directory()
-    for record in RECORDS:
-        directory.apply(record.record_id, record)
     mailboxes = Mailboxes()
     mailboxes.apply("mb", mailbox("mb", "user:alice", "alice@nw.example", flt))
     index = ActivityIndex(correlation.smart if correlation.smart_matching else None)
     index.apply(TRACKED_ACTIVITY, TRACKED)
     settings = ProcessingConfig(correlation=correlation)
-    return DecisionEngine(MemoryState(), directory, mailboxes, index, settings)
+    return DecisionEngine(MemoryState(), directory(), mailboxes, index, settings)
 
 
 def reply(method: CorrelationMethod, sender: str = "dana@contoso.example") -> ParsedEmail:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.policy
 from email.message import EmailMessage
 
 import msgspec
@@ -16,6 +17,7 @@ from schemas.crm import DecisionStatus, ReasonCode
 from schemas.errors import Severity
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import IncomingFilter
+from tests.connector_harness import message
 from tests.unit.helpers import MAILBOXES, T0, engine, mailbox
 
 FORWARD = msgspec.structs.replace(
@@ -26,14 +28,10 @@ SETTINGS = ProcessingConfig()
 
 
 def original(n: int) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = "Dana <dana@contoso.example>"
-    message["To"] = "alice@nw.example"
-    message["Subject"] = f"Order {n}"
-    message["Message-ID"] = f"<order-{n}@contoso.example>"
-    message["Date"] = "Mon, 30 Mar 2026 10:15:00 +0000"
-    message.set_content(f"Please ship order {n}.\n")
-    return message
+    """Message n as a user received it (From Dana, Message-ID <imap-n@contoso.example>)."""
+    parsed = email.message_from_bytes(message(n, "Order"), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
 
 
 def wrapper(sender: str, *attached: EmailMessage) -> bytes:
@@ -82,8 +80,8 @@ def test_each_attached_message_becomes_mail_of_the_forwarder() -> None:
     assert "mb-alice" in out.decision.explanation
     parsed = [f.parsed for f in out.forwarded]
     assert [p.message_id if p else None for p in parsed] == [
-        "order-1@contoso.example",
-        "order-2@contoso.example",
+        "imap-1@contoso.example",
+        "imap-2@contoso.example",
     ]
     for item in parsed:
         assert item is not None

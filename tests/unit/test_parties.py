@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import msgspec
 
-from processors.directory import ActivityIndex, Directory, Mailboxes
-from processors.engine import DecisionEngine, MemoryState
+from processors.engine import DecisionEngine
 from schemas.base import RecordRef
 from schemas.config import ProcessingConfig
 from schemas.crm import DecisionStatus, PartyRole, ReasonCode
 from schemas.ids import created_record_id
 from schemas.mail import EmailAddress
 from schemas.mailbox import AutoCreate, IncomingFilter
-from tests.unit.helpers import MAILBOXES, RECORDS, T0, email, mailbox
+from tests.unit.helpers import MAILBOXES, T0, email, engine, mailbox
 
 SHARED = "shared@contoso.example"  # two contacts, c-2 and c-3
 STRANGER = "pat@unknown.example"
@@ -21,17 +20,11 @@ STRANGER = "pat@unknown.example"
 def world(
     settings: ProcessingConfig | None = None, auto_create: AutoCreate = AutoCreate.NONE
 ) -> DecisionEngine:
-    directory = Directory()
-    for record in RECORDS:
-        directory.apply(record.record_id, record)
-    mailboxes = Mailboxes()
-    for config in MAILBOXES:
-        mailboxes.apply(config.mailbox_id, config)
+    """The shared engine plus mailbox mb-all (filter all, creating `auto_create`)."""
+    eng = engine(settings)
     inbox = mailbox("mb-all", "user:alice", "alice@nw.example", IncomingFilter.ALL)
-    mailboxes.apply("mb-all", msgspec.structs.replace(inbox, auto_create=auto_create))
-    return DecisionEngine(
-        MemoryState(), directory, mailboxes, ActivityIndex(), settings or ProcessingConfig()
-    )
+    eng.mailboxes.apply("mb-all", msgspec.structs.replace(inbox, auto_create=auto_create))
+    return eng
 
 
 def test_sender_resolves_to_one_record_and_recipients_to_all() -> None:

@@ -181,6 +181,16 @@ class _FastProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             else:
                 current_cmd = None
 
+    def _continuation(self, line: bytes) -> None:
+        """During AUTHENTICATE (always sent with its initial response) a continuation is
+        the server's error challenge (XOAUTH2, RFC 7628): answer it with an empty
+        response so the server sends its NO, instead of waiting until the timeout."""
+        command = self.pending_sync_command
+        if command is not None and command.name == "AUTHENTICATE":
+            self.transport.write(aioimaplib.CRLF)
+            return
+        super()._continuation(line)
+
     def _bulk_fetch(self) -> _FetchCommand | None:
         """The FETCH whose answer is streaming in, when no other command is pending."""
         fetch: object = self.pending_async_commands.get("FETCH")

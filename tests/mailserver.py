@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import http.server
 import imaplib
+import json
 import os
 import pwd
 import re
@@ -41,6 +43,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -196,6 +199,8 @@ class Dovecot:
         self._proc: subprocess.Popen[bytes] | None = None
         self._proc_finalizer: weakref.finalize[[subprocess.Popen[bytes]], Dovecot] | None = None
         self._lock = threading.Lock()
+        self._tokens: dict[str, str] = {}
+        self._introspection: _Introspection | None = None
         self._last_usecs = 0
         self._sequence = 0
         self._token = secrets.token_hex(4)
@@ -276,6 +281,8 @@ class Dovecot:
         if self.running:
             return
         self._make_certificate()
+        if self._introspection is None:
+            self._introspection = _Introspection(self.host, self._tokens)
         fresh_ports = self.imap_port == 0
         for attempt in range(3):
             if fresh_ports:
@@ -391,8 +398,11 @@ class Dovecot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Stop the server (see `stop`)."""
+        """Stop the server (see `stop`) and its OAuth2 introspection endpoint."""
         self.stop()
+        if self._introspection is not None:
+            self._introspection.close()
+            self._introspection = None
 
     def log_tail(self, lines: int = 40) -> str:
         """The last `lines` lines of dovecot.log (the server's log and its stdout/stderr)."""
@@ -433,6 +443,11 @@ class Dovecot:
             self._chown_mail(home)
         if previous is not None:
             time.sleep(1.05 - time.time() % 1)
+
+    def add_token(self, user: str, token: str) -> None:
+        """Make `token` a valid OAuth2 bearer token of `user` (XOAUTH2, OAUTHBEARER):
+        dovecot asks the fixture's introspection endpoint, which knows these tokens."""
+        self._tokens[token] = user
 
     def password(self, user: str) -> str:
         """The password `add_user` stored for `user`."""
@@ -615,6 +630,21 @@ class Dovecot:
         self.key_file.chmod(0o600)
         self.ca_file.chmod(0o644)
 
+    def _oauth2_config(self) -> Path:
+        """The oauth2 passdb's settings: tokens checked by the fixture's endpoint."""
+        assert self._introspection is not None
+        path = self.root / "oauth2.conf.ext"
+        path.write_text(
+            "introspection_mode = post\n"
+            f"introspection_url = {self._introspection.url}\n"
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+        )
+        path.chmod(0o644)
+        return path
+
     def _config(self) -> str:
         limit = self.max_connections
         cpus = os.cpu_count() or 1
@@ -653,7 +683,7 @@ class Dovecot:
             "ssl = yes\n"
             f"ssl_cert = <{self.ca_file}\n"
             f"ssl_key = <{self.key_file}\n"
-            "auth_mechanisms = plain login\n"
+            "auth_mechanisms = plain login xoauth2 oauthbearer\n"
             "disable_plaintext_auth = no\n"
             "auth_failure_delay = 0\n"
             "auth_verbose = yes\n"
@@ -664,7 +694,13 @@ class Dovecot:
             "mailbox_idle_check_interval = 1 secs\n"
             "passdb {\n"
             "  driver = passwd-file\n"
+            "  mechanisms = plain login\n"
             f"  args = scheme=PLAIN username_format=%u {self.users_dir}/%u\n"
+            "}\n"
+            "passdb {\n"
+            "  driver = oauth2\n"
+            "  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {self._oauth2_config()}\n"
             "}\n"
             "userdb {\n"
             "  driver = static\n"
@@ -691,3 +727,37 @@ class Dovecot:
             "  unix_listener stats-writer {\n    mode = 0666\n  }\n"
             "}\n"
         )
+
+
+class _Introspection:
+    """An OAuth2 token introspection endpoint (RFC 7662) on loopback, in a thread:
+    POST token=... answers {"active": true, "username": ...} for known tokens."""
+
+    def __init__(self, host: str, tokens: dict[str, str]) -> None:
+        known = tokens
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode("ascii", "replace"))
+                token = (form.get("token") or [""])[0]
+                user = known.get(token)
+                answer = {"active": True, "username": user} if user else {"active": False}
+                body = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self._server.server_address[1]}/introspect"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

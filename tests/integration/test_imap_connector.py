@@ -381,3 +381,32 @@ async def test_profile_connection_limit_is_shared_by_its_mailboxes(
             finally:
                 watcher.cancel()
     assert peak == 2
+
+
+XOAUTH2_TOKENS: dict[str, str] = {}
+
+
+def xoauth2_token(user: str) -> str:
+    """The tests' token provider: what an identity provider would hand out for `user`."""
+    return XOAUTH2_TOKENS[user]
+
+
+async def test_xoauth2_logs_in_with_the_providers_token(
+    dovecot: Dovecot, password: str, tmp_path: Path
+) -> None:
+    for user in ("kim", "lee"):
+        dovecot.add_user(user, password)  # a mail home; XOAUTH2 never sends the password
+    dovecot.add_token("kim", "token-of-kim")
+    XOAUTH2_TOKENS.update({"kim": "token-of-kim", "lee": "revoked-token-of-lee"})
+    dovecot.append("kim", "INBOX", message(1))
+    server = profile(dovecot, auth=AuthMethod.XOAUTH2, token_provider=f"{__name__}:xoauth2_token")
+    async with ConnectorHarness.up(tmp_path / "data", {"dovecot": server}, FAST) as h:
+        await h.add_mailbox(mailbox("mb-kim", "kim"))
+        await h.add_mailbox(mailbox("mb-lee", "lee"))
+        async with h.runtime():
+            events = await h.wait_for(MAIL_CHANGES, "mb-kim", lambda e: len(e) == 1)
+            refused = await h.wait_for(SYNC_ERRORS, "mb-lee", bool)
+    assert events[0].change == ChangeKind.CREATED and events[0].raw is not None
+    assert [e.code for e in refused] == [errors.AUTHENTICATION_FAILED]
+    assert refused[0].severity == Severity.PERMANENT
+    assert "revoked-token-of-lee" not in refused[0].message

@@ -202,8 +202,8 @@ class _FastProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         """Fast path for the bulk of a FETCH answer: its untagged FETCH lines and the
         rest of an item after a literal go straight to the pending FETCH (what
         aioimaplib's general line handler would do, without its per-line work)."""
-        fetch: object = self.pending_async_commands.get("FETCH")
-        if not isinstance(fetch, _FetchCommand) or self.pending_sync_command is not None:
+        fetch = self._bulk_fetch()
+        if fetch is None:
             return None
         if current_cmd is not fetch:
             if not (line.startswith(b"* ") and _FETCH_DATA.match(line, 2)):

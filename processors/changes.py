@@ -179,9 +179,10 @@ def unwrap_forward(
             "add that user's mailbox or fix the forwarding rule"
         )
         message = f"{event.folder}/{event.item_id}: {why}"
+        unattributed = ReasonCode.FORWARD_UNATTRIBUTED
         return StageOutput(
-            decision=_final(event, DecisionStatus.SKIPPED, _UNATTRIBUTED, message, now),
-            error=_error(event, _UNATTRIBUTED.value, message, now),
+            decision=_final(event, DecisionStatus.SKIPPED, unattributed, message, now),
+            error=_error(event, unattributed.value, message, now),
         )
     outputs = tuple(
         _unwrapped(event, target, index, message, settings, now)
@@ -223,9 +224,6 @@ def _unwrapped(
     if isinstance(result, ParseFailure):
         return _failed(event, result, now)
     return StageOutput(parsed=result)
-
-
-_UNATTRIBUTED = ReasonCode.FORWARD_UNATTRIBUTED
 
 
 def _nobody(address: str) -> MailboxConfig | None:

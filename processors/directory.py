@@ -194,10 +194,6 @@ class ActivityIndex:
         found = self._smart.best_match(key, sent_at)
         return self._by_activity.get(found) if found is not None else None
 
-    def prune_smart(self, before: datetime) -> int:
-        """Drop smart-matching entries of email sent before `before`; how many."""
-        return self._smart.prune(before) if self._smart is not None else 0
-
 
 def _unindex(index: dict[str, dict[str, TrackedRef]], key: str, activity_id: str) -> None:
     holders = index.get(key)

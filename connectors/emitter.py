@@ -1,4 +1,5 @@
-"""Sending what connectors produce: change events, errors, mailbox status.
+"""Sending what connectors produce: change events, errors, mailbox status, and the
+dead letters of input they could not decode.
 
 `emit_changes` returns only when Kafka acknowledged every event of the batch
 (or raises), which is what allows a cursor to move past them.
@@ -16,11 +17,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas import metrics
+from schemas.base import utc_now
 from schemas.codec import encode_key
-from schemas.errors import SyncError
+from schemas.dlq import dead_letter_headers
+from schemas.errors import DecodeError, SyncError
 from schemas.mail import MailItemChanged
 from schemas.mailbox import MailboxStatus
-from schemas.topics import MAIL_CHANGES, MAILBOX_STATUS, SYNC_ERRORS, codec
+from schemas.topics import DLQ, MAIL_CHANGES, MAILBOX_STATUS, SYNC_ERRORS, codec
 
 _CHANGES = codec(MAIL_CHANGES)
 _ERRORS = codec(SYNC_ERRORS)
@@ -36,6 +39,7 @@ class Emitter:
         self.changes_topic = MAIL_CHANGES.name(prefix)
         self.errors_topic = SYNC_ERRORS.name(prefix)
         self.status_topic = MAILBOX_STATUS.name(prefix)
+        self.dlq_topic = DLQ.name(prefix)
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
 
@@ -100,6 +104,24 @@ class Emitter:
         )
         async with asyncio.timeout(self.ack_timeout_s):
             await future
+
+    async def dead_letter(
+        self, key: bytes | None, value: bytes, error: DecodeError, consumer: str
+    ) -> None:
+        """Send an undecodable record's original bytes to the DLQ, with headers naming
+        where it sat and why, and wait for the acknowledgement."""
+        headers = dead_letter_headers(
+            topic=error.topic,
+            partition=error.partition,
+            offset=error.offset,
+            error=error.reason,
+            consumer=consumer,
+            failed_at=utc_now(),
+        )
+        future = await self.producer.send(self.dlq_topic, key=key, value=value, headers=headers)
+        async with asyncio.timeout(self.ack_timeout_s):
+            await future
+        metrics.DLQ_MESSAGES.labels(error.topic, consumer).inc()
 
     async def emit_status(self, status: MailboxStatus) -> None:
         """Publish a mailbox's status and wait for its acknowledgement."""

@@ -43,6 +43,7 @@ from connectors.imap_protocol import (
     UidRanges,
     compress_uids,
     expand_uids,
+    quote,
     search_date,
     uid_chunks,
 )
@@ -55,6 +56,7 @@ from connectors.source import (
     fold_counters,
     item_event,
 )
+from connectors.tracking import header_message_id
 from schemas import metrics
 from schemas.base import utc_now
 from schemas.errors import ErrorScope, Severity, SyncError
@@ -535,10 +537,24 @@ class ImapMailbox:
     async def _add_events(
         self, batch: _NewBatch, role: FolderRole, fetched: list[FetchedMessage], large: bool
     ) -> None:
-        """The `created` events of fetched messages, added to the batch; those that
-        do not fit in an event go to the claim-check store."""
-        folder, uidvalidity = batch.folder, batch.state.uidvalidity
+        """The `created` events of fetched messages, added to the batch."""
+        batch.events.extend(
+            await self._created_events(batch.folder, role, batch.state.uidvalidity, fetched, large)
+        )
+        batch.uids.extend(message.uid for message in fetched)
+
+    async def _created_events(
+        self,
+        folder: str,
+        role: FolderRole,
+        uidvalidity: int,
+        fetched: list[FetchedMessage],
+        large: bool,
+    ) -> list[MailItemChanged]:
+        """The `created` events of fetched messages; those that do not fit in an event go
+        to the claim-check store, `large` ones (headers only) say TooLarge."""
         observed = utc_now()
+        events = []
         for message in fetched:
             if large:
                 event = self._too_large(folder, role, uidvalidity, message, observed)
@@ -550,8 +566,8 @@ class ImapMailbox:
                 event = self._event(
                     folder, role, uidvalidity, message, ChangeKind.CREATED, "", observed, payload
                 )
-            batch.events.append(event)
-            batch.uids.append(message.uid)
+            events.append(event)
+        return events
 
     async def _flush_new(
         self,
@@ -742,6 +758,48 @@ class ImapMailbox:
             await self._disconnect()
         if self.gate.contended.is_set():
             await self._disconnect()
+
+    async def find_message(self, message_id: str) -> list[MailItemChanged]:
+        """Every message of the synced folders whose Message-ID is `message_id`, as the
+        created event a sync emits: `UID SEARCH HEADER Message-ID` per folder (a
+        substring match, so each hit's header is checked), then FETCH as a sync
+        does (headers only for a message over the profile's max_message_bytes)."""
+        found: list[MailItemChanged] = []
+        try:
+            session = await self._connect()
+            for folder, role in await self._folders(session):
+                state = await session.examine(folder)
+                uids = await session.uid_search("HEADER", "Message-ID", quote(message_id))
+                for uid in sorted(uids):
+                    found.extend(
+                        await self._fetch_matching(session, folder, role, state, uid, message_id)
+                    )
+        except (ConnectorError, asyncio.CancelledError):
+            await self._disconnect()
+            raise
+        return found
+
+    async def _fetch_matching(
+        self,
+        session: ImapSession,
+        folder: str,
+        role: FolderRole,
+        state: FolderState,
+        uid: int,
+        message_id: str,
+    ) -> list[MailItemChanged]:
+        """The created event of one message SEARCH found, when its Message-ID is exactly
+        `message_id`; none when it is not (or it was expunged meanwhile)."""
+        sized = await session.uid_fetch(str(uid), "(UID RFC822.SIZE)")
+        if not sized:
+            return []
+        large = sized[0].size > self.profile.max_message_bytes
+        fetched = [
+            m
+            for m in await self._fetch(session, [uid], large)
+            if header_message_id(m.body or b"") == message_id
+        ]
+        return await self._created_events(folder, role, state.uidvalidity, fetched, large)
 
     async def list_server_items(self) -> ServerListing:
         """Item ids per folder (within "process email from"), for reconciliation."""

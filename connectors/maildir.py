@@ -14,10 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from connectors.claimcheck import header_block
 from connectors.cursors import pack_names, unpack_names
+from connectors.tracking import header_message_id
 from schemas.mailbox import MaildirPosition
 
 _SUBDIRS = ("new", "cur")
+HEADER_READ_LIMIT = 256 * 1024
+"""At most this much of a file is read looking for the end of its header block."""
+_HEADER_CHUNK = 16 * 1024
 
 
 class MailboxMissingError(OSError):
@@ -80,6 +85,32 @@ FolderSignature = tuple[int, int]
 
 RACY_WINDOW_NS = 2_000_000_000
 """A directory modified this recently may change again within the same timestamp."""
+
+
+def read_headers(path: Path, limit: int = HEADER_READ_LIMIT) -> bytes:
+    """The header block of a message file (at most `limit` bytes are read)."""
+    data = b""
+    with path.open("rb") as file:
+        while len(data) < limit:
+            chunk = file.read(_HEADER_CHUNK)
+            data += chunk
+            if not chunk or b"\n\n" in data or b"\r\n\r\n" in data:
+                break
+    return header_block(data)
+
+
+def items_with_message_id(root: Path, folder: str, message_id: str) -> list[MaildirItem]:
+    """The items of a folder whose Message-ID normalizes to `message_id`, by unique name
+    (every file's header block is read; a file that vanished meanwhile is skipped)."""
+    found = []
+    for _, item in sorted(list_folder(root, folder).items()):
+        try:
+            headers = read_headers(item.path)
+        except FileNotFoundError:
+            continue
+        if header_message_id(headers) == message_id:
+            found.append(item)
+    return found
 
 
 def folder_signature(root: Path, folder: str) -> FolderSignature:

@@ -25,6 +25,7 @@ from connectors.maildir import (
     decode_position,
     encode_position,
     folder_signature,
+    items_with_message_id,
     list_folder,
     modified_at,
     signature_settled,
@@ -109,6 +110,25 @@ class MaildirMailbox:
             )
         except MailboxMissingError as exc:
             raise permanent(MAILBOX_MISSING, str(exc)) from None
+
+    async def find_message(self, message_id: str) -> list[MailItemChanged]:
+        """The created event of every item of the configured folders whose Message-ID is
+        `message_id` (headers are read in a worker thread); a missing root is a
+        permanent MailboxMissing."""
+        assert self.config.maildir is not None
+        found: list[MailItemChanged] = []
+        for folder in self.config.maildir.folders:
+            try:
+                items = await asyncio.to_thread(
+                    items_with_message_id, self.root, folder, message_id
+                )
+            except MailboxMissingError as exc:
+                raise permanent(MAILBOX_MISSING, str(exc)) from None
+            for item in items:
+                event = await self._created(folder, item)
+                if event is not None:
+                    found.append(event)
+        return found
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -75,6 +75,7 @@ from connectors.source import (
     fold_counters,
     item_event,
 )
+from connectors.tracking import header_message_id
 from connectors.transport import check_transport, tls_context
 from schemas.base import utc_now
 from schemas.mail import ChangeKind, MailItemChanged
@@ -593,6 +594,37 @@ class Pop3Mailbox:
                 self._drop(session)
         return ServerListing({FOLDER: {m.uidl for m in listed} - self.before_window})
 
+    async def find_message(self, message_id: str) -> list[MailItemChanged]:
+        """Every message whose Message-ID is `message_id`, as the created event a sync
+        emits: the headers of every listed message (TOP n 0, pipelined), then RETR
+        of the matches, over one connection ended by QUIT (nothing is deleted)."""
+        async with self.gate.slot():
+            session = await self._open()
+            try:
+                listed = await self._call("UIDL", session.listing)
+                headers = await self._headers(session, listed)
+                matches = [
+                    m
+                    for m, block in zip(listed, headers, strict=True)
+                    if block is not None and header_message_id(block) == message_id
+                ]
+                events: list[MailItemChanged] = []
+                if matches:
+                    fetched = await self._call(
+                        "RETR",
+                        session.fetch,
+                        matches,
+                        self.profile.max_message_bytes,
+                        self.claim_check.header_limit,
+                    )
+                    now = utc_now()
+                    pairs = zip(matches, fetched, strict=True)
+                    events = [await self._created(m, f, now) for m, f in pairs]
+                await self._call("QUIT", session.quit)
+            finally:
+                self._drop(session)
+        return events
+
     async def close(self) -> None:
         """Drop the open connection, if any (no QUIT: nothing is committed); idempotent.
         A pass still running then fails with a transient ConnectionLost."""
@@ -742,16 +774,29 @@ class Pop3Mailbox:
         unknown = [
             m for m in listed if m.uidl not in self.seen and m.uidl not in self.before_window
         ]
-        header_cap = self.claim_check.header_limit
-        for start in range(0, len(unknown), self.max_batch_items):
-            chunk = unknown[start : start + self.max_batch_items]
-            headers = await self._call(
-                "TOP", session.headers_of, [m.number for m in chunk], header_cap
+        headers = await self._headers(session, unknown)
+        for message, block in zip(unknown, headers, strict=True):
+            sent = header_date(block) if block is not None else None
+            if not in_window(sent, since):
+                self.before_window.add(message.uidl)
+
+    async def _headers(
+        self, session: Pop3Session, messages: Sequence[ListedMessage]
+    ) -> list[bytes | None]:
+        """The header block of each message (TOP n 0, `max_batch_items` per pipeline),
+        None where the server refused it."""
+        blocks: list[bytes | None] = []
+        for start in range(0, len(messages), self.max_batch_items):
+            chunk = messages[start : start + self.max_batch_items]
+            blocks.extend(
+                await self._call(
+                    "TOP",
+                    session.headers_of,
+                    [m.number for m in chunk],
+                    self.claim_check.header_limit,
+                )
             )
-            for message, block in zip(chunk, headers, strict=True):
-                sent = header_date(block) if block is not None else None
-                if not in_window(sent, since):
-                    self.before_window.add(message.uidl)
+        return blocks
 
     async def _save(self, uidls: set[str]) -> None:
         """Store the cursor (after its events were acknowledged), then adopt it."""

@@ -5,12 +5,20 @@ mailboxes on its assigned partitions, so adding a worker spreads the fleet and a
 crashed worker's mailboxes move to the others. The configuration topic is read
 from the beginning on every assignment (nothing is committed) and followed
 afterwards, so new, changed and removed mailboxes take effect at once.
+
+Manual tracking requests (mail.track) ride on the same subscription: mail.track
+is keyed by mailbox id and has as many partitions as mailbox.config, and the
+range assignor gives one worker partition N of both, so the worker that owns a
+mailbox reads its requests. Each request waits in its mailbox's loop, which
+looks the message up between sync passes (see connectors/tracking.py); its
+offset is committed once the events or the error it ended in were acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -22,6 +30,8 @@ from datetime import datetime, timedelta
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
 
 from connectors import errors
 from connectors.claimcheck import ClaimCheck
@@ -30,12 +40,23 @@ from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry
 from connectors.retry import RetryTracker
-from connectors.source import MailboxSource, PassResult
+from connectors.source import MailboxSource, PassResult, tracked_event
 from connectors.sources import SourceKit, open_source, poll_interval, retry_policy
+from connectors.tracking import (
+    TRACK_INVALID,
+    TRACK_MISROUTED,
+    TRACK_REFUSED,
+    PendingTrack,
+    TrackInbox,
+    not_found_error,
+    track_error,
+    unknown_mailbox_error,
+)
 from schemas import metrics
 from schemas.base import utc_now
 from schemas.codec import decode_key
 from schemas.config import ConnectorConfig, KafkaConfig
+from schemas.dlq import FloodGuard
 from schemas.errors import DecodeError, ErrorScope, Severity, StopAndAlert, SyncError
 from schemas.ids import error_id
 from schemas.mailbox import (
@@ -46,14 +67,18 @@ from schemas.mailbox import (
     ServerProfile,
     SyncState,
 )
-from schemas.topics import CONNECTOR_CURSORS, MAILBOX_CONFIG, codec
+from schemas.topics import CONNECTOR_CURSORS, MAIL_TRACK, MAILBOX_CONFIG, codec
+from schemas.track import track_message_id
 
 log = logging.getLogger(__name__)
 STATUS_HEARTBEAT = timedelta(seconds=60)
+DLQ_MAX_CONSECUTIVE = 100
+"""Undecodable track requests in a row that stop the worker (a systemic fault upstream)."""
 
 
 class TopicLayoutError(StopAndAlert):
-    """mailbox.config and connector.cursors must have the same number of partitions."""
+    """mailbox.config, connector.cursors and mail.track must have the same number of
+    partitions."""
 
 
 @dataclass
@@ -63,6 +88,8 @@ class _Owned:
     task: asyncio.Task[None] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    tracks: list[PendingTrack] = field(default_factory=list)
+    """Manual tracking requests waiting for the mailbox's loop, oldest first."""
 
 
 class ConnectorRuntime:
@@ -86,7 +113,12 @@ class ConnectorRuntime:
         """Connection limits per server profile, shared by this worker's mailboxes."""
         self.worker = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.config_topic = MAILBOX_CONFIG.name(prefix)
+        self.track_topic = MAIL_TRACK.name(prefix)
         self._owned: dict[str, _Owned] = {}
+        self._inbox: TrackInbox | None = None
+        self._flood = FloodGuard(DLQ_MAX_CONSECUTIVE)
+        self._replacing: set[str] = set()
+        """Mailboxes being restarted with a new configuration (their requests wait)."""
         self._cursors: dict[int, dict[str, Cursor]] = {}
         self._cursors_loaded: dict[int, asyncio.Event] = {}
         self._assigned: set[int] = set()
@@ -113,18 +145,32 @@ class ConnectorRuntime:
         )
         await self._check_layout()
         consumer = AIOKafkaConsumer(
-            group_id=self.settings.group_id, **self.kafka.consumer_options()
+            group_id=self.settings.group_id,
+            # Partition N of mailbox.config and of mail.track go to the same worker.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            **self.kafka.consumer_options(),
         )
-        consumer.subscribe([self.config_topic], listener=_Listener(self))
+        consumer.subscribe([self.config_topic, self.track_topic], listener=_Listener(self))
+        self._inbox = TrackInbox(consumer, self.config_topic, self.track_topic)
         await consumer.start()
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500)
-                for tp, messages in batch.items():
+                # Configurations first: a request is routed against what they say.
+                for tp, messages in sorted(
+                    batch.items(), key=lambda i: i[0].topic != self.config_topic
+                ):
                     for message in messages:
-                        self._on_config(tp, message)
+                        if tp.topic == self.track_topic:
+                            await self._on_track(tp, message)
+                        else:
+                            self._on_config(tp, message)
+                await self._route_unrouted()
+                await self._inbox.commit()
         finally:
             await self._stop_mailboxes(list(self._owned))
+            with contextlib.suppress(KafkaError, OSError):
+                await self._inbox.commit()
             await consumer.stop()
             await self._producer.stop()
 
@@ -143,20 +189,21 @@ class ConnectorRuntime:
 
     async def _check_layout(self) -> None:
         cursors_topic = CONNECTOR_CURSORS.name(self.prefix)
+        topics = [self.config_topic, cursors_topic, self.track_topic]
         admin = AIOKafkaAdminClient(**self.kafka.common_options())
         await admin.start()
         try:
-            described = await admin.describe_topics([self.config_topic, cursors_topic])
+            described = await admin.describe_topics(topics)
         finally:
             await admin.close()
         counts = {d["topic"]: len(d.get("partitions") or []) for d in described}
-        if counts.get(self.config_topic) != counts.get(cursors_topic) or not counts.get(
-            cursors_topic
-        ):
-            raise TopicLayoutError(
-                f"{self.config_topic} has {counts.get(self.config_topic, 0)} partitions but "
-                f"{cursors_topic} has {counts.get(cursors_topic, 0)}; create them alike"
-            )
+        expected = counts.get(self.config_topic, 0)
+        for topic in topics[1:]:
+            if counts.get(topic, 0) != expected or not expected:
+                raise TopicLayoutError(
+                    f"{self.config_topic} has {expected} partitions but {topic} has "
+                    f"{counts.get(topic, 0)}; create them alike"
+                )
 
     # -- ownership -------------------------------------------------------------
 
@@ -177,8 +224,13 @@ class ConnectorRuntime:
         log.info("%s owns mailbox.config partitions %s", self.worker, sorted(self._assigned))
 
     async def on_revoked(self, partitions: set[int]) -> None:
-        """Stop (after their current batch) the mailboxes of revoked partitions."""
+        """Stop (after their current batch) the mailboxes of revoked partitions; their
+        track requests in hand are left to the next owner (not committed)."""
         gone = [m for m, owned in self._owned.items() if owned.partition in partitions]
+        if self._inbox is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await self._inbox.commit()
+            self._inbox.forget(partitions)
         await self._stop_mailboxes(gone)
         self._assigned -= partitions
         for partition in partitions:
@@ -201,14 +253,23 @@ class ConnectorRuntime:
             return
         current = self._owned.get(key)
         if current is not None and (config is None or current.config != config):
+            self._replacing.add(key)
             asyncio.get_running_loop().create_task(self._replace(key, tp.partition, config))
         elif current is None and config is not None:
             self._start(config, tp.partition)
 
     async def _replace(self, mailbox_id: str, partition: int, config: MailboxConfig | None) -> None:
-        await self._stop_mailboxes([mailbox_id])
-        if config is not None:
-            self._start(config, partition)
+        """Restart a mailbox with its new configuration (or stop a removed one); its track
+        requests in hand are routed again (to the new loop, or to an error)."""
+        old = self._owned.get(mailbox_id)
+        try:
+            await self._stop_mailboxes([mailbox_id])
+            if config is not None:
+                self._start(config, partition)
+        finally:
+            self._replacing.discard(mailbox_id)
+        for pending in old.tracks if old is not None else []:
+            await self._route(pending)
 
     def _start(self, config: MailboxConfig, partition: int) -> None:
         owned = _Owned(config=config, partition=partition)
@@ -231,6 +292,119 @@ class ConnectorRuntime:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         metrics.CONNECTOR_MAILBOXES_OWNED.set(len(self.owned_mailboxes))
+
+    # -- manual tracking ---------------------------------------------------------
+
+    async def _on_track(self, tp: TopicPartition, message: object) -> None:
+        """One record of mail.track: an undecodable one goes to the DLQ, an invalid one
+        ends in an error, a valid one is routed to its mailbox."""
+        assert self._emitter is not None and self._inbox is not None
+        book = self._inbox.book
+        offset: int = getattr(message, "offset", -1)
+        value = getattr(message, "value", None)
+        if not value:  # a tombstone asks nothing
+            book.passed(tp.partition, offset)
+            return
+        try:
+            request = codec(MAIL_TRACK).decode(value, tp.topic, tp.partition, offset)
+        except DecodeError as exc:
+            await self._emitter.dead_letter(
+                getattr(message, "key", None), value, exc, self.settings.group_id
+            )
+            book.passed(tp.partition, offset)
+            self._flood.dead_lettered(tp.topic)
+            return
+        self._flood.decoded()
+        pending = book.open(request, tp.partition, offset)
+        try:
+            message_id = track_message_id(request.message_id)
+        except ValueError as exc:
+            await self._end_track(pending, track_error(request, TRACK_INVALID, str(exc), utc_now()))
+            return
+        request = msgspec.structs.replace(request, message_id=message_id)
+        await self._route(dataclasses.replace(pending, request=request))
+
+    async def _route(self, pending: PendingTrack) -> None:
+        """Hand a request to its mailbox's loop, or end it in an error saying why it
+        cannot be served; keep it aside while the mailbox's configuration may still
+        be on its way."""
+        assert self._inbox is not None
+        inbox, request = self._inbox, pending.request
+        owned = self._owned.get(request.mailbox_id)
+        if owned is None or request.mailbox_id in self._replacing:
+            if request.mailbox_id in self._replacing or not await inbox.read_up(pending.partition):
+                inbox.unrouted.append(pending)
+                return
+            home = inbox.home_partition(request.mailbox_id)
+            if home is not None and home != pending.partition:
+                why = (
+                    f"it arrived on partition {pending.partition} of {inbox.track_topic}, but "
+                    f"mailbox {request.mailbox_id} is configured on partition {home}; key "
+                    "mail.track records by mailbox id with Kafka's default partitioner"
+                )
+                await self._end_track(
+                    pending, track_error(request, TRACK_MISROUTED, why, utc_now())
+                )
+            else:
+                await self._end_track(pending, unknown_mailbox_error(request, utc_now()))
+            return
+        refusal = _refusal(owned)
+        if refusal is not None:
+            error = track_error(request, TRACK_REFUSED, refusal, utc_now())
+            await self._end_track(pending, error, str(owned.config.protocol))
+            return
+        owned.tracks.append(pending)
+        owned.wake.set()
+
+    async def _route_unrouted(self) -> None:
+        """Route again the requests that waited for their mailbox's configuration."""
+        assert self._inbox is not None
+        waiting, self._inbox.unrouted = self._inbox.unrouted, []
+        for pending in waiting:
+            await self._route(pending)
+
+    async def _serve_tracks(self, owned: _Owned, source: MailboxSource) -> None:
+        """Look up the mailbox's waiting requests, oldest first, and send what each found
+        (marked created events) or a TrackNotFound error. A ConnectorError leaves the
+        request waiting for the next pass (the loop's retry rules apply)."""
+        assert self._emitter is not None
+        while owned.tracks and not owned.stop.is_set():
+            pending = owned.tracks[0]
+            request = pending.request
+            found = await source.find_message(request.message_id)
+            if found:
+                marked = [tracked_event(event, request) for event in found]
+                await self._emitter.emit_changes(marked, source.protocol)
+                log.info(
+                    "mailbox %s: track request %s sent %d item(s)",
+                    request.mailbox_id,
+                    request.request_id,
+                    len(marked),
+                )
+            else:
+                await self._emitter.emit_error(not_found_error(request, utc_now()), source.protocol)
+            owned.tracks.pop(0)
+            self._close(pending)
+
+    async def _refuse_tracks(self, owned: _Owned, why: str) -> None:
+        """End every waiting request of a mailbox whose loop stopped for good."""
+        waiting, owned.tracks = owned.tracks, []
+        for pending in waiting:
+            error = track_error(pending.request, TRACK_REFUSED, why, utc_now())
+            await self._end_track(pending, error, str(owned.config.protocol))
+
+    async def _end_track(
+        self, pending: PendingTrack, error: SyncError, protocol: str = "unknown"
+    ) -> None:
+        """Publish the error a request ended in; its offset may then be committed."""
+        assert self._emitter is not None
+        log.warning("%s", error.message)
+        await self._emitter.emit_error(error, protocol)
+        self._close(pending)
+
+    def _close(self, pending: PendingTrack) -> None:
+        if self._inbox is not None:
+            self._inbox.book.close(pending)
 
     # -- one mailbox -----------------------------------------------------------
 
@@ -257,12 +431,18 @@ class ConnectorRuntime:
                             self._kit,
                         )
                     result = await source.sync_pass(self._progress_reporter(tracker, started))
+                    await self._serve_tracks(owned, source)
                 except (ConnectorError, OSError) as exc:
                     failure = _as_connector_error(exc)
                     delay = None if failure.permanent else retries.failed()
                     if delay is None:
-                        await self._fail(
-                            config, tracker, _final(failure, retries), retries.failures
+                        final = _final(failure, retries)
+                        await self._fail(config, tracker, final, retries.failures)
+                        await self._refuse_tracks(
+                            owned,
+                            f"mailbox {config.mailbox_id} stopped on a permanent error "
+                            f"({final.code}); fix it (see `tidings mailbox list`), then track "
+                            "again",
                         )
                         return
                     await self._fail(config, tracker, failure, retries.failures)
@@ -292,8 +472,11 @@ class ConnectorRuntime:
                 await owned.wake.wait()
 
     async def _wait_for_change(self, owned: _Owned, source: MailboxSource, interval: float) -> None:
-        """Until the source sees a change (push) or the poll is due, or a wake-up."""
+        """Until the source sees a change (push) or the poll is due, or a wake-up (at
+        once when track requests wait)."""
         owned.wake.clear()
+        if owned.tracks:
+            return
         change = asyncio.create_task(source.wait_for_change(interval))
         woken = asyncio.create_task(owned.wake.wait())
         try:
@@ -345,6 +528,24 @@ class ConnectorRuntime:
     async def _publish(self, status: MailboxStatus) -> None:
         assert self._emitter is not None
         await self._emitter.emit_status(status)
+
+
+def _refusal(owned: _Owned) -> str | None:
+    """Why a mailbox cannot serve a track request (it is not read), or None when it can."""
+    config = owned.config
+    if not config.approved:
+        return (
+            f"mailbox {config.mailbox_id} is not approved, so tidings does not read it; "
+            "approve it, then track again"
+        )
+    if not config.enabled:
+        return f"mailbox {config.mailbox_id} is disabled, so tidings does not read it"
+    if owned.task is None or owned.task.done():
+        return (
+            f"mailbox {config.mailbox_id} stopped on a permanent error; fix it "
+            "(see `tidings mailbox list`), then track again"
+        )
+    return None
 
 
 def _as_connector_error(exc: ConnectorError | OSError) -> ConnectorError:
@@ -453,7 +654,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runtime = runtime
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.runtime.on_revoked({tp.partition for tp in revoked})
+        topic = self.runtime.config_topic
+        await self.runtime.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.runtime.on_assigned({tp.partition for tp in assigned})
+        topic = self.runtime.config_topic
+        await self.runtime.on_assigned({tp.partition for tp in assigned if tp.topic == topic})

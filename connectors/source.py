@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+import msgspec
+
 from connectors.claimcheck import MessagePayload
-from schemas.ids import change_event_id
+from schemas.ids import change_event_id, track_event_id
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import FolderRole, MailboxCounters
+from schemas.track import TrackRequest
 
 
 @dataclass
@@ -65,6 +68,13 @@ class MailboxSource(Protocol):
 
     async def list_server_items(self) -> ServerListing:
         """Every item id the mailbox holds now (for `tidings mailbox reconcile`)."""
+        ...
+
+    async def find_message(self, message_id: str) -> list[MailItemChanged]:
+        """The created event a sync emits, now, for every item of the synced folders
+        whose Message-ID normalizes to `message_id` (manual tracking; the "process
+        email from" window does not apply). Empty when there is none; raise
+        ConnectorError on failure. Cursors do not move."""
         ...
 
     async def close(self) -> None:
@@ -134,3 +144,15 @@ def deleted_event(
 ) -> MailItemChanged:
     """The event saying an item is gone from its folder."""
     return item_event(mailbox_id, folder, item_id, ChangeKind.DELETED, now, folder_role=folder_role)
+
+
+def tracked_event(event: MailItemChanged, request: TrackRequest) -> MailItemChanged:
+    """A created event `find_message` returned, as sent for a manual tracking request:
+    marked with the request, under an id derived from the item's event id and the
+    request's (never one of the item's change event ids, and the same again when
+    the request is handled again)."""
+    return msgspec.structs.replace(
+        event,
+        event_id=track_event_id(event.event_id, request.request_id),
+        manual_track=request.mark,
+    )

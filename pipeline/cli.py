@@ -456,6 +456,66 @@ def mailbox_reconcile(ctx: Context, mailbox_id: str) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option(
+    "--mailbox", "mailbox_id", required=True, help="The mailbox holding it, e.g. mb-alice."
+)
+@click.option(
+    "--message-id",
+    required=True,
+    help="Its Message-ID, with or without angle brackets, e.g. '<abc@example.com>'.",
+)
+@click.option(
+    "--requested-by", help="Who asks, named in the decision's explanation (default: your login)."
+)
+@pass_context
+def track(ctx: Context, mailbox_id: str, message_id: str, requested_by: str | None) -> None:
+    """Track one message by hand, whatever the mailbox's filter says.
+
+    \b
+    The connector that owns the mailbox finds the message in the folders it
+    reads (whatever the mailbox's start date) and sends it on; it is promoted
+    with reason ManualTrack however the filter would decide, even `none`. It is
+    correlated like any email: a reply still joins its conversation, and a
+    message already tracked stays one activity with this mailbox added. If the
+    mailbox does not hold the message, a TrackNotFound sync error says so.
+    Approval is not bypassed: an unapproved mailbox is not read at all.
+    \b
+    See the outcome (with `tidings run` going):
+      tidings query "SELECT item_id, status, explanation FROM
+        tidings.promotion_decisions FINAL WHERE reason = 'ManualTrack'"
+      tidings query "SELECT code, message FROM tidings.sync_errors FINAL
+        WHERE code LIKE 'Track%'"
+    Other services ask the same by publishing a TrackRequest to mail.track,
+    keyed by mailbox id (`tidings schemas export` writes its JSON Schema).
+    """
+    from pipeline.idle import read_compacted
+    from pipeline.track import TrackRefusedError, new_track_request
+    from schemas.base import utc_now
+    from schemas.topics import MAIL_TRACK, MAILBOX_CONFIG
+    from schemas.track import track_message_id
+
+    try:
+        track_message_id(message_id)
+    except ValueError as exc:
+        fail(f"--message-id: {exc}", "give it as in the header, e.g. '<abc@example.com>'")
+    infra = bring_up(ctx.config)
+    try:
+        configs = asyncio.run(read_compacted(infra.config, MAILBOX_CONFIG))
+        try:
+            request = new_track_request(configs, mailbox_id, message_id, requested_by, utc_now())
+        except TrackRefusedError as exc:
+            fail(str(exc))
+        _publish(infra.config, MAIL_TRACK, [(mailbox_id, request)])
+    finally:
+        infra.close()
+    console.print(
+        f"track request {request.request_id} sent: {mailbox_id} looks for "
+        f"<{request.message_id}>; its decision will say ManualTrack",
+        soft_wrap=True,
+    )
+
+
 # -- data out ------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 "Synced": every enabled, approved mailbox reported a completed sync pass after
 `since` with nothing pending (or was disabled by a permanent error).
 "Drained": each consumer group's committed offsets reached the high watermark
-of its input topics. High watermarks come from fetch responses (tansu answers
+of its input topics (for connectors: mail.track, whose requests are committed
+once handled). High watermarks come from fetch responses (tansu answers
 ListOffsets wrongly).
 """
 
@@ -28,6 +29,7 @@ from schemas.topics import (
     CRM_ACTIVITIES,
     MAIL_CHANGES,
     MAIL_PARSED,
+    MAIL_TRACK,
     MAILBOX_CONFIG,
     MAILBOX_STATUS,
     PROMOTION_DECISIONS,
@@ -70,6 +72,8 @@ def groups_for(config: TidingsConfig, roles: Sequence[str]) -> dict[str, list[st
         return [spec.name(prefix) for spec in specs]
 
     groups: dict[str, list[str]] = {}
+    if "connectors" in roles:
+        groups[config.connectors.group_id] = names(MAIL_TRACK)
     if {"processors", "sinks"} & set(roles):
         groups[config.processors.group_id] = names(MAIL_CHANGES, MAIL_PARSED)
     if "sinks" in roles:

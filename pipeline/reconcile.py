@@ -147,6 +147,8 @@ async def emitted_items(
                 event = value_codec.decode(message.value, topic, tp.partition, message.offset)
             except DecodeError:
                 continue
+            if event.manual_track is not None:  # sent on request, not by the sync
+                continue
             latest[(event.folder, event.item_id)] = event.change
     finally:
         await consumer.stop()

@@ -26,6 +26,7 @@ from processors.promote import DecisionContext, Verdict, decide
 from schemas.base import RecordRef, RecordType
 from schemas.config import ProcessingConfig
 from schemas.crm import (
+    MANUAL_DECISION_VERSION,
     Activity,
     ActivityParty,
     CorrelationMethod,
@@ -337,14 +338,14 @@ class DecisionEngine:
             correlated_activity_id=correlation.target.activity_id if correlation else None,
             direction=verdict.direction,
             sender=self._party(PartyRole.FROM, email.sender) if email.sender else None,
-            version=1,
+            version=_lowest_version(verdict),
             decided_at=now,
         )
         if previous is None:
             return draft
         if _decision_fields(previous) == _decision_fields(draft):
             return _with(draft, version=previous.version, decided_at=previous.decided_at)
-        return _with(draft, version=previous.version + 1)
+        return _with(draft, version=max(previous.version + 1, draft.version))
 
     def _activity(self, email: ParsedEmail, entry: TrackedMessage, verdict: Verdict) -> Activity:
         parties = [self._party(PartyRole.FROM, email.sender)] if email.sender else []
@@ -495,6 +496,13 @@ def _activity_fields(entry: TrackedMessage) -> tuple[object, ...]:
 def _inherited(entry: TrackedMessage) -> tuple[object, ...]:
     """What replies inherit from a tracked message."""
     return (entry.activity_id, entry.regarding, entry.conversation_id)
+
+
+def _lowest_version(verdict: Verdict) -> int:
+    """The version a decision starts from: 1, or MANUAL_DECISION_VERSION for an item
+    tracked by hand, so that decision supersedes every automatic one of the item in
+    the sinks, whether or not this engine still holds them."""
+    return MANUAL_DECISION_VERSION if verdict.reason == ReasonCode.MANUAL_TRACK else 1
 
 
 def _decision_fields(decision: PromotionDecision) -> tuple[object, ...]:

@@ -243,6 +243,7 @@ def _build(
         attachments=body.attachments,
         size=body.size,
         defects=sorted(set(defects)),
+        manual_track=event.manual_track,
     )
 
 

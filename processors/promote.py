@@ -14,7 +14,7 @@ from processors.directory import CUSTOMER_TYPES, ORG_TYPES, Directory
 from schemas.base import RecordRef
 from schemas.config import InternalEmailPolicy, ProcessingConfig
 from schemas.crm import CorrelationMethod, DecisionStatus, Direction, ReasonCode
-from schemas.mail import AutoReplyKind, ParsedEmail
+from schemas.mail import AutoReplyKind, ManualTrack, ParsedEmail
 from schemas.mailbox import FolderRole, IncomingFilter, MailboxConfig
 from schemas.state import TrackedMessage
 
@@ -60,7 +60,15 @@ class Verdict:
 
 
 def decide(email: ParsedEmail, item_key: str, ctx: DecisionContext) -> Verdict:
-    """Decide one email of one mailbox (see docs/decisions.md for the order of rules)."""
+    """Decide one email of one mailbox (see docs/decisions.md for the order of rules).
+
+    An email tracked by hand (`email.manual_track`) is promoted with reason
+    ManualTrack whatever the mailbox's filter (`none` included) and the sender,
+    internal-email and auto-reply rules say; an unknown mailbox, or an
+    unapproved one under `process_only_approved`, still stops it. Correlation
+    runs and is recorded as for any email, and a message already tracked stays
+    one activity.
+    """
     mailbox = ctx.mailbox
     if mailbox is None:
         return _skip(ReasonCode.MAILBOX_UNKNOWN, f"mailbox {email.mailbox_id} is not configured")
@@ -69,11 +77,12 @@ def decide(email: ParsedEmail, item_key: str, ctx: DecisionContext) -> Verdict:
             ReasonCode.MAILBOX_NOT_APPROVED,
             f"mailbox {mailbox.mailbox_id} is not approved (only approved mailboxes are processed)",
         )
-    if mailbox.incoming_filter == IncomingFilter.NONE:
+    manual = email.manual_track
+    if manual is None and mailbox.incoming_filter == IncomingFilter.NONE:
         return _skip(
             ReasonCode.FILTER_NONE, f"mailbox {mailbox.mailbox_id} has its filter set to none"
         )
-    if email.sender is None:
+    if manual is None and email.sender is None:
         return _skip(ReasonCode.INVALID_SENDER, "the message has no valid From address")
 
     direction = message_direction(email, mailbox, ctx.directory)
@@ -103,6 +112,8 @@ def decide(email: ParsedEmail, item_key: str, ctx: DecisionContext) -> Verdict:
         internal=internal,
     )
     existing = ctx.tracked(key)
+    if manual is not None:
+        return _tracked_by_hand(email, item_key, manual, base, existing, ctx)
     if existing is not None:
         own = next((i for i in existing.items if i.item_key == item_key), None)
         if own is not None:
@@ -122,6 +133,33 @@ def decide(email: ParsedEmail, item_key: str, ctx: DecisionContext) -> Verdict:
     reason, explanation = _apply_rules(email, mailbox, base, ctx)
     status = DecisionStatus.SKIPPED if reason in _SKIP_REASONS else DecisionStatus.PROMOTED
     return replace(base, status=status, reason=reason, explanation=explanation)
+
+
+def _tracked_by_hand(
+    email: ParsedEmail,
+    item_key: str,
+    manual: ManualTrack,
+    base: Verdict,
+    existing: TrackedMessage | None,
+    ctx: DecisionContext,
+) -> Verdict:
+    """Promoted as ManualTrack: linked to the message's activity when it is tracked
+    already (by tidings, or in the CRM), else a new one; the explanation names
+    the request, and the correlation when there is one."""
+    parts = [manual.describe()]
+    if base.correlation is not None:
+        parts.append(describe_correlation(base.correlation))
+    verdict = replace(base, reason=ReasonCode.MANUAL_TRACK)
+    if existing is not None:
+        if all(item.item_key != item_key for item in existing.items):
+            parts.append(
+                f"already tracked as activity {existing.activity_id}; "
+                f"{email.mailbox_id} is added to its receiving mailboxes"
+            )
+    elif not base.qualifier and (known := ctx.by_message_id(email.message_id)) is not None:
+        parts.append(f"already a CRM activity {known.activity_id}")
+        verdict = replace(verdict, linked_activity_id=known.activity_id)
+    return replace(verdict, explanation="; ".join(parts))
 
 
 _SKIP_REASONS = frozenset(

@@ -116,6 +116,16 @@ REMOVED_DECISION_VERSION = 1 << 30
 reaches, so the removal supersedes them all."""
 
 
+MANUAL_DECISION_VERSION = 1 << 29
+"""The lowest version of a decision for an item tracked by hand (reason `ManualTrack`).
+
+Automatic decisions count 1, 2, 3, ... as an item is decided again and never come
+near it, so a manual track supersedes every automatic decision of the item in the
+sinks (highest version wins) even when the processors no longer hold those earlier
+decisions. Later decisions of a manually tracked item count on from here; a
+`removed` decision (REMOVED_DECISION_VERSION) still supersedes them all."""
+
+
 class PromotionDecision(Record, frozen=True, kw_only=True):
     """The outcome for one item of one mailbox, with its reason in words.
 

@@ -18,6 +18,14 @@ def change_event_id(mailbox_id: str, folder: str, item_id: str, change: str, ver
     return _digest("change", mailbox_id, folder, item_id, change, version)
 
 
+def track_event_id(event_id: str, request_id: str) -> str:
+    """The id of the event a connector sends for a manual tracking request: derived from
+    the item's own change event id and the request, so it differs from every
+    change event of the item (nothing downstream takes it for a replay of one)
+    and is the same when the request is handled again."""
+    return _digest("track", event_id, request_id)
+
+
 def error_id(event_or_scope: str, code: str, attempt: int = 1) -> str:
     """The id of one error: the same failure of the same event (and attempt) has one id."""
     return _digest("error", event_or_scope, code, str(attempt))

@@ -28,6 +28,20 @@ class ItemType(StrEnum):
     TASK = "task"
 
 
+class ManualTrack(msgspec.Struct, frozen=True, kw_only=True):
+    """The mark of an item a person or a service asked to track (a `TrackRequest` on
+    mail.track): its decision promotes it whatever the mailbox's filter."""
+
+    request_id: str
+    requested_by: str = ""
+    requested_at: datetime | None = None
+
+    def describe(self) -> str:
+        """One line for explanations: "tracked by hand (request t-1 by alice)"."""
+        who = f" by {self.requested_by}" if self.requested_by else ""
+        return f"tracked by hand (request {self.request_id}{who})"
+
+
 class MailItemChanged(Record, frozen=True, kw_only=True):
     """One change to one item of a mailbox, as a connector saw it.
 
@@ -40,7 +54,10 @@ class MailItemChanged(Record, frozen=True, kw_only=True):
     by connectors that know it from the server (IMAP SPECIAL-USE). When the
     connector could list the item but not read it, `unreadable_code` and
     `unreadable_reason` say why (the item is still reported, so it is
-    accounted for). Keyed by `mailbox_id` on mail.changes.
+    accounted for). `manual_track` marks the created event a connector sends
+    for a manual tracking request: the item as a sync emits it, under an event
+    id of its own (derived from the request), so it is not taken for a replay.
+    Keyed by `mailbox_id` on mail.changes.
     """
 
     event_id: str
@@ -61,6 +78,7 @@ class MailItemChanged(Record, frozen=True, kw_only=True):
     preview: str | None = None
     unreadable_code: str | None = None
     unreadable_reason: str | None = None
+    manual_track: ManualTrack | None = None
 
     @property
     def item_key(self) -> str:
@@ -102,7 +120,9 @@ class ParsedEmail(Record, frozen=True, kw_only=True):
     `message_id` is normalized (no angle brackets, domain lower-cased) or, when
     the message has none, a synthetic id derived from its content. `thread_key`
     groups a conversation onto one partition of mail.parsed: the first
-    References id, else In-Reply-To, else the message's own id.
+    References id, else In-Reply-To, else the message's own id. `manual_track`
+    comes from the change event: the item was asked for by hand, and its
+    decision bypasses the mailbox's filter.
     """
 
     event_id: str
@@ -132,6 +152,7 @@ class ParsedEmail(Record, frozen=True, kw_only=True):
     attachments: list[AttachmentInfo] = msgspec.field(default_factory=list)
     size: int = 0
     defects: list[str] = msgspec.field(default_factory=list)
+    manual_track: ManualTrack | None = None
 
     @property
     def item_key(self) -> str:

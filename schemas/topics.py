@@ -15,6 +15,7 @@ from schemas.errors import SyncError
 from schemas.mail import MailItemChanged, ParsedEmail
 from schemas.mailbox import Cursor, MailboxConfig, MailboxStatus
 from schemas.outgoing import OutgoingEmail
+from schemas.track import TrackRequest
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -93,6 +94,16 @@ MAIL_CHANGES = TopicSpec(
     "processors",
     "Created / updated / deleted items of every mailbox.",
 )
+MAIL_TRACK = TopicSpec(
+    "mail.track",
+    "mailbox id",
+    TrackRequest,
+    Cleanup.DELETE,
+    "CLI (tidings track), other services",
+    "connectors",
+    "Manual tracking requests: promote one message of a mailbox whatever its filter. "
+    "Partitioned like mailbox.config, so the connector that owns the mailbox reads them.",
+)
 MAIL_PARSED = TopicSpec(
     "mail.parsed",
     "thread key",
@@ -163,6 +174,7 @@ TOPICS: tuple[TopicSpec[Any], ...] = (
     CRM_RECORDS,
     CONNECTOR_CURSORS,
     MAIL_CHANGES,
+    MAIL_TRACK,
     MAIL_PARSED,
     PROMOTION_DECISIONS,
     CRM_ACTIVITIES,

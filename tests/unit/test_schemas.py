@@ -37,6 +37,7 @@ from schemas.mail import (
     EmailAddress,
     ItemType,
     MailItemChanged,
+    ManualTrack,
     ParsedEmail,
 )
 from schemas.mailbox import (
@@ -54,6 +55,7 @@ from schemas.mailbox import (
 )
 from schemas.outgoing import OutgoingEmail, SendStatus
 from schemas.topics import DLQ, TOPICS, TopicSpec, codec, spec_by_name
+from schemas.track import TrackRequest
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 T1 = datetime(2026, 3, 1, 9, 5, 30, 123000, tzinfo=UTC)
@@ -105,6 +107,7 @@ SAMPLES: dict[type[Any], Any] = {
         flags=["S", "F"],
         raw=b"From: a@b.example\r\n\r\n\x00\xff bytes survive",
         unreadable_code=None,
+        manual_track=ManualTrack(request_id="t-1", requested_by="alice", requested_at=T0),
     ),
     ParsedEmail: ParsedEmail(
         event_id="ev-1",
@@ -217,6 +220,13 @@ SAMPLES: dict[type[Any], Any] = {
         in_reply_to="m1@x.example",
         status=SendStatus.SENDING,
         requested_at=T0,
+    ),
+    TrackRequest: TrackRequest(
+        request_id="t-1",
+        mailbox_id="mb-alice",
+        message_id="m1@x.example",
+        requested_by="alice",
+        requested_at=T1,
     ),
 }
 

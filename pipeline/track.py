@@ -1,0 +1,55 @@
+"""`tidings track`: the request to track one message by hand, checked before it is sent."""
+
+from __future__ import annotations
+
+import getpass
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+
+from schemas.mailbox import MailboxConfig
+from schemas.track import TrackRequest, track_message_id
+
+
+class TrackRefusedError(ValueError):
+    """The request cannot be served; the message says why and what to do."""
+
+
+def new_track_request(
+    configs: Mapping[str, MailboxConfig],
+    mailbox_id: str,
+    message_id: str,
+    requested_by: str | None,
+    now: datetime,
+) -> TrackRequest:
+    """A request with a fresh id and a normalized Message-ID, for a mailbox tidings
+    reads; raises TrackRefusedError for an invalid Message-ID or a mailbox that is
+    unknown, not approved or disabled (the connector would refuse it too)."""
+    try:
+        normalized = track_message_id(message_id)
+    except ValueError as exc:
+        raise TrackRefusedError(f"--message-id: {exc}") from None
+    config = configs.get(mailbox_id)
+    if config is None:
+        raise TrackRefusedError(f"no mailbox {mailbox_id!r}; list them with `tidings mailbox list`")
+    if not config.approved:
+        raise TrackRefusedError(
+            f"mailbox {mailbox_id} is not approved, so tidings does not read it; approve it first"
+        )
+    if not config.enabled:
+        raise TrackRefusedError(f"mailbox {mailbox_id} is disabled, so tidings does not read it")
+    return TrackRequest(
+        request_id=f"t-{uuid.uuid4().hex[:12]}",
+        mailbox_id=mailbox_id,
+        message_id=normalized,
+        requested_by=requested_by if requested_by is not None else _user(),
+        requested_at=now,
+    )
+
+
+def _user() -> str:
+    """Who runs the command, for the decision's explanation ("" when unknown)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return ""

@@ -1,0 +1,56 @@
+"""Manual tracking requests (topic mail.track): promote one message of one mailbox
+whatever that mailbox's incoming filter says."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from schemas.base import Record
+from schemas.ids import normalize_message_id
+from schemas.mail import ManualTrack
+
+
+class TrackRequest(Record, frozen=True, kw_only=True):
+    """Ask the connector that owns `mailbox_id` to find the message whose Message-ID
+    is `message_id` and send it to the processors marked as tracked by hand.
+
+    `message_id` is normalized the way the parser normalizes Message-IDs (see
+    `track_message_id`); readers normalize it again, so a sender may also pass
+    it as written in the header. `request_id` is the sender's name for the
+    request: the decision's explanation and any error quote it, and sending the
+    same request again yields the same events and errors (stable ids), so it is
+    harmless. `requested_by` is who asked, for the explanation ("" when
+    unknown). Keyed by `mailbox_id` on mail.track.
+    """
+
+    request_id: str
+    mailbox_id: str
+    message_id: str
+    requested_by: str = ""
+    requested_at: datetime
+
+    @property
+    def mark(self) -> ManualTrack:
+        """The mark the item's change event carries for this request."""
+        return ManualTrack(
+            request_id=self.request_id,
+            requested_by=self.requested_by,
+            requested_at=self.requested_at,
+        )
+
+
+def track_message_id(raw: str) -> str:
+    """`raw` as a normalized Message-ID (angle brackets and white space dropped, domain
+    lower-cased); ValueError saying why when it cannot be one.
+
+    A Message-ID is printable ASCII (RFC 5322); anything else could not be
+    searched for on an IMAP server either.
+    """
+    normalized = normalize_message_id(raw)
+    if normalized is None:
+        raise ValueError(f"{raw!r} is not a Message-ID: it is empty")
+    if not all("!" <= char <= "~" for char in normalized):
+        raise ValueError(
+            f"{raw!r} is not a Message-ID: only printable ASCII without spaces is allowed"
+        )
+    return normalized

@@ -107,9 +107,12 @@ def run_processors(config: TidingsConfig, until_idle: bool) -> int:
 
     if config.processors.web_port == 0:
         port = free_port(config.metrics.host)
-        config = msgspec.structs.replace(
-            config, processors=msgspec.structs.replace(config.processors, web_port=port)
+        settings = config.processors
+        # The state directory keeps the name it had before the port was picked.
+        settings = msgspec.structs.replace(
+            settings, web_port=port, worker_name=settings.worker_id()
         )
+        config = msgspec.structs.replace(config, processors=settings)
     record_endpoint(
         config.data_path / "run", "processors", config.metrics.host, config.processors.web_port
     )

@@ -13,6 +13,33 @@ Undecodable input goes to the DLQ before its offset is committed; a run of
 systemic fault. Outputs are sent before the input event is acknowledged, and
 faust flushes the producer before it commits, so delivery is at least once;
 stable ids make the effects exactly once.
+
+State and partitioning. mail.changes is keyed by mailbox; the parse stage
+re-keys every email by its thread key (the root of its reply chain: first
+References id, else In-Reply-To, else its own Message-ID) onto mail.parsed.
+So the copies of one message in every mailbox, and the replies that carry
+their thread's references, meet on one partition, where the partitioned
+`tracked` table (Message-ID → activity, correlation, receiving mailboxes)
+decides duplicates and In-Reply-To/References links with no remote lookup,
+and `held` keeps the items that wait for mail not tracked yet. Both tables
+live in RocksDB (faust's rocksdb store, rocksdict driver) under this worker's
+state directory, changelogged, so a restart resumes from disk and a moved
+partition is rebuilt from its changelog.
+
+A tracking token, a Thread-Index or a subject hash says nothing about the
+thread key, so those lookups cannot be co-partitioned. They go to a global
+activity index each worker builds from crm.activities (compacted) in its own
+RocksDB store (processors/directory.py, views.py). Chosen over a second
+repartition hop by token, index and hash: one hop per email, no join state
+to keep consistent between hops, and the token/index/hash of an activity is
+only known once it is decided anyway.
+
+Its limits: every worker stores every tracked email on disk (a few hundred
+bytes each; memory is the bounded RocksDB cache), and the global index knows
+an activity only once it came back from crm.activities (typically under a
+second). A reply that shares no thread key with its parent and is decided in
+that gap, or before its parent, is decided by what is known then
+(docs/decisions.md, "Order does not matter").
 """
 
 from __future__ import annotations
@@ -29,6 +56,7 @@ from processors.changes import StageOutput, handle_change, needs_blob, read_blob
 from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine
 from processors.faust_state import TableState
+from processors.index_store import IndexStore
 from processors.views import CompactedView
 from schemas import metrics
 from schemas.base import utc_now
@@ -61,12 +89,16 @@ class ProcessorApp:
         self.config = config
         self.settings = config.processors
         self.blobs = open_blob_store(config.blob_url(), config.blobs)
+        self.state_dir = config.data_path / "processors" / self.settings.worker_id()
+        self.index_store = IndexStore(
+            self.state_dir / "activity-index", cache_bytes=self.settings.state_cache_mb << 20
+        )
         prefix = config.topic_prefix
         kafka = config.kafka
         self.app = faust.App(
             self.settings.group_id,
             broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
-            store="memory://",
+            store="rocksdb://",
             autodiscover=False,
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,
@@ -84,7 +116,7 @@ class ProcessorApp:
             broker_heartbeat_interval=3.0,
             broker_rebalance_timeout=30.0,
             broker_client_id=f"{kafka.client_id}-processors",
-            datadir=str(config.data_path / "processors"),
+            datadir=str(self.state_dir),
             web_enabled=True,
             web_bind="127.0.0.1",
             web_host="127.0.0.1",
@@ -117,7 +149,7 @@ class ProcessorApp:
         self.mailboxes = Mailboxes()
         correlation = self.settings.correlation
         self.activity_index = ActivityIndex(
-            correlation.smart if correlation.smart_matching else None
+            correlation.smart if correlation.smart_matching else None, self.index_store
         )
         self.views = [
             CompactedView(
@@ -127,7 +159,11 @@ class ProcessorApp:
                 kafka, MAILBOX_CONFIG.name(prefix), codec(MAILBOX_CONFIG), self.mailboxes.apply
             ),
             CompactedView(
-                kafka, CRM_ACTIVITIES.name(prefix), codec(CRM_ACTIVITIES), self.activity_index.apply
+                kafka,
+                CRM_ACTIVITIES.name(prefix),
+                codec(CRM_ACTIVITIES),
+                self.activity_index.apply,
+                checkpoint=self.index_store,
             ),
         ]
         self.state = TableState(self.tracked, self.held)
@@ -138,11 +174,19 @@ class ProcessorApp:
         self._register()
 
     def _table(self, name: str) -> Any:
-        """A partitioned table with str keys (JSON) and schema-encoded bytes values (raw)."""
+        """A partitioned table with str keys (JSON) and schema-encoded bytes values (raw),
+        in RocksDB with a small cache per partition."""
         prefix = self.config.topic_prefix
+        cache = max(1, self.settings.state_cache_mb // 8) << 20
         return self.app.Table(
             name,
             default=None,
+            options={
+                "driver": "rocksdict",
+                "block_cache_size": cache,
+                "write_buffer_size": cache,
+                "max_write_buffer_number": 2,
+            },
             key_type=str,
             value_type=bytes,
             partitions=self.config.kafka.partitions,

@@ -1,6 +1,7 @@
-"""In-memory indexes the decisions read: CRM records by email address, mailboxes by id,
-and tracked activities by Message-ID, tracking token, conversation index and (when
-smart matching is on) subject and address hashes.
+"""The indexes the decisions read: CRM records by email address and mailboxes by id
+(in memory: they grow with the CRM, not with mail), and tracked activities by
+Message-ID, tracking token, conversation index and (when smart matching is on)
+subject and address hashes (on disk: they grow with every email tracked).
 
 Each is fed by a compacted topic (crm.records, mailbox.config, crm.activities)
 and knows nothing about Kafka: `apply` takes a key and a decoded value or None
@@ -12,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
+
+from processors.index_store import IndexStore, last_part, make_key
 from processors.smart_match import SmartIndex, SmartKey, smart_key
 from schemas.base import RecordRef, RecordType
 from schemas.config import SmartMatchingConfig
@@ -124,84 +128,128 @@ class TrackedRef:
     conversation_index: str | None = None
 
 
+class _StoredRef(msgspec.Struct, array_like=True, frozen=True):
+    activity_id: str
+    message_id: str
+    conversation_id: str
+    regarding: RecordRef | None
+    tracking_token: str | None
+    conversation_index: str | None
+
+    def ref(self) -> TrackedRef:
+        return TrackedRef(
+            activity_id=self.activity_id,
+            message_id=self.message_id,
+            conversation_id=self.conversation_id,
+            regarding=self.regarding,
+            tracking_token=self.tracking_token,
+            conversation_index=self.conversation_index,
+        )
+
+
+_REF = msgspec.msgpack.Decoder(_StoredRef)
+_ENCODE = msgspec.msgpack.Encoder().encode
+_COUNT = make_key("activity", "count")
+
+
 class ActivityIndex:
     """Tracked email activities (from crm.activities) by Message-ID, tracking token and
     conversation index, and by smart-matching key when `smart` is given.
+
+    It lives in an `IndexStore` on disk (a temporary one when none is given), so
+    memory stays bounded however much history it holds, and a restarted worker
+    finds it as it left it. Store keys: ("activity", "a", id) → the reference;
+    ("activity", "m" | "t" | "c", Message-ID | token | index, id) → b"".
 
     Several activities may share a Message-ID (internal email tracked twice), a
     token or an index; a lookup answers the one with the smallest activity id,
     and removing one leaves the others findable.
     """
 
-    def __init__(self, smart: SmartMatchingConfig | None = None) -> None:
-        self._by_activity: dict[str, TrackedRef] = {}
-        self._by_message_id: dict[str, dict[str, TrackedRef]] = {}
-        self._by_token: dict[str, dict[str, TrackedRef]] = {}
-        self._by_conversation_index: dict[str, dict[str, TrackedRef]] = {}
-        self._smart = SmartIndex(smart) if smart is not None else None
+    def __init__(
+        self, smart: SmartMatchingConfig | None = None, store: IndexStore | None = None
+    ) -> None:
+        self._owns_store = store is None
+        self.store = store if store is not None else IndexStore()
+        self._smart = SmartIndex(smart, self.store) if smart is not None else None
 
     def __len__(self) -> int:
-        return len(self._by_activity)
+        return int(self.store.get(_COUNT) or 0)
+
+    def close(self) -> None:
+        """Close the store when it is this index's own."""
+        if self._owns_store:
+            self.store.close()
 
     def apply(self, activity_id: str, activity: Activity | None) -> None:
-        """Index, re-index or (activity None) forget one activity."""
-        old = self._by_activity.pop(activity_id, None)
+        """Index, re-index or (activity None) forget one activity (idempotent)."""
+        old = self._stored(activity_id)
+        count = len(self)
+        deletes = []
         if old is not None:
-            _unindex(self._by_message_id, old.message_id, activity_id)
-            if old.tracking_token:
-                _unindex(self._by_token, old.tracking_token, activity_id)
-            if old.conversation_index:
-                _unindex(self._by_conversation_index, old.conversation_index, activity_id)
+            count -= 1
+            deletes.append(make_key("activity", "a", activity_id))
+            deletes.extend(make_key("activity", *lookup, activity_id) for lookup in _lookups(old))
         if self._smart is not None:
             self._smart.remove(activity_id)
-        if activity is None:
-            return
-        ref = TrackedRef(
-            activity_id=activity.activity_id,
-            message_id=activity.message_id,
-            conversation_id=activity.conversation_id,
-            regarding=activity.regarding,
-            tracking_token=activity.tracking_token.upper() if activity.tracking_token else None,
-            conversation_index=activity.conversation_index,
-        )
-        self._by_activity[activity_id] = ref
-        self._by_message_id.setdefault(ref.message_id, {})[activity_id] = ref
-        if ref.tracking_token:
-            self._by_token.setdefault(ref.tracking_token, {})[activity_id] = ref
-        if ref.conversation_index:
-            self._by_conversation_index.setdefault(ref.conversation_index, {})[activity_id] = ref
-        if self._smart is not None and activity.sent_at is not None:
+        puts: dict[bytes, bytes] = {}
+        if activity is not None:
+            count += 1
+            stored = _StoredRef(
+                activity_id=activity.activity_id,
+                message_id=activity.message_id,
+                conversation_id=activity.conversation_id,
+                regarding=activity.regarding,
+                tracking_token=activity.tracking_token.upper() if activity.tracking_token else None,
+                conversation_index=activity.conversation_index,
+            )
+            puts[make_key("activity", "a", activity_id)] = _ENCODE(stored)
+            for lookup in _lookups(stored):
+                puts[make_key("activity", *lookup, activity_id)] = b""
+        puts[_COUNT] = str(count).encode()
+        self.store.write(puts, deletes)
+        if self._smart is not None and activity is not None and activity.sent_at is not None:
             addresses = [party.address for party in activity.parties]
             key = smart_key(activity.subject, addresses, self._smart.config)
             self._smart.add(activity_id, key, activity.sent_at)
 
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The activity of a normalized Message-ID, if tracked."""
-        return _first(self._by_message_id.get(message_id))
+        return self._first("m", message_id)
 
     def by_token(self, token: str) -> TrackedRef | None:
         """The activity sent with tracking token `token` (normalized, upper-case prefix)."""
-        return _first(self._by_token.get(token.upper()))
+        return self._first("t", token.upper())
 
     def by_conversation_index(self, key: str) -> TrackedRef | None:
         """The activity whose message has this conversation index (hex key)."""
-        return _first(self._by_conversation_index.get(key))
+        return self._first("c", key)
 
     def by_smart_key(self, key: SmartKey, sent_at: datetime | None) -> TrackedRef | None:
         """The tracked email smart matching links `key` to (None when it is off)."""
         if self._smart is None:
             return None
         found = self._smart.best_match(key, sent_at)
-        return self._by_activity.get(found) if found is not None else None
+        stored = self._stored(found) if found is not None else None
+        return stored.ref() if stored is not None else None
+
+    def _stored(self, activity_id: str) -> _StoredRef | None:
+        raw = self.store.get(make_key("activity", "a", activity_id))
+        return _REF.decode(raw) if raw is not None else None
+
+    def _first(self, kind: str, value: str) -> TrackedRef | None:
+        found = self.store.first(make_key("activity", kind, value))
+        if found is None:
+            return None
+        stored = self._stored(last_part(found[0]))
+        return stored.ref() if stored is not None else None
 
 
-def _unindex(index: dict[str, dict[str, TrackedRef]], key: str, activity_id: str) -> None:
-    holders = index.get(key)
-    if holders is not None:
-        holders.pop(activity_id, None)
-        if not holders:
-            del index[key]
-
-
-def _first(holders: dict[str, TrackedRef] | None) -> TrackedRef | None:
-    return holders[min(holders)] if holders else None
+def _lookups(stored: _StoredRef) -> list[tuple[str, str]]:
+    """The (kind, value) pairs an activity is found by."""
+    found = [("m", stored.message_id)]
+    if stored.tracking_token:
+        found.append(("t", stored.tracking_token))
+    if stored.conversation_index:
+        found.append(("c", stored.conversation_index))
+    return found

@@ -154,16 +154,18 @@ class DecisionEngine:
         return emission
 
     def expire(self, thread_key: str, now: datetime) -> HeldThread | None:
-        """Drop the expired held items of one conversation; returns what remains (or None)."""
+        """Forget a conversation once all its held items expired; returns it while any
+        is alive. Expired items of a live conversation stay stored (nothing reads
+        them: `process` looks at live items only) until the next email of the
+        conversation rewrites it: a write outside of processing an event has no
+        partition to go to, a removal does."""
         held = self.state.get_held(thread_key)
         if held is None:
             return None
-        alive = [h for h in held.items if h.held_until > now]
-        if len(alive) != len(held.items):
-            remaining = HeldThread(partition=held.partition, items=alive) if alive else None
-            self.state.put_held(thread_key, remaining)
-            return remaining
-        return held
+        if any(h.held_until > now for h in held.items):
+            return held
+        self.state.put_held(thread_key, None)
+        return None
 
     # -- deciding --------------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""EngineState on faust tables: tracked messages and held conversations, changelogged.
+"""EngineState on faust tables: tracked messages and held conversations, changelogged,
+stored in RocksDB (faust's rocksdb store with the rocksdict driver).
 
 Tracked messages are written inside agent processing, so faust puts each
-change on the changelog partition of the event being processed (the thread's
-partition). Held conversations carry their partition, so the expiry timer can
-delete them outside of any event on the right changelog partition.
-"""
+change in the store and on the changelog partition of the event being
+processed (the thread's partition). Held conversations carry their partition,
+so the expiry timer can delete them outside of any event on the right
+changelog partition; it only ever deletes (the store has no partition for a
+write made outside of an event)."""
 
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class TableState:
         self._index(thread_key, value)
 
     def due_threads(self, now: datetime, partitions: Iterable[int]) -> list[str]:
-        """Held conversations on `partitions` with an item past its expiry."""
+        """Held conversations on `partitions` whose every item is past its expiry."""
         self._index_recovered()
         wanted = set(partitions)
         return [
@@ -62,7 +64,7 @@ class TableState:
         return sum(count for _, _, count in self._expiry.values())
 
     def _index(self, thread_key: str, value: HeldThread) -> None:
-        expires = value.earliest_expiry()
+        expires = value.latest_expiry()
         if expires is None:
             self._expiry.pop(thread_key, None)
         else:

@@ -19,10 +19,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+import msgspec
+
+from processors.index_store import IndexStore, last_part, make_key
 from schemas.config import SmartMatchingConfig
 
 _WORD = re.compile(r"\w+")
@@ -72,43 +75,63 @@ def matches(email: SmartKey, tracked: SmartKey, config: SmartMatchingConfig) -> 
     return len(email.addresses & tracked.addresses) >= config.min_common_addresses
 
 
-@dataclass
-class _Entry:
-    key: SmartKey
+class _Entry(msgspec.Struct, array_like=True, frozen=True):
+    subject: list[str]
+    addresses: list[str]
     sent_at: datetime
 
+    @property
+    def key(self) -> SmartKey:
+        return SmartKey(frozenset(self.subject), frozenset(self.addresses))
 
-@dataclass
+
+_ENTRY = msgspec.msgpack.Decoder(_Entry)
+_ENCODER = msgspec.msgpack.Encoder()
+_COUNT = make_key("smart", "count")
+
+
 class SmartIndex:
-    """Tracked emails by smart key, for `best_match`. Not thread-safe; one per processor."""
+    """Tracked emails by smart key, for `best_match`, kept in an `IndexStore` (its own
+    temporary one when none is given). Not thread-safe; one per processor.
 
-    config: SmartMatchingConfig
-    _entries: dict[str, _Entry] = field(default_factory=dict)
-    _by_signature: dict[str, set[str]] = field(default_factory=dict)
-    _by_hash: dict[str, set[str]] = field(default_factory=dict)
+    Store keys: ("smart", "e", id) → the entry; ("smart", "s", signature, id) and,
+    when a subject difference is allowed, ("smart", "h", hash, id) plus a posting
+    size ("smart", "n", hash); ("smart", "count") → the number of entries.
+    """
+
+    def __init__(self, config: SmartMatchingConfig, store: IndexStore | None = None) -> None:
+        self.config = config
+        self._owns_store = store is None
+        self.store = store if store is not None else IndexStore()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return int(self.store.get(_COUNT) or 0)
+
+    def close(self) -> None:
+        """Close the store when it is this index's own."""
+        if self._owns_store:
+            self.store.close()
 
     def add(self, activity_id: str, key: SmartKey, sent_at: datetime) -> None:
         """Index (or re-index) one tracked email."""
-        self.remove(activity_id)
-        if not key.subject:
-            return
-        self._entries[activity_id] = _Entry(key, sent_at)
-        self._by_signature.setdefault(key.signature, set()).add(activity_id)
-        if self.config.subject_delta:
-            for digest in key.subject:
-                self._by_hash.setdefault(digest, set()).add(activity_id)
+        puts, deletes, count = self._removal(activity_id)
+        if key.subject:
+            entry = _Entry(sorted(key.subject), sorted(key.addresses), sent_at)
+            puts[make_key("smart", "e", activity_id)] = _ENCODER.encode(entry)
+            puts[make_key("smart", "s", key.signature, activity_id)] = b""
+            if self.config.subject_delta:
+                for digest in key.subject:
+                    puts[make_key("smart", "h", digest, activity_id)] = b""
+                    _add_count(puts, self.store, make_key("smart", "n", digest), 1)
+            count += 1
+        puts[_COUNT] = str(count).encode()
+        self.store.write(puts, deletes)
 
     def remove(self, activity_id: str) -> None:
         """Forget one tracked email (no error when unknown)."""
-        entry = self._entries.pop(activity_id, None)
-        if entry is None:
-            return
-        _discard(self._by_signature, entry.key.signature, activity_id)
-        for digest in entry.key.subject:
-            _discard(self._by_hash, digest, activity_id)
+        puts, deletes, count = self._removal(activity_id)
+        puts[_COUNT] = str(count).encode()
+        self.store.write(puts, deletes)
 
     def best_match(self, key: SmartKey, sent_at: datetime | None) -> str | None:
         """The activity id of the tracked email `key` matches, or None.
@@ -121,7 +144,7 @@ class SmartIndex:
         found = [
             (entry.sent_at, activity_id)
             for activity_id in self._candidates(key)
-            if (entry := self._entries[activity_id])
+            if (entry := self._entry(activity_id)) is not None
             and (sent_at is None or sent_at - window <= entry.sent_at <= sent_at)
             and matches(key, entry.key, self.config)
         ]
@@ -132,32 +155,60 @@ class SmartIndex:
 
     def prune(self, before: datetime) -> int:
         """Forget tracked emails sent before `before` (outside every future window)."""
-        old = [a for a, e in self._entries.items() if e.sent_at < before]
+        old = [
+            last_part(store_key)
+            for store_key, raw in self.store.scan(make_key("smart", "e"))
+            if _ENTRY.decode(raw).sent_at < before
+        ]
         for activity_id in old:
             self.remove(activity_id)
         return len(old)
+
+    def _entry(self, activity_id: str) -> _Entry | None:
+        raw = self.store.get(make_key("smart", "e", activity_id))
+        return _ENTRY.decode(raw) if raw is not None else None
+
+    def _removal(self, activity_id: str) -> tuple[dict[bytes, bytes], list[bytes], int]:
+        """The writes that forget `activity_id`, and the entry count after them."""
+        count = len(self)
+        puts: dict[bytes, bytes] = {}
+        entry = self._entry(activity_id)
+        if entry is None:
+            return puts, [], count
+        deletes = [
+            make_key("smart", "e", activity_id),
+            make_key("smart", "s", entry.key.signature, activity_id),
+        ]
+        for digest in entry.subject:
+            deletes.append(make_key("smart", "h", digest, activity_id))
+            if self.store.get(make_key("smart", "n", digest)) is not None:
+                _add_count(puts, self.store, make_key("smart", "n", digest), -1)
+        return puts, deletes, count - 1
 
     def _candidates(self, key: SmartKey) -> set[str]:
         if not key.subject:
             return set()
         delta = self.config.subject_delta
         if not delta:
-            return set(self._by_signature.get(key.signature, ()))
+            return self._posting(make_key("smart", "s", key.signature))
         # A match lacks at most `delta` of the email's hashes and shares at least one,
         # so it is in one of any delta + 1 posting lists (or of all, if fewer).
-        postings = sorted((self._by_hash.get(d, set()) for d in key.subject), key=len)
+        rarest = sorted(key.subject, key=self._posting_size)[: delta + 1]
         found: set[str] = set()
-        for posting in postings[: delta + 1]:
-            found |= posting
+        for digest in rarest:
+            found |= self._posting(make_key("smart", "h", digest))
         return found
 
+    def _posting_size(self, digest: str) -> int:
+        return int(self.store.get(make_key("smart", "n", digest)) or 0)
 
-def _discard(index: dict[str, set[str]], key: str, activity_id: str) -> None:
-    holders = index.get(key)
-    if holders is not None:
-        holders.discard(activity_id)
-        if not holders:
-            del index[key]
+    def _posting(self, prefix: bytes) -> set[str]:
+        return {last_part(store_key) for store_key, _ in self.store.scan(prefix)}
+
+
+def _add_count(puts: dict[bytes, bytes], store: IndexStore, count_key: bytes, delta: int) -> None:
+    current = int(puts.get(count_key) or store.get(count_key) or 0) + delta
+    puts[count_key] = str(max(current, 0)).encode()
 
 
 def _hash(kind: str, text: str) -> str:

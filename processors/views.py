@@ -1,9 +1,17 @@
 """Global views: every processor worker reads a compacted topic in full (all
-partitions, from the beginning, forever) into an in-memory index.
+partitions, forever) into an index.
 
-crm.records feeds the Directory, mailbox.config the Mailboxes, crm.activities
-the ActivityIndex. `ready` is set once each view caught up with the end of its
-topic as it was when reading started; agents wait for it before deciding.
+crm.records feeds the Directory, mailbox.config the Mailboxes (both in memory,
+read from the beginning at every start), crm.activities the ActivityIndex (on
+disk: its view saves the offsets it has applied in the same store and resumes
+from them after a restart; applying a record again is harmless, so a crash
+between applying and saving only repeats work). `ready` is set once each view
+caught up with the end of its topic as it was when reading started; agents
+wait for it before deciding.
+
+A resumed view relies on compaction keeping tombstones long enough
+(delete.retention.ms) for a stopped worker to read them when it comes back;
+a worker stopped for longer should start with an empty state directory.
 
 tansu answers ListOffsets wrongly, so "the end" is the high watermark reported
 by fetch responses, never end_offsets().
@@ -18,6 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from processors.index_store import IndexStore
 from schemas.codec import Codec, decode_key
 from schemas.config import KafkaConfig
 from schemas.errors import DecodeError
@@ -30,37 +39,62 @@ Apply = Callable[[str, Any], None]
 class CompactedView:
     """Reads one compacted topic into `apply(key, value_or_None)`, forever."""
 
-    def __init__(self, kafka: KafkaConfig, topic: str, codec: Codec[Any], apply: Apply) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        topic: str,
+        codec: Codec[Any],
+        apply: Apply,
+        checkpoint: IndexStore | None = None,
+    ) -> None:
         self.kafka = kafka
         self.topic = topic
         self.codec = codec
         self.apply = apply
+        self.checkpoint = checkpoint
         self.ready = asyncio.Event()
         self.records_applied = 0
         self.undecodable = 0
         self._consumer: AIOKafkaConsumer | None = None
 
     async def run(self) -> None:
-        """Read every partition from the beginning, keep reading until cancelled.
-
-        No consumer group: subscribing without one assigns every partition, and
-        with nothing committed reading starts at the beginning.
-        """
+        """Read every partition from the saved offsets (else the beginning), keep
+        reading until cancelled. No consumer group: every worker reads everything."""
         consumer = AIOKafkaConsumer(**self.kafka.consumer_options())
         self._consumer = consumer
         await consumer.start()
         try:
-            consumer.subscribe([self.topic])
+            await self._assign(consumer)
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
                 for tp, messages in batch.items():
                     for message in messages:
                         self._apply(tp, message)
+                if batch and self.checkpoint is not None:
+                    done = {tp.partition: messages[-1].offset + 1 for tp, messages in batch.items()}
+                    self.checkpoint.save_offsets(self.topic, done)
                 if not self.ready.is_set() and await self._caught_up(consumer):
                     log.info("view %s ready: %d records", self.topic, self.records_applied)
                     self.ready.set()
         finally:
             await consumer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        """Take every partition of the topic; start where the checkpoint says."""
+        partitions: set[int] = set()
+        while not partitions:
+            await consumer.topics()  # refreshes metadata
+            partitions = consumer.partitions_for_topic(self.topic) or set()
+            if not partitions:
+                await asyncio.sleep(0.5)
+        assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        saved = self.checkpoint.offsets(self.topic) if self.checkpoint is not None else {}
+        for tp in assigned:
+            if tp.partition in saved:
+                consumer.seek(tp, saved[tp.partition])
+        if saved:
+            log.info("view %s resumes at %s", self.topic, dict(sorted(saved.items())))
 
     def _apply(self, tp: TopicPartition, message: Any) -> None:
         key = decode_key(message.key)

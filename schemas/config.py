@@ -228,6 +228,12 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     (it referenced mail not yet tracked, or a copy elsewhere may be tracked) is
     re-decided when that mail arrives within this window — so the result does
     not depend on which mailbox was read first.
+
+    State (the faust tables and the activity index) lives on disk under
+    `<data_dir>/processors/<worker_id()>`, so a worker restarted with the same
+    name resumes with it; each worker on one host needs its own name (or web
+    port). `state_cache_mb` is the RocksDB block cache of the activity index;
+    each table partition gets an eighth of it.
     """
 
     group_id: str = "tidings-processors"
@@ -241,6 +247,16 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     late_correlation_window_s: float = 900.0
     dlq_max_consecutive: int = 100
     web_port: int = 0
+    worker_name: str | None = None
+    state_cache_mb: int = 64
+
+    def worker_id(self) -> str:
+        """The name of this worker's state directory: `worker_name`, else one derived
+        from a fixed web port (two workers on one host never share one), else
+        "default"."""
+        if self.worker_name:
+            return self.worker_name
+        return f"worker-{self.web_port}" if self.web_port else "default"
 
 
 class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

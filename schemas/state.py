@@ -67,9 +67,9 @@ class HeldThread(Record, frozen=True, kw_only=True):
     partition: int
     items: list[HeldItem] = msgspec.field(default_factory=list)
 
-    def earliest_expiry(self) -> datetime | None:
-        """When the first of the held items expires, or None when none are held."""
-        return min((item.held_until for item in self.items), default=None)
+    def latest_expiry(self) -> datetime | None:
+        """When the last of the held items expires, or None when none are held."""
+        return max((item.held_until for item in self.items), default=None)
 
 
 TRACKED_CODEC: Codec[TrackedMessage] = Codec(TrackedMessage)

@@ -1,0 +1,140 @@
+"""An ordered key-value store on disk (RocksDB through rocksdict) for the indexes that
+grow with history, so a processor's memory does not.
+
+Memory is what RocksDB is given: one block cache (`cache_bytes`) and at most two
+write buffers of `write_buffer_bytes`; the data lives in files. A store opened
+without a path lives in a temporary directory that is removed when it closes
+(tests, benchmarks).
+
+Keys are bytes made of parts joined by NUL (`make_key(...)`); a part never holds a
+NUL (it is escaped), so a prefix scan of `make_key(a, b)` finds exactly the keys
+that start with the parts a and b. The store also keeps the offsets of the
+topic partitions it was built from (`offsets`/`save_offsets`), so a restarted
+worker resumes reading where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import rocksdict
+
+_SEPARATOR = b"\x00"
+_OFFSETS = b"\x01offsets\x00"
+
+
+class StateLocked(RuntimeError):
+    """Another process holds the state directory."""
+
+
+def make_key(*parts: str) -> bytes:
+    """A store key of text parts; NULs inside a part are escaped, so parts never merge."""
+    return _SEPARATOR.join(
+        part.replace("\\", "\\\\").replace("\x00", "\\0").encode() for part in parts
+    )
+
+
+def last_part(store_key: bytes) -> str:
+    """The last text part of a store key (inverse of `make_key` for that part)."""
+    raw = store_key.rsplit(_SEPARATOR, 1)[-1].decode()
+    return raw.replace("\\0", "\x00").replace("\\\\", "\\")
+
+
+class IndexStore:
+    """RocksDB with a bounded cache: get, batched writes, prefix scans, saved offsets."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        cache_bytes: int = 64 << 20,
+        write_buffer_bytes: int = 16 << 20,
+    ) -> None:
+        self._temporary = path is None
+        self.path = Path(tempfile.mkdtemp(prefix="tidings-index-")) if path is None else path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = rocksdict.Rdict(str(self.path), _options(cache_bytes, write_buffer_bytes))
+        except Exception as exc:
+            if "lock" in str(exc).lower():
+                raise StateLocked(
+                    f"{self.path} is in use by another processor worker; give each worker "
+                    "its own processors.worker_name (or data directory)"
+                ) from exc
+            raise
+        self._closer = weakref.finalize(self, _close, self._db, self.path, self._temporary)
+
+    def get(self, store_key: bytes) -> bytes | None:
+        """The value of a key, or None."""
+        value: bytes | None = self._db.get(store_key)
+        return value
+
+    def write(self, puts: Mapping[bytes, bytes], deletes: list[bytes]) -> None:
+        """Apply deletes then puts atomically."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for store_key in deletes:
+            if store_key not in puts:
+                batch.delete(store_key)
+        for store_key, value in puts.items():
+            batch.put(store_key, value)
+        self._db.write(batch)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with `prefix` + separator, in key order."""
+        start = prefix + _SEPARATOR
+        iterator = self._db.iter()
+        iterator.seek(start)
+        while iterator.valid():
+            found: bytes = iterator.key()
+            if not found.startswith(start):
+                return
+            yield found, iterator.value()
+            iterator.next()
+
+    def first(self, prefix: bytes) -> tuple[bytes, bytes] | None:
+        """The smallest (key, value) under `prefix`, or None."""
+        return next(self.scan(prefix), None)
+
+    def offsets(self, topic: str) -> dict[int, int]:
+        """The next offset to read per partition of `topic`, as last saved."""
+        found = {}
+        for store_key, value in self.scan(_OFFSETS + topic.encode()):
+            found[int(last_part(store_key))] = int(value)
+        return found
+
+    def save_offsets(self, topic: str, offsets: Mapping[int, int]) -> None:
+        """Remember the next offset to read per partition (after what they cover is written)."""
+        self.write(
+            {
+                _OFFSETS + topic.encode() + _SEPARATOR + str(p).encode(): str(o).encode()
+                for p, o in offsets.items()
+            },
+            [],
+        )
+
+    def close(self) -> None:
+        """Flush and close; a temporary store is deleted (also when garbage-collected)."""
+        self._closer()
+
+
+def _close(db: rocksdict.Rdict, path: Path, temporary: bool) -> None:
+    db.close()
+    if temporary:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _options(cache_bytes: int, write_buffer_bytes: int) -> rocksdict.Options:
+    options = rocksdict.Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_write_buffer_size(write_buffer_bytes)
+    options.set_max_write_buffer_number(2)
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_cache(rocksdict.Cache(cache_bytes))
+    table.set_bloom_filter(10, False)
+    table.set_cache_index_and_filter_blocks(True)
+    options.set_block_based_table_factory(table)
+    return options

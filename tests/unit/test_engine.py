@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 
-from processors.engine import DecisionEngine
+from processors.engine import DecisionEngine, MemoryState
 from schemas.config import InternalEmailPolicy, ProcessingConfig
 from schemas.crm import CorrelationMethod, DecisionStatus, PromotionDecision, ReasonCode
 from schemas.ids import email_activity_id
 from schemas.mail import ParsedEmail
-from tests.unit.helpers import T0, email, engine
+from tests.unit.helpers import T0, email, engine, history_activity
 
 
 def final_decisions(eng: DecisionEngine, emails: list[ParsedEmail]) -> dict[str, PromotionDecision]:
@@ -135,6 +135,39 @@ def test_reply_before_its_parent_is_decided_again() -> None:
         ReasonCode.CORRELATION_MATCH,
         CorrelationMethod.IN_REPLY_TO,
     )
+
+
+def test_reply_sharing_no_thread_key_is_decided_by_what_is_known_then() -> None:
+    """A reply found only by its tracking token lives on another partition than its
+    parent: before the parent's activity reaches the global index it is decided
+    without it (and stays so: nothing it waits on can change); decided once the
+    index knows the parent, it correlates (docs/decisions.md, "Order does not
+    matter")."""
+    eng = engine()
+    reply = email(
+        "mb-alice",
+        "9",
+        "late-1@contoso.example",
+        "dana@contoso.example",
+        ["alice@nw.example"],
+        subject="RE: renewal [CRM:0001002]",
+    )
+    before = eng.process(reply, 0, T0)
+    assert [(d.status, d.reason) for d in before.decisions] == [
+        (DecisionStatus.SKIPPED, ReasonCode.NO_CORRELATION_MATCH)
+    ]
+    parent = history_activity("renewal-1@nw.example", "CRM:0001002", "opportunity:opp-2")
+    eng.activities.apply(parent.activity_id, parent)
+    after = engine_with(eng).process(reply, 0, T0)
+    assert [(d.status, d.reason, d.correlation_method) for d in after.decisions] == [
+        (DecisionStatus.PROMOTED, ReasonCode.CORRELATION_MATCH, CorrelationMethod.TRACKING_TOKEN)
+    ]
+    assert after.activities[0].correlated_activity_id == parent.activity_id
+
+
+def engine_with(eng: DecisionEngine) -> DecisionEngine:
+    """A fresh engine (no tracked or held state) over the same indexes as `eng`."""
+    return DecisionEngine(MemoryState(), eng.directory, eng.mailboxes, eng.activities, eng.settings)
 
 
 def test_processing_twice_gives_the_same_output() -> None:

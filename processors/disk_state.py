@@ -1,0 +1,36 @@
+"""EngineState in an IndexStore: tracked messages and held conversations in RocksDB
+without faust (benchmarks and tools that decide outside a worker).
+
+It keeps what the faust tables keep, the same way (schema bytes per key), so a
+benchmark on it measures the cost and the memory of the production store.
+"""
+
+from __future__ import annotations
+
+from processors.index_store import IndexStore, make_key
+from schemas.state import HELD_CODEC, TRACKED_CODEC, HeldThread, TrackedMessage
+
+
+class DiskState:
+    """EngineState on `store` (keys ("tracked", key) and ("held", thread key))."""
+
+    def __init__(self, store: IndexStore) -> None:
+        self.store = store
+
+    def get_tracked(self, key: str) -> TrackedMessage | None:
+        raw = self.store.get(make_key("tracked", key))
+        return TRACKED_CODEC.decode(raw) if raw else None
+
+    def put_tracked(self, key: str, value: TrackedMessage) -> None:
+        self.store.write({make_key("tracked", key): TRACKED_CODEC.encode(value)}, [])
+
+    def get_held(self, thread_key: str) -> HeldThread | None:
+        raw = self.store.get(make_key("held", thread_key))
+        return HELD_CODEC.decode(raw) if raw else None
+
+    def put_held(self, thread_key: str, value: HeldThread | None) -> None:
+        store_key = make_key("held", thread_key)
+        if value is None:
+            self.store.write({}, [store_key])
+        else:
+            self.store.write({store_key: HELD_CODEC.encode(value)}, [])

@@ -382,7 +382,9 @@ class ConnectorRuntime:
                     len(marked),
                 )
             else:
-                await self._emitter.emit_error(not_found_error(request, utc_now()), source.protocol)
+                error = not_found_error(request, utc_now())
+                log.warning("%s", error.message)
+                await self._emitter.emit_error(error, source.protocol)
             owned.tracks.pop(0)
             self._close(pending)
 

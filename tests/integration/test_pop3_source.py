@@ -580,6 +580,40 @@ async def test_process_email_from_with_leave_on_server_off_keeps_skipped_mail(
     assert server_count(server) == 1  # the one outside the window stays
 
 
+async def test_find_message_reads_headers_then_retrieves_only_the_match(
+    server: Dovecot, tmp_path: Path
+) -> None:
+    old = message(1, date="Mon, 02 Feb 2026 08:00:00 +0000")  # before the start date
+    huge = message(7, body=(b"y" * 70 + b"\r\n") * 100)
+    server.deliver_many(USER, "INBOX", [message(n) for n in range(2, 6)] + [old, huge])
+    since = datetime(2026, 3, 1, tzinfo=UTC)
+    pop = Harness(
+        tmp_path,
+        tls_profile(server, max_message_bytes=4096),
+        leave_on_server=False,
+        process_email_from=since,
+    )
+    [found] = await pop.source.find_message("m3@contoso.example")
+    assert found.change == ChangeKind.CREATED and found.raw == message(3)
+    assert found.event_id == change_event_id(MAILBOX, "INBOX", found.item_id, "created", "")
+    assert found.manual_track is None
+    # The start date does not apply to a manual track; the size ceiling does.
+    [outside] = await pop.source.find_message("m1@contoso.example")
+    assert outside.raw == old
+    [too_large] = await pop.source.find_message("m7@contoso.example")
+    assert too_large.unreadable_code == "TooLarge" and too_large.raw is None
+    assert await pop.source.find_message("m9@contoso.example") == []
+    assert await pop.source.find_message("m@contoso.example") == []
+    assert pop.gate.in_use == 0
+    # Looking neither emits, nor moves the cursor, nor deletes (even with leave_on_server off).
+    assert pop.emitter.events == [] and pop.store.saves == []
+    assert server_count(server) == 6
+    await pop.sync()  # the item a sync emits is the one the lookup found
+    synced = {e.item_id: e for e in pop.emitter.events}
+    assert synced[found.item_id].raw == found.raw
+    assert synced[found.item_id].event_id == found.event_id
+
+
 def test_dovecot_certificate_is_what_the_tests_trust(server: Dovecot) -> None:
     """Guards the TLS tests: the fixture's CA verifies its own POP3S port."""
     context = ssl.create_default_context(cafile=str(server.ca_file))

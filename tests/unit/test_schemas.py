@@ -379,6 +379,22 @@ def test_topic_names_and_lookup() -> None:
     assert spec_by_name("other", "tidings.") is None
 
 
+def test_the_docs_topic_table_lists_every_topic_with_its_key_and_policy() -> None:
+    table = (Path(__file__).resolve().parents[2] / "docs" / "topics.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in table.splitlines()
+        if line.startswith("| `")
+    }
+    assert sorted(rows) == sorted(spec.suffix for spec in TOPICS)
+    for spec in TOPICS:
+        cells = [cell.strip() for cell in rows[spec.suffix].split("|")[1:-1]]
+        assert cells[1].startswith(spec.key.split(" (")[0].replace("|", " + ")), spec.suffix
+        assert cells[3] == str(spec.cleanup), spec.suffix
+        if spec.value_type is not None:
+            assert cells[2].startswith(f"`{spec.value_type.__name__}`"), spec.suffix
+
+
 # -- ids ------------------------------------------------------------------------
 
 

@@ -135,6 +135,18 @@ def _options(cache_bytes: int, write_buffer_bytes: int) -> rocksdict.Options:
     table = rocksdict.BlockBasedOptions()
     table.set_block_cache(rocksdict.Cache(cache_bytes))
     table.set_bloom_filter(10, False)
+    # Index and filter blocks are partitioned and cached like data: memory stays
+    # within the cache however large the files grow, and a lookup reads only the
+    # partitions it needs (whole-file filters evicted from a small cache made
+    # each lookup re-read megabytes once history passed ~500k activities).
+    table.set_index_type(rocksdict.BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_metadata_block_size(4096)
     table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_top_level_index_and_filter(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     options.set_block_based_table_factory(table)
+    options.increase_parallelism(2)
+    # Uncompressed: a cold lookup over 1M activities took 9 µs, 17 µs with lz4.
+    options.set_compression_type(rocksdict.DBCompressionType.none())
     return options

@@ -31,6 +31,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from connectors import errors
@@ -147,7 +148,9 @@ class ConnectorRuntime:
         consumer = AIOKafkaConsumer(
             group_id=self.settings.group_id,
             # Partition N of mailbox.config and of mail.track go to the same worker.
-            partition_assignment_strategy=(RangePartitionAssignor,),
+            # Round robin is only a fallback while older workers (which knew no
+            # other) are still in the group: their requests wait until then.
+            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             **self.kafka.consumer_options(),
         )
         consumer.subscribe([self.config_topic, self.track_topic], listener=_Listener(self))
@@ -227,11 +230,11 @@ class ConnectorRuntime:
         """Stop (after their current batch) the mailboxes of revoked partitions; their
         track requests in hand are left to the next owner (not committed)."""
         gone = [m for m, owned in self._owned.items() if owned.partition in partitions]
+        await self._stop_mailboxes(gone)
         if self._inbox is not None:
             with contextlib.suppress(KafkaError, OSError):
-                await self._inbox.commit()
+                await self._inbox.commit()  # what the stopped loops finished
             self._inbox.forget(partitions)
-        await self._stop_mailboxes(gone)
         self._assigned -= partitions
         for partition in partitions:
             self._cursors.pop(partition, None)

@@ -87,9 +87,11 @@ class ConnectorHarness:
         data_dir: Path,
         profiles: dict[str, ServerProfile],
         connectors: ConnectorConfig | None = None,
+        env: dict[str, str] | None = None,
     ) -> AsyncIterator[Self]:
-        """Start the embedded broker (topics created) and stop it afterwards."""
-        base = load_config(env={"TIDINGS_DATA_DIR": str(data_dir)})
+        """Start the embedded broker (topics created) and stop it afterwards; `env` adds
+        TIDINGS_* settings (e.g. the partition count)."""
+        base = load_config(env={"TIDINGS_DATA_DIR": str(data_dir), **(env or {})})
         if connectors is not None:
             base = msgspec.structs.replace(base, connectors=connectors)
         infra = await asyncio.to_thread(bring_up, base)

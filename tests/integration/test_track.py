@@ -207,6 +207,48 @@ async def test_a_request_waits_for_its_mailbox_configuration_and_survives_a_rest
     assert errors == []
 
 
+async def test_two_workers_each_serve_the_requests_of_their_own_mailboxes(
+    tmp_path: Path,
+) -> None:
+    ids = [f"mb-{n}" for n in range(6)]
+    three = {"TIDINGS_KAFKA__PARTITIONS": "3"}  # 2 workers: round robin would split pairs
+    async with ConnectorHarness.up(tmp_path / "data", {}, FAST, env=three) as h:
+        for n, mailbox_id in enumerate(ids):
+            root = maildir(tmp_path / mailbox_id, {f"17724456{n:02}.M1.t": f"<x{n}@x.example>"})
+            await h.add_mailbox(maildir_mailbox(mailbox_id, root))
+        async with h.runtime("worker-1") as one, h.runtime("worker-2") as two:
+            for mailbox_id in ids:
+                await h.wait_for(MAIL_CHANGES, mailbox_id, lambda e: len(e) == 1)
+            deadline = time.monotonic() + 60
+            while sorted(one.owned_mailboxes + two.owned_mailboxes) != ids or not (
+                one.owned_mailboxes and two.owned_mailboxes
+            ):  # until the second worker joined and took its share
+                assert time.monotonic() < deadline, (one.owned_mailboxes, two.owned_mailboxes)
+                await asyncio.sleep(0.2)
+            owned = [one.owned_mailboxes, two.owned_mailboxes]
+            await send_requests(
+                h, *(request(m, f"x{n}@x.example", f"t-{n}") for n, m in enumerate(ids))
+            )
+            served = [
+                await h.wait_for(MAIL_CHANGES, m, lambda e: len(tracked(e)) == 1) for m in ids
+            ]
+            await wait_for_lag_zero(h)
+            errors = [await h.errors(m) for m in ids]
+            owned_after = [one.owned_mailboxes, two.owned_mailboxes]
+            layouts = [
+                {(tp.topic.rsplit(".", 1)[-1], tp.partition) for tp in w.assignment()}
+                for w in (one._inbox.consumer, two._inbox.consumer)  # type: ignore[union-attr]
+            ]
+    assert owned_after == owned  # no rebalance meanwhile
+    assert [[e.item_id for e in tracked(events)] for events in served] == [
+        [f"17724456{n:02}.M1.t"] for n in range(6)
+    ]
+    assert errors == [[] for _ in ids]
+    for layout in layouts:  # partition N of both topics, together
+        assert {p for t, p in layout if t == "config"} == {p for t, p in layout if t == "track"}
+    assert sorted(p for layout in layouts for t, p in layout if t == "track") == [0, 1, 2]
+
+
 # -- IMAP on dovecot ---------------------------------------------------------------------
 
 

@@ -1,27 +1,48 @@
-"""Correlation benchmark, first part: what one decision costs as history grows.
+"""Correlation benchmark: decisions per second through the faust pipeline on tansu next
+to a bare decoding agent, and what one decision costs as history grows.
 
-The decision engine (processors/engine.py: resolve, filter, correlate, dedupe,
-track) decides the same stream of new emails against a history of H tracked
-emails, for H = 1,000 and H = 1,000,000 (defaults), in the same run. History is
-what a long-running deployment holds: tracked messages in the engine's state
-and activities in the global activity index (by Message-ID, tracking token and
-conversation index). The stream mixes replies found by In-Reply-To, by tracking
-token and by Thread-Index with new conversations, into mailboxes with the
-`responses` and `all` filters.
+Both parts use one world: 50 users with a mailbox each (half with the
+`responses` filter, half `all`), 2,000 contacts, and a stream of new emails
+that mixes replies found by In-Reply-To, by tracking token and by Thread-Index
+with new conversations, each a quarter.
 
-Prints microseconds per decision for each history size and their ratio (aim:
-the large history costs at most 1.5 times the small one), plus the memory the
-history takes; figures also go to bench/results/correlate.json.
+Pipeline rate (bench/pipeline_rate.py): the embedded broker (tansu on its
+localbucket S3 storage, or memory) holds the CRM records, the mailboxes, 1,000
+tracked CRM emails on crm.activities and N `ParsedEmail` events on mail.parsed
+(keyed by thread key, encoded by the topic's codec). In the same run, a bare
+faust agent with the processors' broker settings decodes the N events and only
+counts them, and `tidings run processors` (the real ProcessorApp and its
+`decide` agent) decides them into promotion.decisions and crm.activities, each
+worker from offset 0 in its own consumer group and its own process. Each rate
+runs from the worker's first output to its Nth (start-up excluded); the bare
+agent runs before and after the processor and its rate is the mean. Prints
+decisions/s, events/s and their ratio (aim: the pipeline at least 0.5 of the
+bare agent), each worker's CPU per event and the broker's CPU per decision.
+`--profile FILE` samples the processor with py-spy while it decides; `--set
+TIDINGS_KAFKA__LINGER_MS=200` (any setting) tries a configuration.
 
-Not here yet: decisions per second through the faust pipeline on tansu next
-to a bare decoding agent (the issue's other half).
+History cost: the decision engine (processors/engine.py: resolve, filter,
+correlate, dedupe, track) decides the same stream against a history of H
+tracked emails, for H = 1,000 and H = 1,000,000 (defaults). History is what a
+long-running deployment holds: tracked messages in the engine's state and
+activities in the global activity index (by Message-ID, tracking token and
+conversation index). Prints microseconds per decision for each history size
+and their ratio (aim: the large history costs at most 1.5 times the small one),
+plus the memory the history takes.
 
-    python bench/correlate.py [--emails N] [--small H] [--large H]
+Figures go to bench/results/correlate.json (a part skipped with --only keeps
+its previous figures there).
+
+    python bench/correlate.py [--pipeline-emails N] [--storage s3|memory]
+                              [--bare-runs K] [--emails N] [--small H] [--large H]
+                              [--only pipeline|history] [--profile FILE]
+                              [--set TIDINGS_NAME=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -32,9 +53,21 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.pipeline_rate import (
+    PipelineOptions,
+    PipelineResult,
+    World,
+    measure_pipeline,
+    pipeline_figures,
+)
 from processors.conversation_index import new_conversation_index, thread_index_header
 from processors.correlate import make_token
 from processors.directory import ActivityIndex, Directory, Mailboxes
@@ -48,36 +81,52 @@ from schemas.mailbox import FolderRole, IncomingFilter, MailboxConfig, Protocol
 from schemas.state import TrackedMessage
 
 RESULTS = Path(__file__).resolve().parent / "results" / "correlate.json"
+console = Console()
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SETTINGS = ProcessingConfig(correlation=CorrelationConfig())
 USERS = 50
 CONTACTS = 2_000
 
 
-def world() -> tuple[Directory, Mailboxes]:
-    """50 users with a mailbox each (half `responses`, half `all`) and 2,000 contacts."""
-    directory = Directory()
-    mailboxes = Mailboxes()
-    for n in range(USERS):
-        user = CrmRecord(
+def crm_records() -> list[CrmRecord]:
+    """50 users and 2,000 contacts."""
+    users = [
+        CrmRecord(
             record_id=f"u{n}", record_type="user", name=f"User {n}",
             email_addresses=[f"user{n}@nw.example"],
-        )  # fmt: skip
-        directory.apply(user.record_id, user)
-        flt = IncomingFilter.RESPONSES if n % 2 else IncomingFilter.ALL
-        mailboxes.apply(
-            f"mb-{n}",
-            MailboxConfig(
-                mailbox_id=f"mb-{n}", owner=user.ref, email_address=f"user{n}@nw.example",
-                protocol=Protocol.MAILDIR, incoming_filter=flt,
-            ),
-        )  # fmt: skip
-    for n in range(CONTACTS):
-        contact = CrmRecord(
+        )
+        for n in range(USERS)
+    ]  # fmt: skip
+    contacts = [
+        CrmRecord(
             record_id=f"c{n}", record_type="contact", name=f"Contact {n}",
             email_addresses=[f"contact{n}@contoso.example"],
-        )  # fmt: skip
-        directory.apply(contact.record_id, contact)
+        )
+        for n in range(CONTACTS)
+    ]  # fmt: skip
+    return users + contacts
+
+
+def mailbox_configs() -> list[MailboxConfig]:
+    """A mailbox per user: odd users filter `responses`, even ones take `all`."""
+    return [
+        MailboxConfig(
+            mailbox_id=f"mb-{n}", owner=RecordRef("user", f"u{n}"),
+            email_address=f"user{n}@nw.example", protocol=Protocol.MAILDIR,
+            incoming_filter=IncomingFilter.RESPONSES if n % 2 else IncomingFilter.ALL,
+        )
+        for n in range(USERS)
+    ]  # fmt: skip
+
+
+def world() -> tuple[Directory, Mailboxes]:
+    """The CRM records and mailboxes as the engine's directory and mailbox views."""
+    directory = Directory()
+    mailboxes = Mailboxes()
+    for record in crm_records():
+        directory.apply(record.record_id, record)
+    for mailbox in mailbox_configs():
+        mailboxes.apply(mailbox.mailbox_id, mailbox)
     return directory, mailboxes
 
 
@@ -177,34 +226,144 @@ def measure(history: int, emails: int, targets: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--emails", type=int, default=20_000)
-    parser.add_argument("--small", type=int, default=1_000)
-    parser.add_argument("--large", type=int, default=1_000_000)
-    args = parser.parse_args()
+def pipeline_world(events: int, history: int) -> World:
+    """What the pipeline part preloads: records, mailboxes, `history` tracked CRM
+    emails, and `events` new emails answering them (the history part's stream)."""
+    return World(
+        records=crm_records(),
+        mailboxes=mailbox_configs(),
+        tracked=[history_item(n)[0] for n in range(history)],
+        events=stream(events, history),
+    )
+
+
+def measure_pipeline_rate(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline part: both rates on tansu, printed; returns its figures."""
+    world = pipeline_world(args.pipeline_emails, args.small)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("decided", total=len(world.events), visible=False)
+
+        def advance(decided: int) -> None:
+            progress.update(task, completed=decided, visible=True)
+
+        def status(text: str) -> None:
+            progress.console.print(f"[dim]{text}[/]")
+
+        options = PipelineOptions(args.storage, args.bare_runs, args.profile, dict(args.set))
+        result = measure_pipeline(world, options, advance, status)
+    print_pipeline(result, len(world.events))
+    return pipeline_figures(result, args.small)
+
+
+def print_pipeline(result: PipelineResult, events: int) -> None:
+    """Both workers' rates and CPU per event, the ratio, and what was decided."""
+    table = Table(title=f"pipeline on tansu ({result.storage}), {events:,} events")
+    for name in ("worker", "per s", "first → last", "start-up", "CPU µs/event"):
+        table.add_column(name, justify="left" if name == "worker" else "right")
+    rows = [("processor (decisions)", result.processor.rate)]
+    rows += [(f"bare agent, run {n} (events)", rate) for n, rate in enumerate(result.bare, 1)]
+    for name, rate in rows:
+        cells = (f"{rate.per_s:,.0f}", f"{rate.span_s:.2f} s", f"{rate.first_s:.1f} s")
+        table.add_row(name, *cells, f"{rate.cpu_us:,.0f}")
+    console.print(table)
+    console.print(
+        f"ratio processor / bare agent (mean {result.bare_per_s:,.0f}/s): "
+        f"[bold]{result.ratio:.2f}[/]  (aim >= 0.5); by worker CPU per event {result.cpu_ratio:.2f}"
+    )
+    broker = ", ".join(f"{name} {us:,.0f}" for name, us in result.processor.broker_cpu_us.items())
+    console.print(f"[dim]broker CPU µs per decision while the processor decided: {broker}[/]")
+    reasons = ", ".join(f"{name} {count:,}" for name, count in result.processor.reasons.items())
+    console.print(f"[dim]decided: {reasons}[/]")
+
+
+def measure_history(args: argparse.Namespace) -> dict[str, Any]:
+    """The history part: µs per decision against a small and a large history."""
     small = measure(args.small, args.emails, args.small)
-    print(f"history {args.small:>9,}: {small['us_per_decision']:8.1f} µs per decision")
+    console.print(f"history {args.small:>9,}: {small['us_per_decision']:8.1f} µs per decision")
     large = measure(args.large, args.emails, args.small)
-    print(
+    console.print(
         f"history {args.large:>9,}: {large['us_per_decision']:8.1f} µs per decision "
         f"(history built in {large['build_s']} s, +{large['max_rss_growth_mib']:.0f} MiB)"
     )
     ratio = large["us_per_decision"] / small["us_per_decision"]
-    print(f"ratio                     {ratio:8.2f}  (aim <= 1.5)")
-    figures = {
-        "benchmark": "correlate (decision cost against history)",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    console.print(f"ratio                     {ratio:8.2f}  (aim <= 1.5)")
+    return {
         "emails": args.emails,
         "small": small,
         "large": large,
         "ratio": round(ratio, 2),
         "aim": "<= 1.5",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
+
+
+def setting(text: str) -> tuple[str, str]:
+    """A TIDINGS_NAME=VALUE command-line argument as (name, value)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("TIDINGS_"):
+        raise argparse.ArgumentTypeError(f"expected TIDINGS_NAME=VALUE, not {text!r}")
+    return name, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--pipeline-emails",
+        type=int,
+        default=20_000,
+        help="events on mail.parsed for the pipeline part",
+    )
+    parser.add_argument(
+        "--storage",
+        choices=["s3", "memory"],
+        default="s3",
+        help="embedded broker storage (s3 = localbucket, the default)",
+    )
+    parser.add_argument(
+        "--bare-runs",
+        type=int,
+        default=2,
+        help="runs of the bare agent (before and after the processor)",
+    )
+    parser.add_argument(
+        "--emails", type=int, default=20_000, help="emails decided per history size"
+    )
+    parser.add_argument(
+        "--small",
+        type=int,
+        default=1_000,
+        help="small history (also: the pipeline's tracked CRM emails)",
+    )
+    parser.add_argument("--large", type=int, default=1_000_000, help="large history")
+    parser.add_argument("--only", choices=["pipeline", "history"], help="run one part only")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="py-spy the processor worker as it decides (collapsed stacks)",
+    )
+    parser.add_argument(
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="TIDINGS_NAME=VALUE",
+        help="a configuration override for the broker and both workers (repeatable)",
+    )
+    args = parser.parse_args()
+    figures: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        figures = json.loads(RESULTS.read_text())
+    figures["benchmark"] = "correlate (pipeline rate; decision cost against history)"
+    figures["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if args.only != "history":
+        figures["pipeline"] = measure_pipeline_rate(args)
+    if args.only != "pipeline":
+        figures.update(measure_history(args))
+    figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"figures written to {RESULTS}")
+    console.print(f"figures written to {RESULTS}")
 
 
 if __name__ == "__main__":

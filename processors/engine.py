@@ -134,7 +134,8 @@ class DecisionEngine:
     def process(self, email: ParsedEmail, partition: int, now: datetime) -> Emission:
         """Decide `email`, then re-decide the held items of its conversation it unblocks."""
         emission = Emission()
-        held = self._live_held(email.thread_key, partition, now)
+        stored = self.state.get_held(email.thread_key)
+        held = _live(stored, partition, now)
         previous = next((h for h in held.items if h.email.item_key == email.item_key), None)
         applied = self._decide_and_apply(email, previous.decision if previous else None, now)
         self._emit(emission, applied)
@@ -148,9 +149,9 @@ class DecisionEngine:
                 )
             )
         items = self._settle(items, applied.changed, now, emission)
-        self.state.put_held(
-            email.thread_key, HeldThread(partition=partition, items=items) if items else None
-        )
+        after = HeldThread(partition=partition, items=items) if items else None
+        if after != stored:  # most emails hold nothing before and after: no write
+            self.state.put_held(email.thread_key, after)
         return emission
 
     def expire(self, thread_key: str, now: datetime) -> HeldThread | None:
@@ -168,12 +169,6 @@ class DecisionEngine:
         return None
 
     # -- deciding --------------------------------------------------------------
-
-    def _live_held(self, thread_key: str, partition: int, now: datetime) -> HeldThread:
-        held = self.state.get_held(thread_key)
-        if held is None:
-            return HeldThread(partition=partition)
-        return HeldThread(partition=partition, items=[h for h in held.items if h.held_until > now])
 
     def _context(self, email: ParsedEmail) -> DecisionContext:
         return DecisionContext(
@@ -456,6 +451,13 @@ class DecisionEngine:
                     held_until=held.held_until,
                 )
         return [h for h in items if h.waiting_on]
+
+
+def _live(stored: HeldThread | None, partition: int, now: datetime) -> HeldThread:
+    """The held items of a conversation that have not expired."""
+    if stored is None:
+        return HeldThread(partition=partition)
+    return HeldThread(partition=partition, items=[h for h in stored.items if h.held_until > now])
 
 
 def _apply_correlation(

@@ -10,7 +10,8 @@ Keys are bytes made of parts joined by NUL (`make_key(...)`); a part never holds
 NUL (it is escaped), so a prefix scan of `make_key(a, b)` finds exactly the keys
 that start with the parts a and b. The store also keeps the offsets of the
 topic partitions it was built from (`offsets`/`save_offsets`), so a restarted
-worker resumes reading where it stopped.
+worker resumes reading where it stopped. Writes skip the write-ahead log (the
+topics are the log; see IndexStore.__init__).
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ class StateLocked(RuntimeError):
 
 def make_key(*parts: str) -> bytes:
     """A store key of text parts; NULs inside a part are escaped, so parts never merge."""
-    return _SEPARATOR.join(
-        part.replace("\\", "\\\\").replace("\x00", "\\0").encode() for part in parts
-    )
+    return _SEPARATOR.join(map(_escaped, parts))
+
+
+def _escaped(part: str) -> bytes:
+    if "\\" in part or "\x00" in part:
+        part = part.replace("\\", "\\\\").replace("\x00", "\\0")
+    return part.encode()
 
 
 def last_part(store_key: bytes) -> str:
@@ -67,6 +72,12 @@ class IndexStore:
                 ) from exc
             raise
         self._closer = weakref.finalize(self, _close, self._db, self.path, self._temporary)
+        # No write-ahead log: what the store holds is rebuilt from topics, and RocksDB
+        # recovers a prefix of the writes, so after a crash the saved offsets are
+        # never ahead of the data they cover and reading resumes early enough.
+        unlogged = rocksdict.WriteOptions()
+        unlogged.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub says method
+        self._db.set_write_options(unlogged)
 
     def get(self, store_key: bytes) -> bytes | None:
         """The value of a key, or None."""
@@ -115,6 +126,10 @@ class IndexStore:
             },
             [],
         )
+
+    def compact(self) -> None:
+        """Compact everything now (what background compaction reaches in time)."""
+        self._db.compact_range(None, None)
 
     def close(self) -> None:
         """Flush and close; a temporary store is deleted (also when garbage-collected)."""

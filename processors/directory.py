@@ -190,8 +190,6 @@ class ActivityIndex:
             count -= 1
             deletes.append(make_key("activity", "a", activity_id))
             deletes.extend(make_key("activity", *lookup, activity_id) for lookup in _lookups(old))
-        if self._smart is not None:
-            self._smart.remove(activity_id)
         puts: dict[bytes, bytes] = {}
         if activity is not None:
             count += 1
@@ -208,10 +206,8 @@ class ActivityIndex:
                 puts[make_key("activity", *lookup, activity_id)] = b""
         puts[_COUNT] = str(count).encode()
         self.store.write(puts, deletes)
-        if self._smart is not None and activity is not None and activity.sent_at is not None:
-            addresses = [party.address for party in activity.parties]
-            key = smart_key(activity.subject, addresses, self._smart.config)
-            self._smart.add(activity_id, key, activity.sent_at)
+        if self._smart is not None:
+            _index_smart(self._smart, activity_id, activity)
 
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The activity of a normalized Message-ID, if tracked."""
@@ -243,6 +239,16 @@ class ActivityIndex:
             return None
         stored = self._stored(last_part(found[0]))
         return stored.ref() if stored is not None else None
+
+
+def _index_smart(smart: SmartIndex, activity_id: str, activity: Activity | None) -> None:
+    """Re-index an activity for smart matching (`add` replaces), or forget it when it
+    is gone or has no date to window it by."""
+    if activity is None or activity.sent_at is None:
+        smart.remove(activity_id)
+        return
+    addresses = [party.address for party in activity.parties]
+    smart.add(activity_id, smart_key(activity.subject, addresses, smart.config), activity.sent_at)
 
 
 def _lookups(stored: _StoredRef) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import rocksdict
 
 _SEPARATOR = b"\x00"
-_OFFSETS = b"\x01offsets\x00"
+_OFFSETS = "\x01offsets"  # first key part of saved offsets: sorts apart from index keys
 
 
 class StateLocked(RuntimeError):
@@ -113,18 +113,14 @@ class IndexStore:
     def offsets(self, topic: str) -> dict[int, int]:
         """The next offset to read per partition of `topic`, as last saved."""
         found = {}
-        for store_key, value in self.scan(_OFFSETS + topic.encode()):
+        for store_key, value in self.scan(make_key(_OFFSETS, topic)):
             found[int(last_part(store_key))] = int(value)
         return found
 
     def save_offsets(self, topic: str, offsets: Mapping[int, int]) -> None:
         """Remember the next offset to read per partition (after what they cover is written)."""
         self.write(
-            {
-                _OFFSETS + topic.encode() + _SEPARATOR + str(p).encode(): str(o).encode()
-                for p, o in offsets.items()
-            },
-            [],
+            {make_key(_OFFSETS, topic, str(p)): str(o).encode() for p, o in offsets.items()}, []
         )
 
     def compact(self) -> None:

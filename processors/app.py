@@ -58,7 +58,7 @@ from processors.engine import DecisionEngine
 from processors.faust_state import TableState
 from processors.index_store import IndexStore
 from processors.views import CompactedView
-from schemas import metrics
+from schemas import metrics, producer_drain
 from schemas.base import utc_now
 from schemas.blobs import open_blob_store
 from schemas.codec import Codec, encode_key
@@ -88,6 +88,7 @@ class ProcessorApp:
     def __init__(self, config: TidingsConfig) -> None:
         self.config = config
         self.settings = config.processors
+        producer_drain.install()  # one produce request per broker, not per partition
         self.blobs = open_blob_store(config.blob_url(), config.blobs)
         self.state_dir = config.data_path / "processors" / self.settings.worker_id()
         self.index_store = IndexStore(

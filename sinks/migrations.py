@@ -140,6 +140,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "accepting_queue String AFTER queues",
         ),
     ),
+    Migration(
+        4,
+        "poll_stats: one row per sync pass a mailbox reported, ended or failed",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.poll_stats (
+                mailbox_id String,
+                sync_generation UInt64,
+                started_at Nullable({TS}),
+                finished_at {TS},
+                duration_ms UInt64,
+                state LowCardinality(String),
+                incoming_status LowCardinality(String),
+                pending_items UInt64,
+                items_listed UInt64,
+                created_events UInt64,
+                updated_events UInt64,
+                deleted_events UInt64,
+                errors UInt64,
+                error_code String,
+                next_poll_at Nullable({TS}),
+                worker String,
+                updated_at {TS}
+            ) ENGINE = ReplacingMergeTree(updated_at)
+            ORDER BY (mailbox_id, finished_at, sync_generation)""",
+        ),
+    ),
 )
 
 

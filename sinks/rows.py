@@ -43,6 +43,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "sync_generation", "pending_items", "items_listed", "created_events", "updated_events",
         "deleted_events", "errors", "last_error_code", "last_error", "worker", "updated_at",
     ),
+    "poll_stats": (
+        "mailbox_id", "sync_generation", "started_at", "finished_at", "duration_ms", "state",
+        "incoming_status", "pending_items", "items_listed", "created_events", "updated_events",
+        "deleted_events", "errors", "error_code", "next_poll_at", "worker", "updated_at",
+    ),
 }  # fmt: skip
 
 
@@ -168,3 +173,40 @@ def status_row(status: MailboxStatus) -> Row:
         status.worker or "",
         status.updated_at,
     )
+
+
+def poll_stats_rows(status: MailboxStatus) -> list[Row]:
+    """The poll_stats row of the sync pass a status update reports as ended (or failed):
+    none before the first pass ends, and none while the next pass runs (its start
+    is after the last end; the ended pass's row was written when it ended).
+    A pass is keyed by mailbox, end time and `sync_generation` (which counts
+    passes that succeeded), so a replayed update replaces its own row only.
+    Connectors publish a pass that changed nothing only as a heartbeat, so idle
+    polls are sampled, not all listed. Counters are running totals: one pass's
+    work is the difference to the mailbox's previous row."""
+    started, finished = status.last_sync_started_at, status.last_sync_at
+    if finished is None or (started is not None and started > finished):
+        return []
+    duration_ms = round((finished - started).total_seconds() * 1000) if started else 0
+    counters = status.counters
+    return [
+        (
+            status.mailbox_id,
+            status.sync_generation,
+            started,
+            finished,
+            duration_ms,
+            status.state.value,
+            status.incoming_status.value,
+            status.pending_items,
+            counters.items_listed,
+            counters.created_events,
+            counters.updated_events,
+            counters.deleted_events,
+            counters.errors,
+            status.last_error_code or "",
+            status.next_poll_at,
+            status.worker or "",
+            status.updated_at,
+        )
+    ]

@@ -36,7 +36,7 @@ from schemas.topics import (
     TopicSpec,
     codec,
 )
-from sinks.rows import Row, activity_rows, decision_row, error_row, status_row
+from sinks.rows import Row, activity_rows, decision_row, error_row, poll_stats_rows, status_row
 from sinks.store import ClickHouseStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,10 @@ def routes(prefix: str) -> dict[str, _Route]:
         (PROMOTION_DECISIONS, lambda v: {"promotion_decisions": [decision_row(v)]}),
         (CRM_ACTIVITIES, _activity_table_rows),
         (SYNC_ERRORS, lambda v: {"sync_errors": [error_row(v)]}),
-        (MAILBOX_STATUS, lambda v: {"mailbox_status": [status_row(v)]}),
+        (
+            MAILBOX_STATUS,
+            lambda v: {"mailbox_status": [status_row(v)], "poll_stats": poll_stats_rows(v)},
+        ),
     ]
     return {spec.name(prefix): _Route(codec(spec), to_rows) for spec, to_rows in table}
 

@@ -569,37 +569,186 @@ def schemas_export(ctx: Context, directory: Path) -> None:
 
 @main.group()
 def dlq() -> None:
-    """The dead-letter topic: messages a consumer could not decode, with where they came from."""
+    """The dead-letter topic: messages a consumer could not decode, with where they came from.
+
+    \b
+    A consumer that cannot decode a message sends its original key and bytes
+    here (headers: topic, partition, offset, error, consumer) before it
+    commits, and goes on; a flood of them stops it (see the dlq_* settings of
+    [processors] and [sinks]). Fix the cause, then replay:
+      tidings dlq list                 what is there, and what is still pending
+      tidings dlq replay --dry-run     what a replay would do
+      tidings dlq replay               put them back on their original topics
+    """
 
 
 @dlq.command("list")
 @click.option("--limit", default=50, show_default=True, help="Show at most this many (newest).")
+@click.option("--pending", is_flag=True, help="Only letters no replay has handled yet.")
 @pass_context
-def dlq_list(ctx: Context, limit: int) -> None:
-    """List dead letters: original topic, partition and offset, the consumer, the error."""
-    from pipeline.dlq import read_dead_letters
+def dlq_list(ctx: Context, limit: int, pending: bool) -> None:
+    """List dead letters: original topic, partition and offset, the consumer, the error.
+
+    \b
+    Columns: dlq (partition@offset on the DLQ), from (topic[partition]@offset),
+    state (pending, or done once `tidings dlq replay` handled it), tries (failed
+    replays of a letter put back with --policy reinsert), consumer, failed at,
+    error, and the start of the value.
+    """
+    from pipeline.dlq import read_dead_letters, replay_positions
+
+    async def read() -> tuple[list[Any], dict[int, int]]:
+        return await read_dead_letters(infra.config), await replay_positions(infra.config)
 
     infra = bring_up(ctx.config)
     try:
-        letters = asyncio.run(read_dead_letters(infra.config))
+        letters, resume_at = asyncio.run(read())
     finally:
         infra.close()
+
+    def is_pending(letter: Any) -> bool:
+        return bool(letter.dlq_offset >= resume_at.get(letter.dlq_partition, 0))
+
+    waiting = [letter for letter in letters if is_pending(letter)]
+    shown = waiting if pending else letters
     table = Table(header_style="bold")
-    for column in ("dlq", "from", "consumer", "failed at", "error", "value"):
+    for column in ("dlq", "from", "state", "tries", "consumer", "failed at", "error", "value"):
         table.add_column(column, overflow="fold")
-    for letter in letters[-limit:]:
+    for letter in shown[-limit:]:
         preview = (letter.value or b"")[:60].decode("utf-8", errors="replace")
         table.add_row(
             f"{letter.dlq_partition}@{letter.dlq_offset}",
             f"{letter.topic}[{letter.partition}]@{letter.offset}",
+            "pending" if is_pending(letter) else "done",
+            str(letter.replay_attempts),
             letter.consumer,
             letter.failed_at,
-            letter.error,
+            escape(letter.error),
             escape(preview),
         )
     console.print(table)
     console.print(
-        f"{len(letters)} dead letters" + (f", newest {limit} shown" if len(letters) > limit else "")
+        f"{len(letters)} dead letters, {len(waiting)} pending"
+        + (f", newest {limit} shown" if len(shown) > limit else "")
+    )
+
+
+@dlq.command("replay")
+@click.option(
+    "--policy",
+    type=click.Choice(["stop-on-error", "reinsert", "drop"]),
+    default="stop-on-error",
+    show_default=True,
+    help="What to do with a letter that still does not decode.",
+)
+@click.option(
+    "--topic",
+    help="Only letters from this original topic (with or without the prefix); "
+    "the others are put back on the DLQ unchanged.",
+)
+@click.option("--dry-run", is_flag=True, help="Decide and report, publish and commit nothing.")
+@pass_context
+def dlq_replay(ctx: Context, policy: str, topic: str | None, dry_run: bool) -> None:
+    """Re-publish dead letters to their original topic: same key, same bytes.
+
+    Each letter is first decoded with its original topic's codec. One that now
+    decodes (the producer or the schema was fixed) is re-published; one that
+    still does not is handled by --policy:
+
+    \b
+      stop-on-error  stop at it (the default); nothing after it is touched
+      reinsert       put it back at the end of the DLQ, one more replay attempt
+                     counted in its headers (shown by `tidings dlq list`), go on
+      drop           skip it for good, counted in the report
+
+    Safe to repeat: progress is the consumer group tidings-dlq-replay on the DLQ,
+    committed after each letter's publish is acknowledged, so a second replay
+    starts where the first ended and a replay stopped half way resumes. A replay
+    reads up to the end the DLQ had when it started. Should a letter be
+    published twice anyway (a crash between the ack and the commit), nothing
+    happens twice: the original topic's consumers dedupe by stable ids.
+
+    \b
+    Examples:
+      tidings dlq replay --dry-run                    what would happen, changes nothing
+      tidings dlq replay                              replay, stop at the first bad letter
+      tidings dlq replay --policy reinsert            replay the good, keep the bad for later
+      tidings dlq replay --policy drop --topic crm.records
+                                                      replay crm.records letters, drop
+                                                      the ones that still fail
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pipeline.dlq import Action, Policy, replay_dead_letters
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+    )
+    label = "checking" if dry_run else "replaying"
+    infra = bring_up(ctx.config)
+    try:
+        with Progress(*columns, console=err_console, transient=False) as progress:
+            task = progress.add_task(f"{label} dead letters", total=None)
+            report = asyncio.run(
+                replay_dead_letters(
+                    infra.config,
+                    Policy(policy),
+                    topic=topic,
+                    dry_run=dry_run,
+                    on_start=lambda total: progress.update(task, total=total),
+                    on_letter=lambda letter, action: progress.advance(
+                        task, int(action != Action.STOP)
+                    ),
+                )
+            )
+    except TimeoutError:
+        fail("the broker stopped answering during the replay", "run it again: it resumes")
+    finally:
+        infra.close()
+    _print_replay_report(report, dry_run)
+    stopped = report.stopped_at
+    if stopped is not None:
+        fail(
+            f"stopped at {stopped.where} (from {stopped.origin}): it still does not decode: "
+            f"{report.stop_reason}",
+            "fix the producer or the consumer's schema and replay again, or rerun with "
+            "--policy reinsert to keep it on the DLQ, or --policy drop to skip it"
+            + ("; letters before it were replayed" if report.handled and not dry_run else ""),
+        )
+
+
+def _print_replay_report(report: Any, dry_run: bool) -> None:
+    """The counts of a replay: one row per outcome, with the original topics."""
+    from pipeline.dlq import Action
+
+    title = "dlq replay (dry run: nothing published)" if dry_run else "dlq replay"
+    table = Table(title=title, header_style="bold")
+    table.add_column("outcome")
+    table.add_column("letters", justify="right")
+    table.add_column("original topics", overflow="fold")
+    rows = (
+        (Action.REPLAY, "would replay" if dry_run else "replayed"),
+        (Action.REINSERT, "would reinsert" if dry_run else "reinserted"),
+        (Action.DROP, "would drop" if dry_run else "dropped"),
+        (Action.KEEP, "kept (other topics)"),
+    )
+    for action, name in rows:
+        topics = report.by_topic.get(action, {})
+        detail = ", ".join(f"{topic} {n}" for topic, n in sorted(topics.items()))
+        table.add_row(name, str(report.counts[action]), escape(detail))
+    stopped = report.stopped_at
+    table.add_row(
+        "stopped at",
+        "1" if stopped else "0",
+        escape(f"{stopped.where} from {stopped.origin}") if stopped else "",
+    )
+    console.print(table)
+    left = report.pending - report.handled
+    were = "letter was" if report.pending == 1 else "letters were"
+    console.print(
+        f"{report.pending} {were} pending, {left} still " + ("is" if left == 1 else "are")
     )
 
 

@@ -171,7 +171,7 @@ class ProcessorApp:
         self.engine = DecisionEngine(
             self.state, self.directory, self.mailboxes, self.activity_index, self.settings
         )
-        self._flood = FloodGuard(self.settings.dlq_max_consecutive)
+        self._flood = FloodGuard.from_settings(self.settings)
         self._crashing: asyncio.Future[None] | None = None
         self._register()
 

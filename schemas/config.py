@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -246,6 +246,9 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     max_description_chars: int = 256 * 1024
     late_correlation_window_s: float = 900.0
     dlq_max_consecutive: int = 100
+    dlq_max_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+    dlq_ratio_window: Annotated[int, msgspec.Meta(ge=1)] = 200
+    dlq_ratio_min_messages: Annotated[int, msgspec.Meta(ge=1)] = 50
     web_port: int = 0
     worker_name: str | None = None
     state_cache_mb: int = 64
@@ -288,6 +291,9 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     batch_max_age_s: float = 0.2
     max_buffered_rows: int = 100_000
     dlq_max_consecutive: int = 100
+    dlq_max_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+    dlq_ratio_window: Annotated[int, msgspec.Meta(ge=1)] = 200
+    dlq_ratio_min_messages: Annotated[int, msgspec.Meta(ge=1)] = 50
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

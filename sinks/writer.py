@@ -98,7 +98,7 @@ class ClickHouseSink:
         self.routes = routes(prefix)
         self.dlq_topic = DLQ.name(prefix)
         self._batches: dict[TopicPartition, _Batch] = {}
-        self._flood = FloodGuard(settings.dlq_max_consecutive)
+        self._flood = FloodGuard.from_settings(settings)
         self._paused = False
         self._failures = 0
         self._retry_at = 0.0

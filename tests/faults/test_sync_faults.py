@@ -1,0 +1,312 @@
+"""Nothing lost, nothing twice, while things break: one 5,000-message sync across four
+IMAP mailboxes (real dovecot), with the connectors, processors and sinks as separate
+real processes on the embedded broker (tansu on localbucket storage) and chDB.
+
+The mail arrives in waves; during each wave exactly one fault strikes at a random
+point (seeded, printed): kill -9 of the connectors, the processors or the sinks
+(restarted at once), a restart of the broker, a restart of dovecot mid-fetch. After
+each wave settles, ClickHouse must hold exactly the ground truth so far: the set of
+activity ids equals the expected one (no loss, no duplicate after FINAL), each
+activity lists exactly the mailboxes that received it, and every item is accounted
+for as promoted or skipped with its expected reason.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from pipeline.http import read_endpoint
+from schemas.ids import email_activity_id
+from tests.integration.test_processes import endpoint
+from tests.mailserver import Dovecot
+from tests.workspace import Workspace
+
+pytestmark = pytest.mark.faults
+
+PASSWORD_ENV = "FAULT_SUITE_IMAP_PASSWORD"
+PASSWORD = "faults-pw"
+USERS = ("ann", "bob", "cy", "dee")
+ROLES = ("connectors", "processors", "sinks")
+TOTAL_ITEMS = 5_000
+SEED = int(os.environ.get("TIDINGS_FAULT_SEED", "0")) or random.SystemRandom().randrange(1, 10**6)
+SETTLE_S = 240.0
+
+
+# -- ground truth -----------------------------------------------------------------
+
+
+@dataclass
+class Truth:
+    """What ClickHouse must hold once everything delivered so far is decided."""
+
+    items: int = 0
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    receivers: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    def deliver(self, message_id: str, mailboxes: list[str], auto_reply: bool) -> None:
+        self.items += len(mailboxes)
+        if auto_reply:
+            self.decisions["skipped", "AutoReply"] += len(mailboxes)
+            return
+        self.decisions["promoted", "AcceptAll"] += 1  # the copy decided first
+        self.decisions["promoted", "Duplicate"] += len(mailboxes) - 1  # joins its activity
+        self.receivers[email_activity_id(message_id)].update(mailboxes)
+
+
+def email(n: int, to: list[str], auto_reply: bool) -> tuple[str, bytes]:
+    """Message n (its normalized Message-ID and bytes) from an outside sender to `to`."""
+    mail = EmailMessage()
+    mail["From"] = f"Sender {n % 97} <sender{n % 97}@contoso.example>"
+    mail["To"] = ", ".join(f"{user}@northwind.example" for user in to)
+    mail["Subject"] = f"{'Out of office: ' if auto_reply else ''}Order {n}"
+    mail["Message-ID"] = f"<fault-{n}@contoso.example>"
+    mail["Date"] = "Mon, 30 Mar 2026 10:15:00 +0000"
+    if auto_reply:
+        mail["Auto-Submitted"] = "auto-replied"
+    mail.set_content(f"Order {n}: please confirm.\n")
+    return f"fault-{n}@contoso.example", mail.as_bytes()
+
+
+def wave(first: int, items: int, truth: Truth) -> tuple[dict[str, list[bytes]], int]:
+    """Messages from number `first` on making `items` mailbox items, by user, and the
+    number of the next message; every tenth goes to two mailboxes (one activity, two
+    receivers), every 25th is an auto-reply (skipped)."""
+    by_user: dict[str, list[bytes]] = defaultdict(list)
+    n, made = first, 0
+    while made < items:
+        users = [USERS[n % len(USERS)]]
+        if n % 10 == 0 and made + 2 <= items:
+            users.append(USERS[(n + 1) % len(USERS)])
+        auto_reply = n % 25 == 0
+        message_id, raw = email(n, users, auto_reply)
+        truth.deliver(message_id, [f"mb-{user}" for user in users], auto_reply)
+        for user in users:
+            by_user[user].append(raw)
+        made += len(users)
+        n += 1
+    return by_user, n
+
+
+# -- the running pipeline ------------------------------------------------------------
+
+
+class Pipeline:
+    """The three roles as processes of one workspace, killed and restarted at will."""
+
+    def __init__(self, space: Workspace, logs: Path) -> None:
+        self.space = space
+        self.logs = logs
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.starts: Counter[str] = Counter()
+
+    def start(self, role: str) -> None:
+        self.starts[role] += 1
+        log = self.logs / f"{role}-{self.starts[role]}.log"
+        self.processes[role] = self.space.start("run", role, log=log)
+
+    def kill9(self, role: str) -> None:
+        process = self.processes[role]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def check_alive(self) -> None:
+        for role, process in self.processes.items():
+            if process.poll() is not None:
+                raise AssertionError(f"{role} exited {process.returncode}:\n{self.tails()}")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def tails(self) -> str:
+        parts = []
+        for path in sorted(self.logs.glob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-25:]
+            parts.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(parts) + "\n" + self.space.logs()
+
+
+def write_config(path: Path, dovecot: Dovecot) -> Path:
+    """tidings.toml: the dovecot profile, fast polling, small sink batches."""
+    path.write_text(
+        f"""
+[connectors]
+server_poll_interval_s = 0.5
+max_batch_items = 200
+
+[sinks]
+batch_max_age_s = 0.5
+
+[server_profiles.dovecot]
+protocol = "imap"
+host = "localhost"
+port = {dovecot.imaps_port}
+ca_file = "{dovecot.ca_file}"
+fetch_batch = 100
+timeout_s = 10.0
+
+[server_profiles.dovecot.retry]
+retry_interval_s = 1.0
+reconnect_base_s = 0.2
+reconnect_max_s = 2.0
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def pipeline(workspace: Workspace, dovecot: Dovecot, tmp_path: Path) -> Iterator[Pipeline]:
+    """Broker, four approved IMAP mailboxes (filter: all) and the three roles running."""
+    workspace.env["TIDINGS_CONFIG"] = str(write_config(tmp_path / "tidings.toml", dovecot))
+    workspace.env[PASSWORD_ENV] = PASSWORD
+    workspace.cli("broker", "start")
+    for user in USERS:
+        dovecot.add_user(user, PASSWORD)
+        workspace.cli(
+            "mailbox", "add", "--id", f"mb-{user}", "--protocol", "imap",
+            "--server-profile", "dovecot", "--user", user, "--password-env", PASSWORD_ENV,
+            "--owner", f"user:{user}", "--filter", "all",
+            "--email", f"{user}@northwind.example",
+        )  # fmt: skip
+    running = Pipeline(workspace, tmp_path)
+    for role in ROLES:
+        running.start(role)
+    try:
+        for role in ROLES:
+            endpoint(workspace, role)
+        yield running
+    finally:
+        running.stop()
+
+
+# -- checks ------------------------------------------------------------------------
+
+
+def decided_count(space: Workspace) -> int:
+    """Items decided so far; -1 while the sinks process (which owns chDB) is not up.
+
+    Never queries without a live sinks process: the query would open chDB itself
+    and keep a restarting sinks process from opening it."""
+    if read_endpoint(space.data_dir / "run", "sinks") is None:
+        return -1
+    try:
+        rows = space.query("SELECT count() FROM tidings.promotion_decisions FINAL")
+    except AssertionError:
+        return -1
+    return int(rows[0][0])
+
+
+def settle(space: Workspace, running: Pipeline, truth: Truth) -> None:
+    """Wait until every item delivered so far is decided in ClickHouse."""
+    deadline = time.monotonic() + SETTLE_S
+    count = 0
+    while time.monotonic() < deadline:
+        running.check_alive()
+        count = decided_count(space)
+        if count >= truth.items:
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"{count} of {truth.items} items decided:\n{running.tails()}")
+
+
+def problems(space: Workspace, truth: Truth) -> list[str]:
+    """Every difference between ClickHouse and the ground truth (sinks process up)."""
+    assert read_endpoint(space.data_dir / "run", "sinks") is not None
+    decisions, activities, raw = space.query_many(
+        "SELECT status, reason, count() FROM tidings.promotion_decisions FINAL "
+        "GROUP BY status, reason",
+        "SELECT activity_id, receiving_mailboxes FROM tidings.activities FINAL",
+        "SELECT count(), uniqExact(item_key) FROM tidings.promotion_decisions FINAL",
+    )
+    found: list[str] = []
+    by_reason = Counter({(str(s), str(r)): int(n) for s, r, n in decisions})
+    if by_reason != truth.decisions:
+        found.append(f"decisions {dict(by_reason)}, want {dict(truth.decisions)}")
+    if int(raw[0][0]) != int(raw[0][1]):
+        found.append(f"{raw[0][0]} decision rows for {raw[0][1]} items after FINAL")
+    stored = {str(a): set(m) for a, m in activities}
+    if len(stored) != len(activities):
+        found.append(f"{len(activities)} activity rows for {len(stored)} ids after FINAL")
+    missing = truth.receivers.keys() - stored.keys()
+    extra = stored.keys() - truth.receivers.keys()
+    if missing or extra:
+        found.append(f"activities: {len(missing)} missing, {len(extra)} not expected")
+    wrong = [a for a in stored.keys() & truth.receivers.keys() if stored[a] != truth.receivers[a]]
+    if wrong:
+        found.append(f"{len(wrong)} activities with wrong receiving mailboxes, e.g. {wrong[0]}")
+    return found
+
+
+# -- the faults --------------------------------------------------------------------
+
+
+Fault = Callable[[Pipeline, Dovecot], None]
+
+
+def restart_role(role: str) -> Fault:
+    def fault(running: Pipeline, dovecot: Dovecot) -> None:
+        running.kill9(role)
+        running.start(role)
+
+    fault.__name__ = f"kill -9 {role}"
+    return fault
+
+
+def restart_broker(running: Pipeline, dovecot: Dovecot) -> None:
+    running.space.cli("broker", "stop")
+    running.space.cli("broker", "start")
+
+
+def restart_dovecot(running: Pipeline, dovecot: Dovecot) -> None:
+    dovecot.restart()
+
+
+FAULTS: list[tuple[str, Fault, int]] = [
+    ("kill -9 connectors", restart_role("connectors"), 1_000),
+    ("kill -9 processors", restart_role("processors"), 1_000),
+    ("kill -9 sinks", restart_role("sinks"), 1_000),
+    ("restart broker", restart_broker, 1_000),
+    ("restart dovecot mid-fetch", restart_dovecot, 1_000),
+]
+
+
+def test_every_message_accounted_for_exactly_once_through_faults(
+    pipeline: Pipeline, dovecot: Dovecot
+) -> None:
+    rng = random.Random(SEED)
+    print(f"fault seed {SEED} (TIDINGS_FAULT_SEED={SEED} repeats it)")
+    assert sum(items for _, _, items in FAULTS) == TOTAL_ITEMS
+    truth = Truth()
+    first = 0
+    for name, fault, items in FAULTS:
+        before = truth.items
+        by_user, first = wave(first, items, truth)
+        for user, raws in by_user.items():
+            dovecot.deliver_many(user, "INBOX", raws)
+        delay = rng.uniform(0.2, 1.2)  # a wave takes about 2 s to pass through
+        time.sleep(delay)
+        at_fault = decided_count(pipeline.space) - before
+        fault(pipeline, dovecot)
+        print(f"{name}: {delay:.2f} s into the wave, {at_fault} of {items} items decided")
+        settle(pipeline.space, pipeline, truth)
+        found = problems(pipeline.space, truth)
+        assert found == [], f"after {name} (seed {SEED}): {found}\n{pipeline.tails()}"
+    assert truth.items == TOTAL_ITEMS

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from connectors.claimcheck import ClaimCheck
+from connectors.outgoing_sender import OutgoingSender
 from connectors.runtime import ConnectorRuntime
 from pipeline.embedded import free_port
 from pipeline.http import Endpoint, record_endpoint
@@ -83,7 +84,34 @@ async def _connectors(config: TidingsConfig, stop: asyncio.Event, endpoint: Endp
     )
     endpoint.health = lambda: {"ok": True, "mailboxes": runtime.owned_mailboxes}
     await endpoint.start()
-    await runtime.run(stop)
+    if not config.outgoing.enabled:
+        await runtime.run(stop)
+        return
+    # The outgoing sender shares the process, and the server connection limits.
+    sender = OutgoingSender(
+        config.kafka,
+        config.topic_prefix,
+        config.outgoing,
+        config.processors.correlation,
+        config.server_profiles,
+        ack_timeout_s=config.connectors.ack_timeout_s,
+        worker=runtime.worker,
+        gates=runtime.gates,
+    )
+    await _together(runtime.run(stop), sender.run(stop), stop)
+
+
+async def _together(first: Awaitable[None], second: Awaitable[None], stop: asyncio.Event) -> None:
+    """Run both until they return; when one fails, stop the other and raise."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _sinks(config: TidingsConfig, stop: asyncio.Event, endpoint: Endpoint) -> None:

@@ -13,11 +13,9 @@ then smart matching.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 
 from processors.conversation_index import parse_thread_index
 from processors.directory import TrackedRef
@@ -25,6 +23,20 @@ from processors.smart_match import SmartKey, smart_key
 from schemas.config import CorrelationConfig
 from schemas.crm import CorrelationMethod
 from schemas.mail import ParsedEmail
+from schemas.tracking_token import find_tokens, make_token
+
+__all__ = [
+    "CONVERSATION_INDEX_RANK",
+    "SMART_MATCHING_RANK",
+    "TOKEN_RANK",
+    "Correlation",
+    "Lookup",
+    "SmartLookup",
+    "correlate",
+    "find_tokens",
+    "make_token",
+    "reply_chain",
+]
 
 Lookup = Callable[[str], TrackedRef | None]
 SmartLookup = Callable[[SmartKey, datetime | None], TrackedRef | None]
@@ -121,30 +133,3 @@ def reply_chain(email: ParsedEmail) -> list[str]:
         if message_id not in chain:
             chain.append(message_id)
     return chain
-
-
-def find_tokens(subject: str, config: CorrelationConfig) -> list[str]:
-    """Tracking tokens in a subject, normalized to `PREFIX:DIGITS`, in order of appearance.
-
-    Tolerates the forms mail clients produce: `CRM:0001001`, `[CRM:0001001]`,
-    `(crm: 0001001)`. Tokens of earlier prefixes are found too.
-    """
-    prefixes = (config.token_prefix, *config.earlier_token_prefixes)
-    min_digits = 1 + config.token_user_digits + config.token_counter_digits
-    pattern = _token_pattern(tuple(p for p in prefixes if p), min_digits)
-    return [f"{m.group(1).upper()}:{m.group(2)}" for m in pattern.finditer(subject)]
-
-
-@lru_cache(maxsize=32)
-def _token_pattern(prefixes: tuple[str, ...], min_digits: int) -> re.Pattern[str]:
-    alternatives = "|".join(re.escape(p) for p in sorted(prefixes, key=len, reverse=True))
-    return re.compile(
-        rf"(?<![A-Za-z0-9])({alternatives})\s*:\s*(\d{{{min_digits},}})(?!\d)", re.IGNORECASE
-    )
-
-
-def make_token(config: CorrelationConfig, user_number: int, counter: int) -> str:
-    """A tracking token for a user's n-th email: PREFIX:<base><user><counter>."""
-    user = str(user_number).zfill(config.token_user_digits)
-    count = str(counter).zfill(config.token_counter_digits)
-    return f"{config.token_prefix.upper()}:{config.token_base_number}{user}{count}"

@@ -296,6 +296,31 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     dlq_ratio_min_messages: Annotated[int, msgspec.Meta(ge=1)] = 50
 
 
+class OutgoingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The outgoing sender (runs in the connectors process): outgoing.mail → SMTP.
+
+    A transient failure (4xx, connection refused or lost, timeout) is retried
+    every `retry_interval_s` (±10% jitter) until `max_retries` retries failed
+    too; then the email fails with OutgoingRetriesExhausted (Dynamics: 10 times,
+    5 minutes apart). At most `max_in_flight` emails are held (waiting for a
+    retry or being sent) before the sender pauses its partitions;
+    `send_timeout_s` bounds one SMTP transaction.
+    """
+
+    enabled: bool = True
+    group_id: str = "tidings-outgoing"
+    max_retries: int = 10
+    retry_interval_s: float = 300.0
+    max_in_flight: int = 1000
+    send_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.retry_interval_s < 0 or self.max_in_flight < 1:
+            raise ValueError(
+                "outgoing needs max_retries >= 0, retry_interval_s >= 0 and max_in_flight >= 1"
+            )
+
+
 class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The per-process HTTP endpoint (/metrics, /healthz, /status). Port 0 picks a free one."""
 
@@ -334,6 +359,7 @@ class TidingsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     connectors: ConnectorConfig = msgspec.field(default_factory=ConnectorConfig)
     processors: ProcessingConfig = msgspec.field(default_factory=ProcessingConfig)
     sinks: SinkConfig = msgspec.field(default_factory=SinkConfig)
+    outgoing: OutgoingConfig = msgspec.field(default_factory=OutgoingConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     blobs: BlobStoreConfig = msgspec.field(default_factory=BlobStoreConfig)
     server_profiles: dict[str, ServerProfile] = msgspec.field(default_factory=dict)

@@ -26,6 +26,24 @@ class Severity(StrEnum):
     NOTICE = "notice"
 
 
+class OutgoingErrorCode(StrEnum):
+    """Codes of the errors the outgoing sender reports (component "outgoing")."""
+
+    NOT_CONFIGURED = "OutgoingNotConfigured"  # the mailbox has no usable outgoing settings
+    MAILBOX_UNKNOWN = "OutgoingMailboxUnknown"  # no mailbox.config for the email's mailbox
+    MAILBOX_DISABLED = "OutgoingMailboxDisabled"  # the mailbox is not approved or not enabled
+    AUTHENTICATION_FAILED = "OutgoingAuthenticationFailed"  # SMTP AUTH refused (535 ...)
+    TLS_FAILED = "OutgoingTlsFailed"  # no STARTTLS, certificate rejected, plaintext refused
+    SENDER_REFUSED = "OutgoingSenderRefused"  # MAIL FROM refused permanently (5xx)
+    NO_RECIPIENTS = "OutgoingNoRecipients"  # no recipient given, or every one refused (5xx)
+    REJECTED = "OutgoingRejected"  # the message refused permanently (5xx after DATA)
+    TRANSIENT = "OutgoingTransient"  # 4xx, connection refused or lost, timeout: retried
+    RETRIES_EXHAUSTED = "OutgoingRetriesExhausted"  # transient failures past max_retries
+    OUTCOME_UNKNOWN = "OutgoingOutcomeUnknown"  # may have been sent: never sent again blindly
+    RECIPIENTS_PARTLY_REFUSED = "OutgoingRecipientsPartlyRefused"  # sent, some refused (notice)
+    SENT_COPY_FAILED = "OutgoingSentCopyFailed"  # sent, but the Sent-folder copy failed
+
+
 class SyncError(Record, frozen=True, kw_only=True):
     """One error, with where it happened and a one-line message a person can act on.
 

@@ -20,6 +20,7 @@ class Protocol(StrEnum):
     POP3 = "pop3"
     EWS = "ews"
     GRAPH = "graph"
+    SMTP = "smtp"  # outgoing only: a profile an `OutgoingSettings` names
 
 
 class IncomingFilter(StrEnum):
@@ -146,6 +147,8 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         if self.port is not None:
             return self.port
         tls = self.security == TransportSecurity.TLS
+        if self.protocol == Protocol.SMTP:
+            return 465 if tls else 587 if self.security == TransportSecurity.STARTTLS else 25
         if self.protocol == Protocol.POP3:
             return 995 if tls else 110
         return 993 if tls else 143
@@ -180,6 +183,26 @@ class Pop3Settings(msgspec.Struct, frozen=True, kw_only=True):
     leave_on_server: bool = True
 
 
+class OutgoingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a mailbox sends email the CRM queued on outgoing.mail.
+
+    `server_profile` names a profile with protocol "smtp" (TLS, STARTTLS or,
+    on loopback, plaintext, as any profile). `credentials` None logs in with the
+    mailbox's own credentials; a profile without `credentials` anywhere sends
+    without AUTH. `save_to_sent` appends a copy of each sent email to the
+    mailbox's IMAP Sent folder (`sent_folder`, else the folder the IMAP
+    connector reads as Sent); it needs the mailbox to be an IMAP one.
+    `token_user_number` is the user-number part of the tracking tokens this
+    mailbox's email gets (None: derived from the owner id).
+    """
+
+    server_profile: str
+    credentials: Credentials | None = None
+    save_to_sent: bool = False
+    sent_folder: str | None = None
+    token_user_number: int | None = None
+
+
 class MailboxConfig(Record, frozen=True, kw_only=True):
     """One mailbox: its owner (a user or a queue), where it lives and how its mail is filtered.
 
@@ -208,6 +231,7 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     maildir: MaildirSettings | None = None
     imap: ImapSettings | None = None
     pop3: Pop3Settings | None = None
+    outgoing: OutgoingSettings | None = None
     process_email_from: datetime | None = None
     updated_at: datetime | None = None
 

@@ -71,6 +71,32 @@ CONNECTOR_CLAIM_CHECKS = Counter(
     ["protocol"],
 )
 
+# --- outgoing sender (connectors) ------------------------------------------
+OUTGOING_EMAILS = Counter(
+    "tidings_outgoing_emails_total",
+    "Outgoing emails that reached a final status, by status (sent, failed).",
+    ["status"],
+)
+OUTGOING_ATTEMPTS = Counter(
+    "tidings_outgoing_attempts_total",
+    "SMTP send attempts, by outcome (accepted, transient, permanent, unknown).",
+    ["outcome"],
+)
+OUTGOING_SEND_SECONDS = Histogram(
+    "tidings_outgoing_send_seconds",
+    "Time of one SMTP transaction, from connecting to the server's answer to DATA.",
+    buckets=POLL_BUCKETS,
+)
+OUTGOING_IN_FLIGHT = Gauge(
+    "tidings_outgoing_in_flight",
+    "Outgoing emails read but not yet sent or failed (being sent or waiting for a retry).",
+)
+OUTGOING_SENT_COPIES = Counter(
+    "tidings_outgoing_sent_copies_total",
+    "Copies of sent email for the Sent folder, by result (appended, present, failed).",
+    ["result"],
+)
+
 # --- processors -------------------------------------------------------------
 PROCESSOR_DECISIONS = Counter(
     "tidings_processor_decisions_total",

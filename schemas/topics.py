@@ -14,7 +14,7 @@ from schemas.crm import Activity, CrmRecord, PromotionDecision
 from schemas.errors import SyncError
 from schemas.mail import MailItemChanged, ParsedEmail
 from schemas.mailbox import Cursor, MailboxConfig, MailboxStatus
-from schemas.outgoing import OutgoingEmail
+from schemas.outgoing import OutgoingEmail, OutgoingStatus
 from schemas.track import TrackRequest
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -159,6 +159,17 @@ OUTGOING_MAIL = TopicSpec(
     "outgoing sender",
     "Email activities waiting to be sent.",
 )
+OUTGOING_STATUS = TopicSpec(
+    "outgoing.status",
+    "activity id (partition of its outgoing.mail record)",
+    OutgoingStatus,
+    Cleanup.COMPACT,
+    "outgoing sender (connectors)",
+    "outgoing sender, sinks, CRM",
+    "Send status of each outgoing email: pending, sending, sent or failed, with its "
+    "Message-ID, tracking token, attempt and last error. Same partition count as "
+    "outgoing.mail; the sender rebuilds its view from it at start.",
+)
 DLQ: TopicSpec[Any] = TopicSpec(
     "dlq",
     "original key",
@@ -181,6 +192,7 @@ TOPICS: tuple[TopicSpec[Any], ...] = (
     SYNC_ERRORS,
     MAILBOX_STATUS,
     OUTGOING_MAIL,
+    OUTGOING_STATUS,
     DLQ,
 )
 

@@ -53,7 +53,7 @@ from schemas.mailbox import (
     RunStatus,
     SyncState,
 )
-from schemas.outgoing import OutgoingEmail, SendStatus
+from schemas.outgoing import OutgoingEmail, OutgoingStatus, SendStatus
 from schemas.topics import DLQ, TOPICS, TopicSpec, codec, spec_by_name
 from schemas.track import TrackRequest
 
@@ -220,6 +220,19 @@ SAMPLES: dict[type[Any], Any] = {
         in_reply_to="m1@x.example",
         status=SendStatus.SENDING,
         requested_at=T0,
+    ),
+    OutgoingStatus: OutgoingStatus(
+        activity_id="act-9",
+        mailbox_id="mb-alice",
+        status=SendStatus.SENT,
+        message_id="tidings.0f3d@nw.example",
+        attempt=2,
+        tracking_token="CRM:0001001",
+        sent_at=T0,
+        accepted=["dana@contoso.example"],
+        copied_to_sent=True,
+        worker="w-1",
+        updated_at=T1,
     ),
     TrackRequest: TrackRequest(
         request_id="t-1",

@@ -1,24 +1,41 @@
 """ClickHouse through clickhouse-connect: chDB in-process (`chdb://path`) or a server
-(`clickhouse://host:8123`), with the same code.
+over HTTP (`clickhouse://user@host:8123`), with the same code.
 
 All calls run on one dedicated thread: chDB is an in-process engine, and one
 thread keeps its use serialized and lets every call carry a timeout without
 blocking the event loop.
+
+Server DSNs: `clickhouse://` or `http://` (HTTP, port 8123 by default),
+`clickhouses://` or `https://` (TLS, 8443). The user goes in the DSN, the
+password never does: it comes from `ClickHouseConfig.password`, a secret
+reference. A database in the DSN path must be `ClickHouseConfig.database`
+(every statement names that database; the connection itself uses the user's
+default, so the first start can create it). Query parameters are passed to
+clickhouse-connect (e.g. `?compress=zstd`, `?compress=false`). The HTTP client
+times out after the longer of the insert and query timeouts, so a call that
+timed out does not hold the store's thread much longer; it keeps no server
+session, so a statement the server still runs after a client timeout cannot
+lock the next one out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import clickhouse_connect
 
 from schemas.config import ClickHouseConfig
 from sinks.migrations import apply_migrations
 from sinks.rows import COLUMNS, Row
+
+_SERVER_SCHEMES = {"clickhouse": "http", "http": "http", "clickhouses": "https", "https": "https"}
+_CONNECT_TIMEOUT_S = 10
 
 
 class StoreError(RuntimeError):
@@ -33,6 +50,56 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
+def client_options(dsn: str, config: ClickHouseConfig) -> dict[str, Any]:
+    """clickhouse_connect.get_client keyword arguments for `dsn` (raises StoreError when
+    the DSN cannot be used; the message never holds a secret)."""
+    if dsn.startswith("chdb:"):
+        return {"dsn": dsn}
+    parts = urlsplit(dsn)
+    interface = _SERVER_SCHEMES.get(parts.scheme)
+    if interface is None:
+        schemes = ", ".join(f"{scheme}://" for scheme in ("chdb", *_SERVER_SCHEMES))
+        raise StoreError(f"ClickHouse DSN scheme {parts.scheme!r} is not one of {schemes}")
+    if parts.password is not None:
+        raise StoreError(
+            "the ClickHouse DSN holds a password: put it in clickhouse.password "
+            "(a secret reference: env or file) and leave it out of the DSN"
+        )
+    database = unquote(parts.path.strip("/"))
+    if database and database != config.database:
+        raise StoreError(
+            f"the ClickHouse DSN names database {database!r} but clickhouse.database is "
+            f"{config.database!r}: make them the same (or leave the database out of the DSN)"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise StoreError(f"the ClickHouse DSN has an invalid port: {exc}") from None
+    timeout_s = max(config.insert_timeout_s, config.query_timeout_s)
+    options: dict[str, Any] = {
+        "interface": interface,
+        "host": parts.hostname or "localhost",
+        "username": unquote(parts.username) if parts.username else "default",
+        "password": _password(config),
+        "connect_timeout": max(1, min(_CONNECT_TIMEOUT_S, math.ceil(timeout_s))),
+        "send_receive_timeout": max(1, math.ceil(timeout_s)),
+        "autogenerate_session_id": False,
+    }
+    if port is not None:
+        options["port"] = port
+    options.update(parse_qsl(parts.query))
+    return options
+
+
+def _password(config: ClickHouseConfig) -> str:
+    if config.password is None:
+        return ""
+    try:
+        return config.password.resolve()
+    except LookupError as exc:
+        raise StoreError(f"the ClickHouse password ({config.password}): {exc}") from None
+
+
 class ClickHouseStore:
     """One ClickHouse client, used from one thread, with timeouts."""
 
@@ -42,6 +109,7 @@ class ClickHouseStore:
         self.database = config.database
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self._client: Any = None
+        self._column_types: dict[str, list[str]] = {}
 
     @property
     def embedded(self) -> bool:
@@ -50,7 +118,12 @@ class ClickHouseStore:
 
     def open_sync(self) -> list[int]:
         """Connect and apply migrations (blocking); returns the migrations applied."""
-        return self._executor.submit(self._open).result()
+        try:
+            return self._executor.submit(self._open).result()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(_failure(exc)) from exc
 
     async def open(self) -> list[int]:
         """Connect and apply migrations; returns the migrations applied."""
@@ -58,24 +131,40 @@ class ClickHouseStore:
         return applied
 
     def _open(self) -> list[int]:
-        password = self.config.password.resolve() if self.config.password else ""
-        kwargs: dict[str, Any] = {"dsn": self.dsn}
-        if password:
-            kwargs["password"] = password
-        self._client = clickhouse_connect.get_client(**kwargs)
+        self._client = clickhouse_connect.get_client(**client_options(self.dsn, self.config))
+        self._column_types.clear()
         return apply_migrations(self._client, self.database)
 
     async def insert(self, table: str, rows: Sequence[Row]) -> None:
         """Insert rows into `table` (columns from rows.COLUMNS) within insert_timeout_s."""
         if not rows:
             return
-        columns = list(COLUMNS[table])
-        await self._run(
-            lambda: self._client.insert(
-                f"{self.database}.{table}", list(rows), column_names=columns
-            ),
-            self.config.insert_timeout_s,
+        await self._run(lambda: self._insert(table, rows), self.config.insert_timeout_s)
+
+    def _insert(self, table: str, rows: Sequence[Row]) -> None:
+        """Column-oriented, with the column types known: no DESCRIBE per insert, and the
+        columns are transposed in one pass instead of per value."""
+        columns = COLUMNS[table]
+        types = self._column_types.get(table)
+        if types is None:
+            types = self._describe(table, columns)
+        self._client.insert(
+            f"{self.database}.{table}",
+            list(zip(*rows, strict=True)),
+            column_names=columns,
+            column_type_names=types,
+            column_oriented=True,
         )
+
+    def _describe(self, table: str, columns: Sequence[str]) -> list[str]:
+        described = self._client.query(f"DESCRIBE TABLE {self.database}.{table}").result_rows
+        by_name = {str(row[0]): str(row[1]) for row in described}
+        missing = [name for name in columns if name not in by_name]
+        if missing:
+            raise StoreError(f"{self.database}.{table} has no column {', '.join(missing)}")
+        types = [by_name[name] for name in columns]
+        self._column_types[table] = types
+        return types
 
     async def query(self, sql: str, readonly: bool = True) -> QueryResult:
         """Run a query within query_timeout_s; `readonly` forbids writes."""
@@ -104,7 +193,7 @@ class ClickHouseStore:
         except StoreError:
             raise
         except Exception as exc:
-            raise StoreError(f"ClickHouse failed: {type(exc).__name__}: {exc}") from exc
+            raise StoreError(_failure(exc)) from exc
 
     def close(self) -> None:
         """Close the client and stop the thread."""
@@ -116,3 +205,7 @@ class ClickHouseStore:
 
         self._executor.submit(_close).result(timeout=30)
         self._executor.shutdown(wait=True)
+
+
+def _failure(exc: Exception) -> str:
+    return f"ClickHouse failed: {type(exc).__name__}: {exc}"

@@ -666,7 +666,8 @@ def dlq_replay(ctx: Context, policy: str, topic: str | None, dry_run: bool) -> N
     starts where the first ended and a replay stopped half way resumes. A replay
     reads up to the end the DLQ had when it started. Should a letter be
     published twice anyway (a crash between the ack and the commit), nothing
-    happens twice: the original topic's consumers dedupe by stable ids.
+    happens twice: the original topic's consumers dedupe by stable ids. Ctrl-C
+    (or SIGTERM) finishes the letter in hand and stops; run it again to resume.
 
     \b
     Examples:
@@ -687,27 +688,37 @@ def dlq_replay(ctx: Context, policy: str, topic: str | None, dry_run: bool) -> N
         MofNCompleteColumn(),
     )
     label = "checking" if dry_run else "replaying"
+
+    async def replay(progress: Progress) -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = progress.add_task(f"{label} dead letters", total=None)
+        return await replay_dead_letters(
+            infra.config,
+            Policy(policy),
+            topic=topic,
+            dry_run=dry_run,
+            on_start=lambda total: progress.update(task, total=total),
+            on_letter=lambda letter, action: progress.advance(task, int(action != Action.STOP)),
+            stop=stop,
+        )
+
     infra = bring_up(ctx.config)
     try:
         with Progress(*columns, console=err_console, transient=False) as progress:
-            task = progress.add_task(f"{label} dead letters", total=None)
-            report = asyncio.run(
-                replay_dead_letters(
-                    infra.config,
-                    Policy(policy),
-                    topic=topic,
-                    dry_run=dry_run,
-                    on_start=lambda total: progress.update(task, total=total),
-                    on_letter=lambda letter, action: progress.advance(
-                        task, int(action != Action.STOP)
-                    ),
-                )
-            )
+            report = asyncio.run(replay(progress))
     except TimeoutError:
         fail("the broker stopped answering during the replay", "run it again: it resumes")
     finally:
         infra.close()
     _print_replay_report(report, dry_run)
+    if report.interrupted:
+        fail(
+            f"interrupted after {report.handled} of {report.pending} letters",
+            "run `tidings dlq replay` again: it resumes with the next letter",
+        )
     stopped = report.stopped_at
     if stopped is not None:
         fail(

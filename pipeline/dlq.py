@@ -109,6 +109,8 @@ class ReplayReport:
     by_topic: dict[Action, Counter[str]] = field(default_factory=dict)
     stopped_at: DeadLetter | None = None
     stop_reason: str = ""
+    interrupted: bool = False
+    """Asked to stop (SIGINT, SIGTERM) before every pending letter was handled."""
 
     def add(self, letter: DeadLetter, action: Action) -> None:
         """Count one letter's action, by original topic too."""
@@ -133,12 +135,15 @@ async def replay_dead_letters(
     group: str = REPLAY_GROUP,
     on_start: Callable[[int], None] | None = None,
     on_letter: Progress | None = None,
+    stop: asyncio.Event | None = None,
 ) -> ReplayReport:
     """Replay the DLQ's letters from `group`'s committed offsets up to the end the DLQ
     had at the start, partition by partition; see the module docstring.
 
     `on_start` gets the number of pending letters, `on_letter` each letter and its
-    action. A dry run reads and decides but publishes and commits nothing.
+    action. A dry run reads and decides but publishes and commits nothing. Setting
+    `stop` ends the replay after the letter in hand (published, acknowledged and
+    committed), so an interrupted replay resumes with the next one.
     """
     dlq_topic = DLQ.name(config.topic_prefix)
     partitions = await topic_partitions(config, dlq_topic)
@@ -160,6 +165,9 @@ async def replay_dead_letters(
                 continue
             consumer.seek(tp, start)
             async for message in _read_until(consumer, tp, end):
+                if stop is not None and stop.is_set():
+                    report.interrupted = True
+                    return report
                 letter = DeadLetter.from_headers(
                     list(message.headers), message.key, message.value, tp.partition, message.offset
                 )

@@ -677,6 +677,9 @@ def dlq_replay(ctx: Context, policy: str, topic: str | None, dry_run: bool) -> N
       tidings dlq replay --policy drop --topic crm.records
                                                       replay crm.records letters, drop
                                                       the ones that still fail
+
+    Exit status 0 when every pending letter was handled, 1 when the replay
+    stopped at a letter or was interrupted (it says where and what next).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/imap_backfill.py
 	$(BIN)/python bench/idle_poll.py
 	$(BIN)/python bench/correlate.py
+	$(BIN)/python bench/sink.py
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 

@@ -10,9 +10,10 @@ Two agents:
 
 Undecodable input goes to the DLQ before its offset is committed; a run of
 `dlq_max_consecutive` undecodable messages, or more than `dlq_max_ratio` of the
-last `dlq_ratio_window`, stops the worker instead of hiding a systemic fault. Outputs are sent before the input event is acknowledged, and
-faust flushes the producer before it commits, so delivery is at least once;
-stable ids make the effects exactly once.
+last `dlq_ratio_window`, stops the worker instead of hiding a systemic fault.
+Outputs are sent before the input event is acknowledged, and faust flushes
+the producer before it commits, so delivery is at least once; stable ids make
+the effects exactly once.
 
 State and partitioning. mail.changes is keyed by mailbox; the parse stage
 re-keys every email by its thread key (the root of its reply chain: first

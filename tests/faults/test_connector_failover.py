@@ -29,8 +29,8 @@ PASSWORD = "failover-pw"
 PARTITIONS = 4
 
 
-def write_config(path: Path, dovecot: Dovecot) -> Path:
-    """tidings.toml with the test server's profile and fast polling."""
+def write_config(path: Path, dovecot: Dovecot, extra: str = "") -> Path:
+    """tidings.toml with the test server's profile and fast polling, plus `extra` TOML."""
     path.write_text(
         f"""
 [connectors]
@@ -48,7 +48,8 @@ timeout_s = 10.0
 [server_profiles.dovecot.retry]
 retry_interval_s = 1.0
 reconnect_base_s = 0.2
-""",
+reconnect_max_s = 2.0
+{extra}""",
         encoding="utf-8",
     )
     return path

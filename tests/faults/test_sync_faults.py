@@ -28,6 +28,7 @@ import pytest
 
 from pipeline.http import read_endpoint
 from schemas.ids import email_activity_id
+from tests.faults.test_connector_failover import write_config
 from tests.integration.test_processes import endpoint
 from tests.mailserver import Dovecot
 from tests.workspace import Workspace
@@ -143,39 +144,11 @@ class Pipeline:
         return "\n".join(parts) + "\n" + self.space.logs()
 
 
-def write_config(path: Path, dovecot: Dovecot) -> Path:
-    """tidings.toml: the dovecot profile, fast polling, small sink batches."""
-    path.write_text(
-        f"""
-[connectors]
-server_poll_interval_s = 0.5
-max_batch_items = 200
-
-[sinks]
-batch_max_age_s = 0.5
-
-[server_profiles.dovecot]
-protocol = "imap"
-host = "localhost"
-port = {dovecot.imaps_port}
-ca_file = "{dovecot.ca_file}"
-fetch_batch = 100
-timeout_s = 10.0
-
-[server_profiles.dovecot.retry]
-retry_interval_s = 1.0
-reconnect_base_s = 0.2
-reconnect_max_s = 2.0
-""",
-        encoding="utf-8",
-    )
-    return path
-
-
 @pytest.fixture
 def pipeline(workspace: Workspace, dovecot: Dovecot, tmp_path: Path) -> Iterator[Pipeline]:
     """Broker, four approved IMAP mailboxes (filter: all) and the three roles running."""
-    workspace.env["TIDINGS_CONFIG"] = str(write_config(tmp_path / "tidings.toml", dovecot))
+    config = write_config(tmp_path / "tidings.toml", dovecot, "[sinks]\nbatch_max_age_s = 0.5\n")
+    workspace.env["TIDINGS_CONFIG"] = str(config)
     workspace.env[PASSWORD_ENV] = PASSWORD
     workspace.cli("broker", "start")
     for user in USERS:

@@ -111,24 +111,21 @@ class MailboxDirectory:
         self.kafka = kafka
         self.topic = MAILBOX_CONFIG.name(prefix)
         self.configs: dict[str, MailboxConfig] = {}
-        self._rounds = 0
-        self._caught_up_round = -1
+        self._tps: list[TopicPartition] = []
+        self._positions: dict[TopicPartition, int] = {}
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
-    async def start(self) -> None:
-        """Start following; returns at once (`caught_up` waits for the first read)."""
+    async def start(self, partitions: int) -> None:
+        """Start following the topic's `partitions`; returns at once (`caught_up` waits
+        for what was published before it is called)."""
         self._consumer = AIOKafkaConsumer(**self.kafka.consumer_options())
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            await self._consumer.stop()
-            raise OutgoingLayoutError(f"{self.topic} does not exist or has no partitions")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._follow(tps), name="outgoing:mailboxes")
+        self._tps = [TopicPartition(self.topic, p) for p in range(partitions)]
+        self._consumer.assign(self._tps)
+        await self._consumer.seek_to_beginning(*self._tps)
+        self._task = asyncio.create_task(self._follow(), name="outgoing:mailboxes")
 
     async def stop(self) -> None:
         """Stop following."""
@@ -141,26 +138,24 @@ class MailboxDirectory:
 
     async def caught_up(self, timeout_s: float = 60.0) -> None:
         """Wait until every configuration published before this call was read."""
-        async with asyncio.timeout(timeout_s), self._changed:
-            wanted = self._rounds + 1
-            await self._changed.wait_for(lambda: self._caught_up_round >= wanted)
+        assert self._consumer is not None
+        async with asyncio.timeout(timeout_s):
+            ends = await self._consumer.end_offsets(self._tps)
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: all(self._positions.get(tp, 0) >= end for tp, end in ends.items())
+                )
 
-    async def _follow(self, tps: list[TopicPartition]) -> None:
+    async def _follow(self) -> None:
         assert self._consumer is not None
         while True:
-            batch = await self._consumer.getmany(*tps, timeout_ms=300)
+            batch = await self._consumer.getmany(*self._tps, timeout_ms=300)
             for tp, messages in batch.items():
                 for message in messages:
                     self._apply(tp, message)
-            at_end = True
-            for tp in tps:
-                highwater = self._consumer.highwater(tp)
-                if highwater is None or await self._consumer.position(tp) < highwater:
-                    at_end = False
+            positions = {tp: await self._consumer.position(tp) for tp in self._tps}
             async with self._changed:
-                self._rounds += 1
-                if at_end:
-                    self._caught_up_round = self._rounds
+                self._positions = positions
                 self._changed.notify_all()
 
     def _apply(self, tp: TopicPartition, message: object) -> None:
@@ -225,12 +220,12 @@ class OutgoingSender:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; emails in their critical section finish first."""
-        partitions = await self._check_layout()
+        partitions, config_partitions = await self._check_layout()
         self._tokens = TokenCounters(self.correlation, partitions)
         self._producer = AIOKafkaProducer(**self.kafka.producer_options(linger_ms=0))
         await self._producer.start()
         self._emitter = Emitter(self._producer, self.prefix, self.ack_timeout_s)
-        await self.directory.start()
+        await self.directory.start(config_partitions)
         consumer = self._consumer = AIOKafkaConsumer(
             group_id=self.settings.group_id, **self.kafka.consumer_options()
         )
@@ -242,6 +237,10 @@ class OutgoingSender:
                     raise self._failure
                 batch = await consumer.getmany(timeout_ms=300)
                 for tp, messages in batch.items():
+                    if tp.partition not in self._books:
+                        # Its statuses are not loaded yet: read these again later.
+                        consumer.seek(tp, messages[0].offset)
+                        continue
                     for message in messages:
                         await self._on_record(tp.partition, message)
                 self._throttle()
@@ -254,11 +253,13 @@ class OutgoingSender:
             await self.directory.stop()
             await self._producer.stop()
 
-    async def _check_layout(self) -> int:
+    async def _check_layout(self) -> tuple[int, int]:
+        """The partition counts of outgoing.mail (= outgoing.status) and mailbox.config."""
+        topics = [self.mail_topic, self.status_topic, self.directory.topic]
         admin = AIOKafkaAdminClient(**self.kafka.common_options())
         await admin.start()
         try:
-            described = await admin.describe_topics([self.mail_topic, self.status_topic])
+            described = await admin.describe_topics(topics)
         finally:
             await admin.close()
         counts = {d["topic"]: len(d.get("partitions") or []) for d in described}
@@ -268,7 +269,9 @@ class OutgoingSender:
                 f"{self.mail_topic} has {mail} partitions but {self.status_topic} has "
                 f"{status}; create them alike"
             )
-        return mail
+        if not counts.get(self.directory.topic):
+            raise OutgoingLayoutError(f"{self.directory.topic} does not exist")
+        return mail, counts[self.directory.topic]
 
     @property
     def in_flight(self) -> int:
@@ -300,8 +303,10 @@ class OutgoingSender:
 
     async def on_assigned(self, partitions: set[int]) -> None:
         """Rebuild the statuses of newly assigned partitions before reading their email."""
-        for partition in sorted(partitions - set(self._books)):
-            for status in await self._load_statuses(partition):
+        new = sorted(partitions - set(self._books))
+        loaded = await asyncio.gather(*(self._load_statuses(p) for p in new))
+        for partition, found in zip(new, loaded, strict=True):
+            for status in found:
                 self._remember(status, partition)
             self._books[partition] = _Book()
         log.info("outgoing sender %s owns partitions %s", self.worker, sorted(self._books))
@@ -362,10 +367,8 @@ class OutgoingSender:
 
     async def _on_record(self, partition: int, message: object) -> None:
         assert self._emitter is not None
-        book = self._books.get(partition)
-        if book is None:
-            return
         offset: int = getattr(message, "offset", -1)
+        book = self._books[partition]
         book.next_offset = offset + 1
         value = getattr(message, "value", None)
         if not value:
@@ -756,13 +759,15 @@ def _unusable(
 
 
 def _smtp_login(config: MailboxConfig, profile: ServerProfile) -> smtp.Login | None:
-    """Who to log in to SMTP as: the outgoing credentials, else the mailbox's."""
+    """Who to log in to SMTP as: the outgoing credentials (AUTH required), else the
+    mailbox's (used when the server offers AUTH)."""
     assert config.outgoing is not None
     credentials = config.outgoing.credentials or config.credentials
     if credentials is None:
         return None
     as_mailbox = _replace_credentials(config, credentials)
-    return smtp.Login(credentials.username, secret_provider(as_mailbox, profile))
+    required = config.outgoing.credentials is not None
+    return smtp.Login(credentials.username, secret_provider(as_mailbox, profile), required)
 
 
 def _replace_credentials(config: MailboxConfig, credentials: Credentials) -> MailboxConfig:

@@ -48,6 +48,9 @@ class Login:
 
     username: str
     secret: SecretProvider
+    required: bool = True
+    """False: skip AUTH when the server offers none (credentials inherited from the
+    mailbox, e.g. a relay on loopback that takes mail without login)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,10 @@ def no_recipients(refused: dict[str, int], where: str) -> ConnectorError:
         )
     message = f"{where}: every recipient refused ({codes})" if refused else "no recipients"
     return outgoing_error(Code.NO_RECIPIENTS, message, Severity.PERMANENT)
+
+
+def _offers(client: aiosmtplib.SMTP, mechanism: str) -> bool:
+    return mechanism in {m.lower() for m in client.server_auth_methods}
 
 
 def _short(text: str) -> str:
@@ -164,8 +171,20 @@ class _Transaction:
         if self.login is not None:
             await self._authenticate(self.login)
 
+    async def _greet(self) -> None:
+        """EHLO unless connecting (STARTTLS) already did: AUTH needs its answer."""
+        assert self.client is not None
+        if self.client.last_ehlo_response is None:
+            try:
+                await self.client.ehlo()
+            except aiosmtplib.SMTPResponseException as exc:
+                raise classify_reply(exc.code, "EHLO", self.where, exc.message) from None
+
     async def _authenticate(self, login: Login) -> None:
         assert self.client is not None
+        await self._greet()
+        if not login.required and not self.client.server_auth_methods:
+            return
         try:
             secret = await login.secret()
         except LookupError as exc:
@@ -175,8 +194,12 @@ class _Transaction:
         try:
             if self.profile.auth == AuthMethod.XOAUTH2:
                 await self.client.auth_xoauth2(login.username, secret)
-            elif self.profile.auth == AuthMethod.PLAIN:
+            elif self.profile.auth == AuthMethod.PLAIN or _offers(self.client, "plain"):
+                # One mechanism, not each in turn: a refused password is refused once
+                # (servers lock accounts out after a few failures).
                 await self.client.auth_plain(login.username, secret)
+            elif _offers(self.client, "login"):
+                await self.client.auth_login(login.username, secret)
             else:
                 await self.client.login(login.username, secret)
         except aiosmtplib.SMTPAuthenticationError as exc:

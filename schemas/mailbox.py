@@ -187,9 +187,10 @@ class OutgoingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """How a mailbox sends email the CRM queued on outgoing.mail.
 
     `server_profile` names a profile with protocol "smtp" (TLS, STARTTLS or,
-    on loopback, plaintext, as any profile). `credentials` None logs in with the
-    mailbox's own credentials; a profile without `credentials` anywhere sends
-    without AUTH. `save_to_sent` appends a copy of each sent email to the
+    on loopback, plaintext, as any profile). `credentials` are required to log
+    in; None logs in with the mailbox's own credentials where the server offers
+    AUTH, and sends without AUTH where it offers none (or the mailbox has none).
+    `save_to_sent` appends a copy of each sent email to the
     mailbox's IMAP Sent folder (`sent_folder`, else the folder the IMAP
     connector reads as Sent); it needs the mailbox to be an IMAP one.
     `token_user_number` is the user-number part of the tracking tokens this

@@ -56,7 +56,7 @@ from connectors.outgoing import (
 from connectors.sent_copy import copy_to_sent, find_in_sent
 from schemas import metrics
 from schemas.base import utc_now
-from schemas.codec import decode_key, encode_key
+from schemas.codec import encode_key
 from schemas.config import CorrelationConfig, KafkaConfig, OutgoingConfig
 from schemas.dlq import FloodGuard
 from schemas.errors import DecodeError, ErrorScope, Severity, StopAndAlert, SyncError
@@ -159,19 +159,14 @@ class MailboxDirectory:
                 self._changed.notify_all()
 
     def _apply(self, tp: TopicPartition, message: object) -> None:
-        key = decode_key(getattr(message, "key", None))
-        if key is None:
-            return
         try:
-            config = _CONFIG.decode_nullable(
-                getattr(message, "value", None),
-                tp.topic,
-                tp.partition,
-                getattr(message, "offset", -1),
-            )
+            record = _CONFIG.decode_record(message, tp.topic, tp.partition)
         except DecodeError as exc:
             log.error("outgoing sender ignores an undecodable mailbox configuration: %s", exc)
             return
+        if record is None:
+            return
+        key, config = record
         if config is None:
             self.configs.pop(key, None)
         else:

@@ -55,7 +55,6 @@ from connectors.tracking import (
 )
 from schemas import metrics
 from schemas.base import utc_now
-from schemas.codec import decode_key
 from schemas.config import ConnectorConfig, KafkaConfig
 from schemas.dlq import FloodGuard
 from schemas.errors import DecodeError, ErrorScope, Severity, StopAndAlert, SyncError
@@ -241,19 +240,14 @@ class ConnectorRuntime:
             self._cursors_loaded.pop(partition, None)
 
     def _on_config(self, tp: TopicPartition, message: object) -> None:
-        key = decode_key(getattr(message, "key", None))
-        if key is None:
-            return
         try:
-            config = codec(MAILBOX_CONFIG).decode_nullable(
-                getattr(message, "value", None),
-                tp.topic,
-                tp.partition,
-                getattr(message, "offset", -1),
-            )
+            record = codec(MAILBOX_CONFIG).decode_record(message, tp.topic, tp.partition)
         except DecodeError as exc:
             log.error("ignoring undecodable mailbox configuration: %s", exc)
             return
+        if record is None:
+            return
+        key, config = record
         current = self._owned.get(key)
         if current is not None and (config is None or current.config != config):
             self._replacing.add(key)

@@ -27,7 +27,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.index_store import IndexStore
-from schemas.codec import Codec, decode_key
+from schemas.codec import Codec
 from schemas.config import KafkaConfig
 from schemas.errors import DecodeError
 
@@ -97,20 +97,17 @@ class CompactedView:
             log.info("view %s resumes at %s", self.topic, dict(sorted(saved.items())))
 
     def _apply(self, tp: TopicPartition, message: Any) -> None:
-        key = decode_key(message.key)
-        if key is None:
-            return
         try:
-            value = self.codec.decode_nullable(
-                message.value, tp.topic, tp.partition, message.offset
-            )
+            record = self.codec.decode_record(message, tp.topic, tp.partition)
         except DecodeError as exc:
             # A compacted view cannot skip a key silently: the record stays unknown,
             # and the error is counted and logged with where it sits.
             self.undecodable += 1
             log.error("view %s: %s", self.topic, exc)
             return
-        self.apply(key, value)
+        if record is None:
+            return
+        self.apply(*record)
         self.records_applied += 1
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -37,6 +37,14 @@ class Codec(Generic[T]):
         if not data:
             return None
         return self.decode(data, topic, partition, offset)
+
+    def decode_record(self, record: Any, topic: str, partition: int) -> tuple[str, T | None] | None:
+        """The key and value (None: a tombstone) of a consumed record, or None for a record
+        without a key; an undecodable value raises DecodeError saying where it sat."""
+        key = decode_key(record.key)
+        if key is None:
+            return None
+        return key, self.decode_nullable(record.value, topic, partition, record.offset)
 
 
 def encode_key(key: str) -> bytes:

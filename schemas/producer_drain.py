@@ -47,32 +47,26 @@ def install() -> bool:
     return True
 
 
-def ready_leaders(accumulator: Any, muted: Collection[Any], ignored: Collection[int]) -> set[int]:
-    """Brokers that lead at least one partition whose first batch is ready to send."""
-    leaders: set[int] = set()
-    for tp, batches in accumulator._batches.items():
-        if not batches or tp in muted or batches[0].remaining_linger() is not None:
-            continue
-        leader = accumulator._cluster.leader_for_partition(tp)
-        if leader is not None and leader != -1 and leader not in ignored:
-            leaders.add(leader)
-    return leaders
-
-
 def _draining_whole_nodes(drain: Drain) -> Drain:
     def drain_by_nodes(
         self: Any, ignore_nodes: Collection[int] | None, muted_partitions: Collection[Any] = ()
     ) -> Any:
         ignored = ignore_nodes or ()
-        ready = ready_leaders(self, muted_partitions, ignored)
-        if ready:
-            for tp, batches in self._batches.items():
-                if (
-                    batches
-                    and tp not in muted_partitions
-                    and self._cluster.leader_for_partition(tp) in ready
-                ):
-                    batches[0]._linger_time = 0  # ready now: its broker's request leaves
+        firsts = [
+            (batches[0], self._cluster.leader_for_partition(tp))
+            for tp, batches in self._batches.items()
+            if batches and tp not in muted_partitions
+        ]
+        ready = {
+            leader
+            for batch, leader in firsts
+            if batch.remaining_linger() is None
+            and leader not in (None, -1)
+            and leader not in ignored
+        }
+        for batch, leader in firsts:
+            if leader in ready:
+                batch._linger_time = 0  # ready now: its broker's request leaves
         return drain(self, ignore_nodes, muted_partitions)
 
     drain_by_nodes.__doc__ = drain.__doc__

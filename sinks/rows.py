@@ -11,7 +11,7 @@ from typing import Any
 from schemas.base import RecordRef
 from schemas.crm import Activity, PartyRole, PromotionDecision
 from schemas.errors import SyncError
-from schemas.mailbox import MailboxStatus
+from schemas.mailbox import MailboxCounters, MailboxStatus
 
 Row = tuple[Any, ...]
 
@@ -148,9 +148,19 @@ def error_row(error: SyncError) -> Row:
     )
 
 
+def _counter_values(counters: MailboxCounters) -> Row:
+    """A mailbox's running totals, in the column order both status tables use."""
+    return (
+        counters.items_listed,
+        counters.created_events,
+        counters.updated_events,
+        counters.deleted_events,
+        counters.errors,
+    )
+
+
 def status_row(status: MailboxStatus) -> Row:
     """The mailbox_status row of one status update."""
-    counters = status.counters
     return (
         status.mailbox_id,
         status.state.value,
@@ -163,11 +173,7 @@ def status_row(status: MailboxStatus) -> Row:
         status.next_poll_at,
         status.sync_generation,
         status.pending_items,
-        counters.items_listed,
-        counters.created_events,
-        counters.updated_events,
-        counters.deleted_events,
-        counters.errors,
+        *_counter_values(status.counters),
         status.last_error_code or "",
         status.last_error or "",
         status.worker or "",
@@ -188,7 +194,6 @@ def poll_stats_rows(status: MailboxStatus) -> list[Row]:
     if finished is None or (started is not None and started > finished):
         return []
     duration_ms = round((finished - started).total_seconds() * 1000) if started else 0
-    counters = status.counters
     return [
         (
             status.mailbox_id,
@@ -199,11 +204,7 @@ def poll_stats_rows(status: MailboxStatus) -> list[Row]:
             status.state.value,
             status.incoming_status.value,
             status.pending_items,
-            counters.items_listed,
-            counters.created_events,
-            counters.updated_events,
-            counters.deleted_events,
-            counters.errors,
+            *_counter_values(status.counters),
             status.last_error_code or "",
             status.next_poll_at,
             status.worker or "",

@@ -101,10 +101,11 @@ class Workspace:
         """Rows of one query."""
         return self.query_many(sql)[0]
 
-    def logs(self) -> str:
-        """The tail of every process log of this workspace."""
+    def logs(self, *more: Path) -> str:
+        """The tail of every process log of this workspace (and of the folders `more`)."""
         parts = []
-        for path in sorted((self.data_dir / "logs").glob("*.log")):
+        folders = (self.data_dir / "logs", *more)
+        for path in sorted(p for folder in folders for p in folder.glob("*.log")):
             lines = path.read_text(errors="replace").splitlines()[-40:]
             parts.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(parts)

@@ -28,7 +28,7 @@ import pytest
 
 from pipeline.http import read_endpoint
 from schemas.ids import email_activity_id
-from tests.faults.test_connector_failover import write_config
+from tests.faults.test_connector_failover import kill9, write_config
 from tests.integration.test_processes import endpoint
 from tests.mailserver import Dovecot
 from tests.workspace import Workspace
@@ -117,9 +117,7 @@ class Pipeline:
         self.processes[role] = self.space.start("run", role, log=log)
 
     def kill9(self, role: str) -> None:
-        process = self.processes[role]
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        kill9(self.processes[role])
 
     def check_alive(self) -> None:
         for role, process in self.processes.items():
@@ -137,11 +135,7 @@ class Pipeline:
                 os.killpg(process.pid, signal.SIGKILL)
 
     def tails(self) -> str:
-        parts = []
-        for path in sorted(self.logs.glob("*.log")):
-            lines = path.read_text(errors="replace").splitlines()[-25:]
-            parts.append(f"--- {path.name}\n" + "\n".join(lines))
-        return "\n".join(parts) + "\n" + self.space.logs()
+        return self.space.logs(self.logs)
 
 
 @pytest.fixture

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.bootstrap import Infrastructure, bring_up
 from pipeline.config import load_config
-from schemas.codec import encode_key
+from pipeline.publish import publish
 from schemas.config import TidingsConfig
 from schemas.mailbox import MailboxCounters, MailboxStatus, SyncState
-from schemas.topics import MAILBOX_STATUS, codec
+from schemas.topics import MAILBOX_STATUS
 from sinks.rows import Row
 from sinks.store import ClickHouseStore, StoreError
 from sinks.writer import ClickHouseSink
@@ -70,17 +70,8 @@ def status(n: int) -> MailboxStatus:
 
 
 async def publish_statuses(config: TidingsConfig) -> None:
-    topic = MAILBOX_STATUS.name(config.topic_prefix)
-    producer = AIOKafkaProducer(**config.kafka.producer_options())
-    await producer.start()
-    try:
-        value_codec = codec(MAILBOX_STATUS)
-        for n in range(MAILBOXES):
-            value = value_codec.encode(status(n))
-            await producer.send(topic, key=encode_key(f"mb-{n:04d}"), value=value)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    statuses = [(f"mb-{n:04d}", status(n)) for n in range(MAILBOXES)]
+    await publish(config.kafka, config.topic_prefix, MAILBOX_STATUS, statuses)
 
 
 @dataclass

@@ -154,6 +154,18 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return 993 if tls else 143
 
 
+class ServerProfileConfig(Record, frozen=True, kw_only=True):
+    """An email server profile as published on `server.profiles` (a tombstone removes it).
+
+    Profiles in tidings.toml (`[server_profiles.NAME]`) are the base every process
+    starts from; a published profile of the same name replaces the file's.
+    """
+
+    name: str
+    profile: ServerProfile
+    updated_at: datetime | None = None
+
+
 class Credentials(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Who a connector logs in as. The password is a reference, never the value."""
 

@@ -13,7 +13,7 @@ from schemas.codec import Codec
 from schemas.crm import Activity, CrmRecord, PromotionDecision
 from schemas.errors import SyncError
 from schemas.mail import MailItemChanged, ParsedEmail
-from schemas.mailbox import Cursor, MailboxConfig, MailboxStatus
+from schemas.mailbox import Cursor, MailboxConfig, MailboxStatus, ServerProfileConfig
 from schemas.outgoing import OutgoingEmail, OutgoingStatus
 from schemas.track import TrackRequest
 
@@ -66,6 +66,17 @@ MAILBOX_CONFIG = TopicSpec(
     "CLI / admin",
     "connectors, processors",
     "Mailbox configuration; a tombstone removes the mailbox.",
+)
+SERVER_PROFILES = TopicSpec(
+    "server.profiles",
+    "profile name",
+    ServerProfileConfig,
+    Cleanup.COMPACT,
+    "CLI (tidings profile, tidings migrate)",
+    "connectors, CLI",
+    "Email server profiles mailboxes name; replaces a tidings.toml profile of the same "
+    "name; a tombstone removes it. Every connector reads all of it.",
+    partitions=1,
 )
 CRM_RECORDS = TopicSpec(
     "crm.records",
@@ -182,6 +193,7 @@ DLQ: TopicSpec[Any] = TopicSpec(
 
 TOPICS: tuple[TopicSpec[Any], ...] = (
     MAILBOX_CONFIG,
+    SERVER_PROFILES,
     CRM_RECORDS,
     CONNECTOR_CURSORS,
     MAIL_CHANGES,

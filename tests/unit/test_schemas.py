@@ -51,7 +51,10 @@ from schemas.mailbox import (
     MaildirSettings,
     Protocol,
     RunStatus,
+    ServerProfile,
+    ServerProfileConfig,
     SyncState,
+    TransportSecurity,
 )
 from schemas.outgoing import OutgoingEmail, OutgoingStatus, SendStatus
 from schemas.topics import DLQ, TOPICS, TopicSpec, codec, spec_by_name
@@ -77,6 +80,16 @@ SAMPLES: dict[type[Any], Any] = {
         approved=False,
         maildir=MaildirSettings(path="/srv/mail/alice", folders=["INBOX", "Sent", "Archive"]),
         process_email_from=T0,
+        updated_at=T1,
+    ),
+    ServerProfileConfig: ServerProfileConfig(
+        name="exchange-eu",
+        profile=ServerProfile(
+            protocol=Protocol.IMAP,
+            host="imap.nw.example",
+            security=TransportSecurity.STARTTLS,
+            max_connections=4,
+        ),
         updated_at=T1,
     ),
     CrmRecord: CrmRecord(

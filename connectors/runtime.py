@@ -52,6 +52,7 @@ from connectors.tracking import (
     not_found_error,
     track_error,
     unknown_mailbox_error,
+from connectors.fleet import FleetGauges
 )
 from schemas import metrics
 from schemas.base import utc_now
@@ -148,6 +149,7 @@ class ConnectorRuntime:
             group_id=self.settings.group_id,
             # Partition N of mailbox.config and of mail.track go to the same worker.
             # Round robin is only a fallback while older workers (which knew no
+        self.fleet = FleetGauges()
             # other) are still in the group: their requests wait until then.
             partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             **self.kafka.consumer_options(),
@@ -326,6 +328,7 @@ class ConnectorRuntime:
         cannot be served; keep it aside while the mailbox's configuration may still
         be on its way."""
         assert self._inbox is not None
+        self.fleet.forget(mailbox_ids)
         inbox, request = self._inbox, pending.request
         owned = self._owned.get(request.mailbox_id)
         if owned is None or request.mailbox_id in self._replacing:
@@ -634,6 +637,7 @@ class _StatusTracker:
     def _worth_publishing(self, status: MailboxStatus, now: datetime) -> bool:
         if self.last is None or self.last_published_at is None:
             return True
+        self.fleet.observe(status)
         changed = (status.counters, status.state, status.pending_items) != (
             self.last.counters,
             self.last.state,

@@ -21,6 +21,7 @@ from connectors.runtime import ConnectorRuntime
 from pipeline.embedded import free_port
 from pipeline.http import Endpoint, record_endpoint
 from pipeline.idle import IdleProbe
+from pipeline.lag import report_lag
 from schemas.base import utc_now
 from schemas.blobs import open_blob_store
 from schemas.config import TidingsConfig
@@ -121,9 +122,12 @@ async def _sinks(config: TidingsConfig, stop: asyncio.Event, endpoint: Endpoint)
     sink = ClickHouseSink(config.kafka, config.topic_prefix, config.sinks, store)
     endpoint.health = lambda: {"ok": True, "rows_written": sink.rows_written}
     await endpoint.start()
+    lag = asyncio.create_task(report_lag(config, stop))
     try:
         await sink.run(stop)
     finally:
+        lag.cancel()
+        await asyncio.gather(lag, return_exceptions=True)
         store.close()
 
 

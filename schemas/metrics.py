@@ -159,3 +159,19 @@ DLQ_MESSAGES = Counter(
     "Messages sent to the dead-letter topic, by source topic and consumer.",
     ["topic", "consumer"],
 )
+
+# --- fleet health (compose/prometheus/alerts.yml alerts on these) -----------
+CONNECTOR_MAILBOXES = Gauge(
+    "tidings_connector_mailboxes",
+    "Owned mailboxes by the state of their last published status (enabled, disabled, ...).",
+    ["state"],
+)
+CONNECTOR_POLL_OVERDUE = Gauge(
+    "tidings_connector_poll_overdue_mailboxes",
+    "Owned enabled mailboxes whose next poll is more than a grace period past due (stuck).",
+)
+CONSUMER_LAG = Gauge(
+    "tidings_consumer_lag",
+    "Messages on a consumer group's input topics it has not committed yet (sinks report it).",
+    ["group"],
+)

@@ -39,6 +39,7 @@ from connectors.claimcheck import ClaimCheck
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
+from connectors.fleet import FleetGauges
 from connectors.gate import GateRegistry
 from connectors.retry import RetryTracker
 from connectors.source import MailboxSource, PassResult, tracked_event
@@ -52,7 +53,6 @@ from connectors.tracking import (
     not_found_error,
     track_error,
     unknown_mailbox_error,
-from connectors.fleet import FleetGauges
 )
 from schemas import metrics
 from schemas.base import utc_now
@@ -127,6 +127,7 @@ class ConnectorRuntime:
         self._emitter: Emitter | None = None
         self._store: CursorStore | None = None
         self._kit: SourceKit | None = None
+        self.fleet = FleetGauges()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -149,7 +150,6 @@ class ConnectorRuntime:
             group_id=self.settings.group_id,
             # Partition N of mailbox.config and of mail.track go to the same worker.
             # Round robin is only a fallback while older workers (which knew no
-        self.fleet = FleetGauges()
             # other) are still in the group: their requests wait until then.
             partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             **self.kafka.consumer_options(),
@@ -290,6 +290,7 @@ class ConnectorRuntime:
         tasks = [o.task for o in stopping if o.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self.fleet.forget(mailbox_ids)
         metrics.CONNECTOR_MAILBOXES_OWNED.set(len(self.owned_mailboxes))
 
     # -- manual tracking ---------------------------------------------------------
@@ -328,7 +329,6 @@ class ConnectorRuntime:
         cannot be served; keep it aside while the mailbox's configuration may still
         be on its way."""
         assert self._inbox is not None
-        self.fleet.forget(mailbox_ids)
         inbox, request = self._inbox, pending.request
         owned = self._owned.get(request.mailbox_id)
         if owned is None or request.mailbox_id in self._replacing:
@@ -530,6 +530,7 @@ class ConnectorRuntime:
     async def _publish(self, status: MailboxStatus) -> None:
         assert self._emitter is not None
         await self._emitter.emit_status(status)
+        self.fleet.observe(status)
 
 
 def _refusal(owned: _Owned) -> str | None:
@@ -637,7 +638,6 @@ class _StatusTracker:
     def _worth_publishing(self, status: MailboxStatus, now: datetime) -> bool:
         if self.last is None or self.last_published_at is None:
             return True
-        self.fleet.observe(status)
         changed = (status.counters, status.state, status.pending_items) != (
             self.last.counters,
             self.last.state,

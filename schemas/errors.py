@@ -48,7 +48,9 @@ class SyncError(Record, frozen=True, kw_only=True):
     """One error, with where it happened and a one-line message a person can act on.
 
     `error_id` is stable for the same failure of the same event, so a replay
-    does not count it twice. Messages never carry secrets. Keyed by
+    does not count it twice. Messages never carry secrets. `alert` marks an
+    error that disabled its mailbox: a person must act (then
+    `tidings mailbox enable`). Keyed by
     `mailbox_id` on sync.errors.
     """
 
@@ -63,6 +65,7 @@ class SyncError(Record, frozen=True, kw_only=True):
     item_id: str | None = None
     event_id: str | None = None
     attempt: int = 1
+    alert: bool = False
     occurred_at: datetime
 
 

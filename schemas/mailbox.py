@@ -3,6 +3,7 @@ mailbox.status, connector.cursors)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 
@@ -166,6 +167,14 @@ class ServerProfileConfig(Record, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
+def merged_profiles(
+    base: Mapping[str, ServerProfile], published: Mapping[str, ServerProfile]
+) -> dict[str, ServerProfile]:
+    """The profiles in force: tidings.toml's (`base`), each replaced by a published one
+    of the same name, plus the published ones the file lacks."""
+    return {**base, **published}
+
+
 class Credentials(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Who a connector logs in as. The password is a reference, never the value."""
 
@@ -227,6 +236,12 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     as attachments: each attached message is decided as if the mailbox of the
     user who forwarded it (the wrapper's From address) had received it.
 
+    States (Dynamics' server-side sync): not `approved` is pending approval;
+    approved and not `enabled` is approved, or tested once `test` passed;
+    approved and enabled is enabled: connectors read only approved and enabled
+    mailboxes. `disabled` says why a mailbox is not enabled (a person, or a
+    permanent error the connector met, which also clears `enabled`).
+
     Keyed by `mailbox_id` on mailbox.config; a tombstone removes the mailbox.
     """
 
@@ -246,6 +261,8 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     pop3: Pop3Settings | None = None
     outgoing: OutgoingSettings | None = None
     process_email_from: datetime | None = None
+    test: MailboxTest | None = None
+    disabled: MailboxDisabled | None = None
     updated_at: datetime | None = None
 
     def folder_role(self, folder: str) -> FolderRole:
@@ -276,6 +293,61 @@ class RunStatus(StrEnum):
     FAILURE = "failure"
 
 
+class StepResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One part of a mailbox test (incoming, outgoing or appointments-contacts-tasks):
+    its outcome and one line saying what was checked or why it failed (never a secret)."""
+
+    status: RunStatus = RunStatus.NOT_RUN
+    reason: str = ""
+
+
+class MailboxTest(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of the last `tidings mailbox test` (Dynamics' "Test & Enable").
+
+    `incoming`: connect, authenticate, open the folders read. `outgoing`: send a
+    test message to the mailbox's own address through its SMTP profile (not run
+    without outgoing settings). `act`: appointments, contacts and tasks (not
+    run: no protocol tidings reads has them yet). The test passes when nothing
+    failed and incoming succeeded.
+    """
+
+    tested_at: datetime
+    incoming: StepResult = msgspec.field(default_factory=StepResult)
+    outgoing: StepResult = msgspec.field(default_factory=StepResult)
+    act: StepResult = msgspec.field(default_factory=StepResult)
+
+    @property
+    def passed(self) -> bool:
+        """True when incoming succeeded and no step failed."""
+        steps = (self.incoming, self.outgoing, self.act)
+        return self.incoming.status == RunStatus.SUCCESS and all(
+            step.status != RunStatus.FAILURE for step in steps
+        )
+
+    @property
+    def reason(self) -> str:
+        """One line: the first failure's reason, else what passed."""
+        for name, step in (("incoming", self.incoming), ("outgoing", self.outgoing)):
+            if step.status == RunStatus.FAILURE:
+                return f"{name}: {step.reason}"
+        return "; ".join(
+            f"{name}: {step.reason}"
+            for name, step in (("incoming", self.incoming), ("outgoing", self.outgoing))
+            if step.reason
+        )
+
+
+class MailboxDisabled(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a mailbox is disabled: by a person (`tidings mailbox disable`) or by the
+    connector that met a permanent error (`by` names the worker, `code` the error).
+    `tidings mailbox enable` clears it."""
+
+    code: str
+    reason: str
+    by: str = ""
+    at: datetime
+
+
 class MailboxCounters(msgspec.Struct, frozen=True, kw_only=True):
     """Running totals a connector keeps for a mailbox since it first synced it."""
 
@@ -290,7 +362,9 @@ class MailboxStatus(Record, frozen=True, kw_only=True):
     """The latest known state of a mailbox, as the connector that owns it sees it.
 
     `sync_generation` counts completed sync passes; `pending_items` is what the
-    last pass saw but has not yet emitted. Keyed by `mailbox_id` on mailbox.status.
+    last pass saw but has not yet emitted; `last_pass_items` the change events
+    (created, updated, deleted) the last pass emitted (so far, while it runs).
+    Keyed by `mailbox_id` on mailbox.status.
     """
 
     mailbox_id: str
@@ -304,6 +378,7 @@ class MailboxStatus(Record, frozen=True, kw_only=True):
     next_poll_at: datetime | None = None
     sync_generation: int = 0
     pending_items: int = 0
+    last_pass_items: int = 0
     counters: MailboxCounters = msgspec.field(default_factory=MailboxCounters)
     last_error_code: str | None = None
     last_error: str | None = None

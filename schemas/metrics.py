@@ -55,6 +55,16 @@ CONNECTOR_RETRIES = Counter(
     "Reconnects and mailbox retries after transient failures.",
     ["protocol", "kind"],
 )
+CONNECTOR_MAILBOXES_DISABLED = Counter(
+    "tidings_connector_mailboxes_disabled_total",
+    "Mailboxes a connector disabled on a permanent error (each also an alert on sync.errors).",
+    ["protocol", "code"],
+)
+CONNECTOR_SYNC_REQUESTS = Counter(
+    "tidings_connector_sync_requests_total",
+    "Manual sync requests (mail.track, kind sync): woken (polled at once) or refused.",
+    ["outcome"],
+)
 CONNECTOR_IMAP_COMMANDS = Counter(
     "tidings_connector_imap_commands_total",
     "IMAP commands sent, by command name (the cost a poll puts on the server).",

@@ -1,13 +1,22 @@
-"""Manual tracking requests (topic mail.track): promote one message of one mailbox
-whatever that mailbox's incoming filter says."""
+"""Requests to the connector that owns a mailbox (topic mail.track): promote one
+message whatever the mailbox's incoming filter says (manual tracking), or poll the
+mailbox now (manual sync)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from schemas.base import Record
 from schemas.ids import normalize_message_id
 from schemas.mail import ManualTrack
+
+
+class RequestKind(StrEnum):
+    """What a mail.track request asks."""
+
+    TRACK = "track"  # find one message and send it on marked as tracked by hand
+    SYNC = "sync"  # poll the mailbox now (`tidings mailbox sync`); message_id unused
 
 
 class TrackRequest(Record, frozen=True, kw_only=True):
@@ -21,11 +30,16 @@ class TrackRequest(Record, frozen=True, kw_only=True):
     same request again yields the same events and errors (stable ids), so it is
     harmless. `requested_by` is who asked, for the explanation ("" when
     unknown). Keyed by `mailbox_id` on mail.track.
+
+    `kind` "sync" asks instead for an immediate poll of the mailbox (its
+    `message_id` is empty and ignored); the connector that owns the mailbox
+    wakes its loop, or publishes a notice on sync.errors saying why it cannot.
     """
 
     request_id: str
     mailbox_id: str
-    message_id: str
+    message_id: str = ""
+    kind: RequestKind = RequestKind.TRACK
     requested_by: str = ""
     requested_at: datetime
 

@@ -12,6 +12,19 @@ range assignor gives one worker partition N of both, so the worker that owns a
 mailbox reads its requests. Each request waits in its mailbox's loop, which
 looks the message up between sync passes (see connectors/tracking.py); its
 offset is committed once the events or the error it ended in were acknowledged.
+A request of kind "sync" (`tidings mailbox sync`) wakes its mailbox's loop for an
+immediate poll instead, or ends in a notice saying why it cannot.
+
+Server profiles: tidings.toml's are the base; the worker reads the whole
+server.profiles topic before it joins the group and follows it afterwards
+(connectors/profiles_view.py), restarting the mailboxes whose profile changed.
+
+Which mailboxes run: only those both approved and enabled (Dynamics: pending
+approval → approved → tested → enabled; the test is the operator's check, not a
+condition). A permanent error (or transient ones past the retry policy) disables
+the mailbox: the runtime publishes its configuration with `enabled` off and
+`disabled` saying why, a status in state disabled with the error, and the error
+on sync.errors marked as an alert. `tidings mailbox enable` clears it.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.fleet import FleetGauges
 from connectors.gate import GateRegistry
+from connectors.profiles_view import ProfilesView
 from connectors.retry import RetryTracker
 from connectors.source import MailboxSource, PassResult, tracked_event
 from connectors.sources import SourceKit, open_source, poll_interval, retry_policy
@@ -63,18 +77,23 @@ from schemas.ids import error_id
 from schemas.mailbox import (
     Cursor,
     MailboxConfig,
+    MailboxDisabled,
     MailboxStatus,
     RunStatus,
     ServerProfile,
     SyncState,
 )
 from schemas.topics import CONNECTOR_CURSORS, MAIL_TRACK, MAILBOX_CONFIG, codec
-from schemas.track import track_message_id
+from schemas.track import RequestKind, TrackRequest, track_message_id
 
 log = logging.getLogger(__name__)
 STATUS_HEARTBEAT = timedelta(seconds=60)
 DLQ_MAX_CONSECUTIVE = 100
 """Undecodable track requests in a row that stop the worker (a systemic fault upstream)."""
+SYNC_REFUSED = "SyncRefused"
+"""A manual sync request for a mailbox that is not read (not approved, disabled, stopped)."""
+SYNC_UNKNOWN_MAILBOX = "SyncUnknownMailbox"
+"""A manual sync request for a mailbox that is not configured."""
 
 
 class TopicLayoutError(StopAndAlert):
@@ -109,7 +128,8 @@ class ConnectorRuntime:
         self.prefix = prefix
         self.settings = settings
         self.claim_check = claim_check
-        self.profiles = profiles or {}
+        self.profiles = profiles if profiles is not None else {}
+        """Server profiles by name, kept up to date in place from server.profiles."""
         self.gates = GateRegistry()
         """Connection limits per server profile, shared by this worker's mailboxes."""
         self.worker = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
@@ -146,6 +166,9 @@ class ConnectorRuntime:
             gates=self.gates,
         )
         await self._check_layout()
+        profiles = ProfilesView(self.kafka, self.prefix, self.profiles, self._profiles_changed)
+        await profiles.load()
+        follow = asyncio.get_running_loop().create_task(profiles.follow(stop))
         consumer = AIOKafkaConsumer(
             group_id=self.settings.group_id,
             # Partition N of mailbox.config and of mail.track go to the same worker.
@@ -172,6 +195,9 @@ class ConnectorRuntime:
                 await self._route_unrouted()
                 await self._inbox.commit()
         finally:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+            await profiles.close()
             await self._stop_mailboxes(list(self._owned))
             with contextlib.suppress(KafkaError, OSError):
                 await self._inbox.commit()
@@ -185,6 +211,16 @@ class ConnectorRuntime:
             return False
         owned.wake.set()
         return True
+
+    def _profiles_changed(self, names: set[str]) -> None:
+        """Restart the mailboxes reading through a server profile that changed."""
+        for mailbox_id, owned in list(self._owned.items()):
+            if owned.config.server_profile in names and mailbox_id not in self._replacing:
+                log.info("mailbox %s: profile %s changed, restarting", mailbox_id, names)
+                self._replacing.add(mailbox_id)
+                asyncio.get_running_loop().create_task(
+                    self._replace(mailbox_id, owned.partition, owned.config)
+                )
 
     @property
     def owned_mailboxes(self) -> list[str]:
@@ -315,6 +351,10 @@ class ConnectorRuntime:
             self._flood.dead_lettered(tp.topic)
             return
         self._flood.decoded()
+        if request.kind == RequestKind.SYNC:
+            book.passed(tp.partition, offset)
+            await self._on_sync(request, tp.partition)
+            return
         pending = book.open(request, tp.partition, offset)
         try:
             message_id = track_message_id(request.message_id)
@@ -323,6 +363,40 @@ class ConnectorRuntime:
             return
         request = msgspec.structs.replace(request, message_id=message_id)
         await self._route(dataclasses.replace(pending, request=request))
+
+    async def _on_sync(self, request: TrackRequest, partition: int) -> None:
+        """A manual sync request: wake the mailbox's loop (it polls at once), or publish
+        a notice saying why it cannot be served. A mailbox whose configuration is not
+        read yet is left alone: it syncs as soon as it starts."""
+        assert self._inbox is not None and self._emitter is not None
+        mailbox_id = request.mailbox_id
+        owned = self._owned.get(mailbox_id)
+        if mailbox_id in self._replacing or (owned is not None and _refusal(owned) is None):
+            if owned is not None:
+                owned.wake.set()
+            metrics.CONNECTOR_SYNC_REQUESTS.labels("woken").inc()
+            log.info("mailbox %s: sync request %s", mailbox_id, request.request_id)
+            return
+        if owned is None and not await self._inbox.read_up(partition):
+            return
+        metrics.CONNECTOR_SYNC_REQUESTS.labels("refused").inc()
+        if owned is None:
+            code, why = SYNC_UNKNOWN_MAILBOX, f"no mailbox {mailbox_id} is configured"
+        else:
+            code, why = SYNC_REFUSED, _refusal(owned) or ""
+        error = SyncError(
+            error_id=error_id(f"sync|{mailbox_id}|{request.request_id}", code),
+            mailbox_id=mailbox_id,
+            scope=ErrorScope.MAILBOX,
+            severity=Severity.NOTICE,
+            code=code,
+            message=f"sync request {request.request_id}: {why}",
+            component="connectors",
+            occurred_at=utc_now(),
+        )
+        log.warning("%s", error.message)
+        protocol = str(owned.config.protocol) if owned is not None else "unknown"
+        await self._emitter.emit_error(error, protocol)
 
     async def _route(self, pending: PendingTrack) -> None:
         """Hand a request to its mailbox's loop, or end it in an error saying why it
@@ -503,22 +577,32 @@ class ConnectorRuntime:
         failure: ConnectorError,
         attempt: int,
     ) -> None:
-        """Report a failure: a SyncError event and the mailbox's status (disabled
-        when permanent)."""
+        """Report a failure: a SyncError event and the mailbox's status. A permanent one
+        disables the mailbox: the error is an alert, the status says disabled and
+        why, and the mailbox's configuration is published with `enabled` off and
+        the reason (so it stays off across restarts until `tidings mailbox enable`)."""
         assert self._emitter is not None
         now = utc_now()
         log.error("mailbox %s: %s", config.mailbox_id, failure.message)
+        message = failure.message
+        if failure.permanent:
+            message = (
+                f"{message} — mailbox disabled; fix it, then "
+                f"`tidings mailbox enable {config.mailbox_id}`"
+            )
+            metrics.CONNECTOR_MAILBOXES_DISABLED.labels(str(config.protocol), failure.code).inc()
         error = SyncError(
             error_id=error_id(f"{config.mailbox_id}@{now.isoformat()}", failure.code, attempt),
             mailbox_id=config.mailbox_id,
             scope=ErrorScope.MAILBOX,
             severity=failure.severity,
             code=failure.code,
-            message=failure.message,
+            message=message,
             component="connectors",
             folder=failure.folder,
             item_id=failure.item_id,
             attempt=max(attempt, 1),
+            alert=failure.permanent,
             occurred_at=now,
         )
         with contextlib.suppress(Exception):
@@ -526,6 +610,27 @@ class ConnectorRuntime:
             await self._publish(
                 tracker.failed(now, failure.code, failure.message, failure.severity)
             )
+        if failure.permanent:
+            await self._disable(config, failure, now)
+
+    async def _disable(self, config: MailboxConfig, failure: ConnectorError, now: datetime) -> None:
+        """Publish the mailbox's configuration disabled, with the failure as the reason —
+        unless it changed meanwhile (a person's newer configuration wins)."""
+        assert self._producer is not None
+        owned = self._owned.get(config.mailbox_id)
+        if owned is None or owned.config != config or config.mailbox_id in self._replacing:
+            return
+        note = MailboxDisabled(code=failure.code, reason=failure.message, by=self.worker, at=now)
+        disabled = msgspec.structs.replace(config, enabled=False, disabled=note, updated_at=now)
+        try:
+            async with asyncio.timeout(self.settings.ack_timeout_s):
+                await self._producer.send_and_wait(
+                    self.config_topic,
+                    key=config.mailbox_id.encode("utf-8"),
+                    value=codec(MAILBOX_CONFIG).encode(disabled),
+                )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("mailbox %s: cannot publish it disabled: %s", config.mailbox_id, exc)
 
     async def _publish(self, status: MailboxStatus) -> None:
         assert self._emitter is not None
@@ -630,6 +735,7 @@ class _StatusTracker:
             next_poll_at=next_poll,
             sync_generation=self.generation,
             pending_items=max(0, result.pending),
+            last_pass_items=result.created + result.updated + result.deleted,
             counters=result.counters,
             worker=self.worker,
             updated_at=utc_now(),

@@ -147,7 +147,7 @@ class ConnectorRuntime:
         self._emitter: Emitter | None = None
         self._store: CursorStore | None = None
         self._kit: SourceKit | None = None
-        self.fleet = FleetGauges()
+        self.fleet = FleetGauges(lambda: {m: o.config for m, o in self._owned.items()})
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -326,7 +326,6 @@ class ConnectorRuntime:
         tasks = [o.task for o in stopping if o.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.fleet.forget(mailbox_ids)
         metrics.CONNECTOR_MAILBOXES_OWNED.set(len(self.owned_mailboxes))
 
     # -- manual tracking ---------------------------------------------------------

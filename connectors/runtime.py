@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -54,10 +55,21 @@ from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.fleet import FleetGauges
 from connectors.gate import GateRegistry
+from connectors.lag import ProcessorLag
 from connectors.profiles_view import ProfilesView
 from connectors.retry import RetryTracker
+from connectors.schedule import (
+    THROTTLING_CODES,
+    PollDecision,
+    PollHistory,
+    PollOutcome,
+    PollReason,
+    backpressure,
+    next_poll,
+    record,
+)
 from connectors.source import MailboxSource, PassResult, tracked_event
-from connectors.sources import SourceKit, open_source, poll_interval, retry_policy
+from connectors.sources import SourceKit, open_source, polling_settings, retry_policy
 from connectors.tracking import (
     TRACK_INVALID,
     TRACK_MISROUTED,
@@ -82,6 +94,7 @@ from schemas.mailbox import (
     RunStatus,
     ServerProfile,
     SyncState,
+    cursor_key,
 )
 from schemas.topics import CONNECTOR_CURSORS, MAIL_TRACK, MAILBOX_CONFIG, codec
 from schemas.track import RequestKind, TrackRequest, track_message_id
@@ -132,6 +145,8 @@ class ConnectorRuntime:
         """Server profiles by name, kept up to date in place from server.profiles."""
         self.gates = GateRegistry()
         """Connection limits per server profile, shared by this worker's mailboxes."""
+        self.lag = ProcessorLag(kafka, prefix, settings)
+        """The processors' lag on mail.changes, which slows polling down past a threshold."""
         self.worker = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.config_topic = MAILBOX_CONFIG.name(prefix)
         self.track_topic = MAIL_TRACK.name(prefix)
@@ -166,6 +181,7 @@ class ConnectorRuntime:
             gates=self.gates,
         )
         await self._check_layout()
+        self.lag.start()
         profiles = ProfilesView(self.kafka, self.prefix, self.profiles, self._profiles_changed)
         await profiles.load()
         follow = asyncio.get_running_loop().create_task(profiles.follow(stop))
@@ -203,6 +219,7 @@ class ConnectorRuntime:
                 await self._inbox.commit()
             await consumer.stop()
             await self._producer.stop()
+            await self.lag.stop()
 
     def sync_now(self, mailbox_id: str) -> bool:
         """Poll a mailbox at once (manual sync); False when this worker does not own it."""
@@ -485,16 +502,21 @@ class ConnectorRuntime:
 
     async def _mailbox_loop(self, owned: _Owned) -> None:
         """Sync, wait for push or the next poll, repeat; retry transient failures on the
-        policy's schedule and stop (mailbox disabled) on a permanent one."""
+        policy's schedule and stop (mailbox disabled) on a permanent one.
+
+        When to poll next is connectors/schedule.py's decision, from what the
+        mailbox's polls saw, the server's throttling and the processors' lag."""
         assert self._kit is not None
         config = owned.config
         await self._loaded(owned.partition).wait()
         tracker = _StatusTracker(config.mailbox_id, self.worker)
         retries = RetryTracker(retry_policy(config, self.profiles))
-        interval = poll_interval(config, self.settings)
+        history = PollHistory(quiet_since=self._quiet_since(owned))
+        reason = PollReason.FIRST
         source: MailboxSource | None = None
         try:
             while not owned.stop.is_set():
+                metrics.CONNECTOR_POLLS.labels(str(config.protocol), str(reason)).inc()
                 started = utc_now()
                 clock = time.monotonic()
                 try:
@@ -523,43 +545,119 @@ class ConnectorRuntime:
                     await self._fail(config, tracker, failure, retries.failures)
                     kind = "reconnect" if retries.reconnecting else "retry"
                     metrics.CONNECTOR_RETRIES.labels(config.protocol, kind).inc()
-                    await self._pause(owned, delay)
+                    throttled = self._note_throttling(config, failure)
+                    history, decision = self._scheduled(
+                        config, history, clock, error=True, throttled=throttled, retry_delay_s=delay
+                    )
+                    reason = await self._pause(owned, decision)
                     continue
                 retries.succeeded()
                 metrics.CONNECTOR_POLL_SECONDS.labels(source.protocol).observe(
                     time.monotonic() - clock
                 )
-                next_poll = utc_now() + timedelta(seconds=interval)
-                status = tracker.completed(started, result, next_poll)
+                found = result.created + result.updated + result.deleted
+                history, decision = self._scheduled(config, history, clock, items=found)
+                due_at = utc_now() + timedelta(seconds=decision.delay_s)
+                status = tracker.completed(started, result, due_at)
                 if status is not None:
                     await self._publish(status)
-                await self._wait_for_change(owned, source, interval)
+                reason = await self._wait_for_change(owned, source, decision)
         finally:
             if source is not None:
                 with contextlib.suppress(Exception):
                     await source.close()
 
-    async def _pause(self, owned: _Owned, seconds: float) -> None:
-        """Sleep, unless the mailbox is stopped or woken (manual sync) first."""
-        owned.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await owned.wake.wait()
+    def _scheduled(
+        self,
+        config: MailboxConfig,
+        history: PollHistory,
+        started: float,
+        *,
+        items: int = 0,
+        error: bool = False,
+        throttled: bool = False,
+        retry_delay_s: float | None = None,
+    ) -> tuple[PollHistory, PollDecision]:
+        """Fold a poll that began at `started` (monotonic) into the mailbox's history and
+        ask the schedule when to poll next, with the profile's current settings and
+        the processors' last known lag; a healthy poll counts toward the profile's
+        connection limit growing back. Recorded in the metrics."""
+        now = time.monotonic()
+        outcome = PollOutcome(
+            at=now, items=items, latency_s=now - started, error=error, throttled=throttled
+        )
+        history = record(history, outcome)
+        if not error:
+            gate = self.gates.get(config.server_profile or "")
+            if gate is not None:
+                gate.healthy()
+        polling = polling_settings(config, self.settings, self.profiles)
+        lag = self.lag.current
+        decision = next_poll(
+            history, polling, now, random.random, lag=lag, retry_delay_s=retry_delay_s
+        )
+        metrics.CONNECTOR_BACKPRESSURE.set(1 if backpressure(lag, polling) else 0)
+        metrics.CONNECTOR_NEXT_POLL_SECONDS.labels(str(decision.reason)).observe(decision.delay_s)
+        return history, decision
 
-    async def _wait_for_change(self, owned: _Owned, source: MailboxSource, interval: float) -> None:
-        """Until the source sees a change (push) or the poll is due, or a wake-up (at
-        once when track requests wait)."""
+    def _quiet_since(self, owned: _Owned) -> float | None:
+        """When the mailbox last changed as its cursors tell (their newest update), on
+        the monotonic clock; None when it has no cursors yet."""
+        prefix = cursor_key(owned.config.mailbox_id, "")
+        cursors = self._cursors.get(owned.partition, {})
+        times = [c.updated_at for key, c in cursors.items() if key.startswith(prefix)]
+        if not times:
+            return None
+        age = (utc_now() - max(times)).total_seconds()
+        return time.monotonic() - max(0.0, age)
+
+    def _note_throttling(self, config: MailboxConfig, failure: ConnectorError) -> bool:
+        """True when `failure` is the server throttling; then the profile's connection
+        limit shrinks."""
+        if failure.code not in THROTTLING_CODES:
+            return False
+        profile = config.server_profile or ""
+        metrics.CONNECTOR_THROTTLING_ANSWERS.labels(profile, failure.code).inc()
+        gate = self.gates.get(profile)
+        if gate is not None:
+            gate.throttled()
+        return True
+
+    async def _pause(self, owned: _Owned, decision: PollDecision) -> PollReason:
+        """Sleep as decided, unless the mailbox is stopped or woken (manual sync) first;
+        why the next poll happens."""
+        owned.wake.clear()
+        try:
+            async with asyncio.timeout(decision.delay_s):
+                await owned.wake.wait()
+        except TimeoutError:
+            return decision.reason
+        return PollReason.MANUAL
+
+    async def _wait_for_change(
+        self, owned: _Owned, source: MailboxSource, decision: PollDecision
+    ) -> PollReason:
+        """Until the source sees a change (push), the poll is due, or a wake-up (at once
+        when track requests wait); why the next poll happens."""
         owned.wake.clear()
         if owned.tracks:
-            return
-        change = asyncio.create_task(source.wait_for_change(interval))
-        woken = asyncio.create_task(owned.wake.wait())
-        try:
-            await asyncio.wait({change, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (change, woken):
-                task.cancel()
-            await asyncio.gather(change, woken, return_exceptions=True)
+            return PollReason.MANUAL
+        due = time.monotonic() + decision.delay_s
+        while (left := due - time.monotonic()) > 0:
+            change = asyncio.create_task(source.wait_for_change(left))
+            woken = asyncio.create_task(owned.wake.wait())
+            try:
+                await asyncio.wait({change, woken}, return_when=asyncio.FIRST_COMPLETED)
+                if woken.done():
+                    return PollReason.MANUAL
+                if change.done() and not change.cancelled() and change.result():
+                    return PollReason.PUSH
+            finally:
+                for task in (change, woken):
+                    task.cancel()
+                await asyncio.gather(change, woken, return_exceptions=True)
+            # The source came back without a push (an IDLE re-issue): wait the rest.
+        return decision.reason
 
     def _progress_reporter(
         self, tracker: _StatusTracker, started: datetime

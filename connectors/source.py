@@ -62,8 +62,9 @@ class MailboxSource(Protocol):
         """Emit every change since the cursors; raise ConnectorError on failure."""
         ...
 
-    async def wait_for_change(self, timeout_s: float) -> None:
-        """Return when the mailbox may have changed (push), or after `timeout_s`."""
+    async def wait_for_change(self, timeout_s: float) -> bool | None:
+        """Return when the mailbox may have changed (push: True), or after `timeout_s`
+        or earlier without a push (falsy: the runtime waits the rest of its delay)."""
         ...
 
     async def list_server_items(self) -> ServerListing:

@@ -17,7 +17,14 @@ from connectors.maildir_sync import MaildirMailbox
 from connectors.pop3 import Pop3Mailbox
 from connectors.source import MailboxSource
 from schemas.config import ConnectorConfig
-from schemas.mailbox import Cursor, MailboxConfig, Protocol, RetryPolicy, ServerProfile
+from schemas.mailbox import (
+    Cursor,
+    MailboxConfig,
+    PollingSettings,
+    Protocol,
+    RetryPolicy,
+    ServerProfile,
+)
 
 
 @dataclass
@@ -71,7 +78,7 @@ def open_source(
             claim_check=kit.claim_check,
         )
     profile = server_profile(config, kit.profiles)
-    gate = kit.gates.gate(config.server_profile or "", profile.max_connections)
+    gate = kit.gates.gate(config.server_profile or "", profile.max_connections, profile.polling)
     if config.protocol == Protocol.IMAP:
         return ImapMailbox(
             config,
@@ -104,11 +111,19 @@ def open_source(
     )
 
 
-def poll_interval(config: MailboxConfig, settings: ConnectorConfig) -> float:
-    """Seconds between polls: short for local Maildirs, longer for servers."""
-    if config.protocol == Protocol.MAILDIR:
-        return settings.poll_interval_s
-    return settings.server_poll_interval_s
+def polling_settings(
+    config: MailboxConfig, settings: ConnectorConfig, profiles: dict[str, ServerProfile]
+) -> PollingSettings:
+    """How the scheduler polls a mailbox: a local Maildir every `poll_interval_s`; a
+    server mailbox by its profile's `polling` settings, or every
+    `server_poll_interval_s` when the operator fixed one."""
+    profile = profiles.get(config.server_profile or "")
+    polling = profile.polling if profile is not None else PollingSettings()
+    if config.protocol == Protocol.MAILDIR or profile is None:
+        return polling.fixed(settings.poll_interval_s)
+    if settings.server_poll_interval_s is not None:
+        return polling.fixed(settings.server_poll_interval_s)
+    return polling
 
 
 def retry_policy(config: MailboxConfig, profiles: dict[str, ServerProfile]) -> RetryPolicy:

@@ -268,13 +268,25 @@ class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     A message larger than `claim_check_bytes` goes to the claim-check blob store
     and its event carries the reference, the header block and a text preview;
     no event is ever larger than `max_event_bytes` (keep it under the broker's
-    message.max.bytes; Kafka's default is 1 MiB). `poll_interval_s` is for
-    local Maildirs; `server_poll_interval_s` for mail servers without push.
+    message.max.bytes; Kafka's default is 1 MiB).
+
+    Local Maildirs are polled every `poll_interval_s`. Mailboxes on servers are
+    polled adaptively by their profile's `polling` settings (docs/polling.md),
+    unless `server_poll_interval_s` fixes one interval for all of them.
+
+    Every `lag_interval_s` the connectors read how far the processors' consumer
+    group `processors_group_id` (processors.group_id) is behind on mail.changes
+    (each read bounded by `lag_timeout_s`; a failed read is logged and the lag
+    is unknown, which slows nothing); past a profile's `lag_threshold` polling
+    slows down.
     """
 
     group_id: str = "tidings-connectors"
     poll_interval_s: float = 0.25
-    server_poll_interval_s: float = 60.0
+    server_poll_interval_s: float | None = None
+    processors_group_id: str = "tidings-processors"
+    lag_interval_s: float = 15.0
+    lag_timeout_s: float = 10.0
     max_batch_items: int = 500
     ack_timeout_s: float = 60.0
     claim_check_bytes: int = 512 * 1024

@@ -98,6 +98,78 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     reconnect_max_s: float = 30.0
 
 
+class PollingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How often tidings polls the mailboxes of one server profile, and how hard it
+    may push the server (connectors/schedule.py applies it; docs/polling.md explains).
+
+    A mailbox is *active* while its last poll that found items is less than
+    `active_window_s` old: it is polled `min_interval_s` after a poll that found
+    items, each empty poll multiplies the delay by `active_backoff`, up to
+    `max_active_interval_s`. After that it is *idle*: it waits `backoff_factor - 1`
+    times as long as it has been quiet (so successive delays grow by about
+    `backoff_factor`), from `max_active_interval_s` up to `idle_max_s` (6 h). A
+    server push (IMAP IDLE) or `tidings mailbox sync ID` polls at once whatever
+    the schedule says. Every delay is spread by +-`jitter` (a fraction) so a
+    fleet does not poll in lockstep, and is at least the mailbox's poll time
+    divided by `max_busy_fraction` (a slow server is polled less often).
+
+    A throttling answer (server busy, connection refused, too many connections)
+    waits `throttle_delay_s`, doubling per throttled poll in a row, and halves the
+    profile's connection limit (never below `concurrency_floor`); after
+    `recovery_streak` healthy polls in a row the limit grows by `recovery_step`,
+    never above `max_connections` (AIMD).
+
+    When the processors' consumer lag on mail.changes passes `lag_threshold`
+    messages, scheduled delays are multiplied by `lag_slowdown` (backpressure,
+    capped at `idle_max_s`; a push still polls at once).
+    """
+
+    min_interval_s: float = 30.0
+    max_active_interval_s: float = 120.0
+    active_window_s: float = 3600.0
+    active_backoff: float = 2.0
+    backoff_factor: float = 2.0
+    idle_max_s: float = 6 * 3600.0
+    jitter: float = 0.1
+    max_busy_fraction: float = 0.1
+    throttle_delay_s: float = 60.0
+    lag_threshold: int = 10_000
+    lag_slowdown: float = 4.0
+    concurrency_floor: int = 1
+    recovery_streak: int = 20
+    recovery_step: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_interval_s <= self.max_active_interval_s <= self.idle_max_s:
+            raise ValueError(
+                "polling needs 0 < min_interval_s <= max_active_interval_s <= idle_max_s"
+            )
+        if self.active_backoff < 1 or self.backoff_factor < 1 or self.lag_slowdown < 1:
+            raise ValueError("polling active_backoff, backoff_factor and lag_slowdown must be >= 1")
+        if not 0 <= self.jitter < 1 or not 0 < self.max_busy_fraction <= 1:
+            raise ValueError("polling needs 0 <= jitter < 1 and 0 < max_busy_fraction <= 1")
+        if self.active_window_s < 0 or self.throttle_delay_s <= 0 or self.lag_threshold < 1:
+            raise ValueError(
+                "polling needs active_window_s >= 0, throttle_delay_s > 0, lag_threshold >= 1"
+            )
+        if self.concurrency_floor < 1 or self.recovery_streak < 1 or self.recovery_step < 1:
+            raise ValueError(
+                "polling concurrency_floor, recovery_streak and recovery_step must be >= 1"
+            )
+
+    def fixed(self, interval_s: float) -> PollingSettings:
+        """These settings polling every `interval_s` whatever the mailbox does or how
+        long its polls take (Maildir, or an operator's fixed `server_poll_interval_s`);
+        throttling, backpressure and jitter still apply."""
+        return msgspec.structs.replace(
+            self,
+            min_interval_s=interval_s,
+            max_active_interval_s=interval_s,
+            idle_max_s=interval_s,
+            max_busy_fraction=1.0,
+        )
+
+
 class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An email server profile: where the server is, how to reach it safely, and how
     hard tidings may use it. Mailboxes name a profile; its `max_connections` is
@@ -113,6 +185,9 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     One IMAP FETCH reads at most `fetch_batch` messages and, reckoned from
     their size classes, at most `fetch_bytes`; a message over 128 KiB is read
     alone, and one over `max_message_bytes` only as headers.
+
+    `polling` says how often its mailboxes are polled and how the connection
+    limit adapts to throttling (PollingSettings; `[server_profiles.NAME.polling]`).
     """
 
     protocol: Protocol
@@ -132,6 +207,7 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     fetch_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 50 * 1024 * 1024
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    polling: PollingSettings = msgspec.field(default_factory=PollingSettings)
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:

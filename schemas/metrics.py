@@ -14,6 +14,8 @@ POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 IO_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Mailbox-to-decision latency: the product promise is "within seconds".
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+# Delays the poll scheduler chooses: a push (0) to the idle ceiling (6 h by default).
+DELAY_BUCKETS = (0, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 21600, 43200)
 
 # --- connectors -------------------------------------------------------------
 CONNECTOR_POLL_SECONDS = Histogram(
@@ -79,6 +81,35 @@ CONNECTOR_CLAIM_CHECKS = Counter(
     "tidings_connector_claim_checks_total",
     "Messages too large for an event, stored in the claim-check blob store instead.",
     ["protocol"],
+)
+CONNECTOR_POLLS = Counter(
+    "tidings_connector_polls_total",
+    "Polls (sync passes) started, by protocol and why then (active, idle, push, manual, ...).",
+    ["protocol", "reason"],
+)
+CONNECTOR_NEXT_POLL_SECONDS = Histogram(
+    "tidings_connector_next_poll_delay_seconds",
+    "Delay the poll scheduler chose before a mailbox's next poll, by the reason it gave.",
+    ["reason"],
+    buckets=DELAY_BUCKETS,
+)
+CONNECTOR_BACKPRESSURE = Gauge(
+    "tidings_connector_backpressure",
+    "1 while processor lag over a profile's lag_threshold slows polling down, else 0.",
+)
+CONNECTOR_PROCESSOR_LAG = Gauge(
+    "tidings_connector_processor_lag",
+    "mail.changes messages the processors have not committed, as last read (-1: unknown).",
+)
+CONNECTOR_CONCURRENCY_LIMIT = Gauge(
+    "tidings_connector_concurrency_limit",
+    "Connections the adaptive limit allows now, per server profile (<= max_connections).",
+    ["profile"],
+)
+CONNECTOR_THROTTLING_ANSWERS = Counter(
+    "tidings_connector_throttling_answers_total",
+    "Throttling answers (server busy, connection refused, too many connections) per profile.",
+    ["profile", "code"],
 )
 
 # --- outgoing sender (connectors) ------------------------------------------

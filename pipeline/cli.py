@@ -206,7 +206,21 @@ def crm_import(ctx: Context, file: Path, fmt: str | None) -> None:
 
 @main.group()
 def mailbox() -> None:
-    """Mailboxes: one per user or queue, each with its incoming filter."""
+    """Mailboxes: one per user or queue, each with its incoming filter and state.
+
+    \b
+    States (as in Dynamics 365 server-side sync):
+      pending-approval  added with --state pending-approval; not read
+      approved          approved (`mailbox approve`), not enabled yet; not read
+      tested            approved, and its last `mailbox test` passed; not read
+      enabled           read by the connectors (only approved + enabled are)
+      disabled          by `mailbox disable` or a permanent error (wrong
+                        password, missing mailbox, retries exhausted): the
+                        reason is on it; `mailbox enable` clears it
+    Each mailbox has one owner (user:NAME or queue:NAME) and each owner one
+    mailbox; `mailbox remap` moves a mailbox and records the broken link.
+    See them all with `tidings status` (add --watch to follow).
+    """
 
 
 @mailbox.command("add")
@@ -225,7 +239,8 @@ def mailbox() -> None:
 )
 @click.option(
     "--server-profile",
-    help="IMAP/POP3: a profile from [server_profiles.NAME] in tidings.toml (host, TLS, limits).",
+    help="IMAP/POP3: a server profile (host, TLS, limits): [server_profiles.NAME] in "
+    "tidings.toml or one added with `tidings profile add`.",
 )
 @click.option("--user", "username", help="IMAP/POP3 login name (default: the mailbox address).")
 @click.option("--password-env", help="IMAP/POP3: environment variable holding the password.")
@@ -272,6 +287,14 @@ def mailbox() -> None:
     is_flag=True,
     help="POP3: delete messages once synced (default: leave them on the server).",
 )
+@click.option(
+    "--state",
+    type=click.Choice(["enabled", "approved", "pending-approval"]),
+    default="enabled",
+    show_default=True,
+    help="Start enabled (read at once), approved (test, then `mailbox enable`), or "
+    "pending approval (`mailbox approve` first).",
+)
 @pass_context
 def mailbox_add(
     ctx: Context,
@@ -290,6 +313,7 @@ def mailbox_add(
     folders: tuple[str, ...],
     since: datetime | None,
     delete_from_server: bool,
+    state: str,
 ) -> None:
     """Add (or replace) a mailbox; connectors pick it up within seconds.
 
@@ -297,8 +321,19 @@ def mailbox_add(
     Maildir:  tidings mailbox add --id mb-ann --owner user:ann --path ~/Maildir
     IMAP:     tidings mailbox add --id mb-bob --owner user:bob --protocol imap \\
                 --server-profile corp --user bob --password-env BOB_IMAP_PASSWORD
+    \b
+    One mailbox per owner: adding a second mailbox for user:bob is refused
+    (remove or remap the first), and replacing mb-bob with another owner is a
+    remap (`tidings mailbox remap mb-bob --owner user:NEW`).
     """
-    from pipeline.mailboxes import MailboxDefinitionError, maildir_mailbox, server_mailbox
+    from pipeline.mailboxes import (
+        MailboxDefinitionError,
+        MailboxStateError,
+        check_add,
+        mailbox_state,
+        maildir_mailbox,
+        server_mailbox,
+    )
     from schemas.mailbox import AutoCreate
     from schemas.secret import SecretRef
     from schemas.topics import MAILBOX_CONFIG
@@ -316,8 +351,6 @@ def mailbox_add(
         else:
             if not server_profile:
                 fail(f"--server-profile is required for {protocol}", _profiles_hint(ctx.config))
-            elif server_profile not in ctx.config.server_profiles:
-                fail(f"no server profile {server_profile!r}", _profiles_hint(ctx.config))
             if bool(password_env) == bool(password_file):
                 fail("give exactly one of --password-env or --password-file")
             secret = (
@@ -341,14 +374,37 @@ def mailbox_add(
     except MailboxDefinitionError as exc:
         fail(str(exc))
     config = msgspec.structs.replace(
-        config, auto_create=AutoCreate(auto_create), forward_mailbox=forward_mailbox
+        config,
+        auto_create=AutoCreate(auto_create),
+        forward_mailbox=forward_mailbox,
+        approved=state != "pending-approval",
+        enabled=state == "enabled",
     )
     infra = bring_up(ctx.config)
     try:
+        if config.server_profile is not None:
+            profiles = _effective_profiles(infra.config)
+            chosen = profiles.get(config.server_profile)
+            if chosen is None:
+                fail(f"no server profile {config.server_profile!r}", _profiles_hint(profiles))
+            elif chosen.protocol != config.protocol:
+                fail(
+                    f"server profile {config.server_profile!r} is {chosen.protocol.value}, "
+                    f"not {protocol}",
+                    _profiles_hint(profiles),
+                )
+        configs, _ = _read_mailboxes(infra.config)
+        try:
+            check_add(configs, config)
+        except MailboxStateError as exc:
+            fail(str(exc))
         _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, config)])
     finally:
         infra.close()
-    console.print(f"mailbox {mailbox_id} ({config.owner}, filter {incoming_filter}) added")
+    console.print(
+        f"mailbox {mailbox_id} ({config.owner}, filter {incoming_filter}) added, "
+        f"{mailbox_state(config).value}"
+    )
 
 
 def _where(config: Any) -> str:
@@ -359,27 +415,61 @@ def _where(config: Any) -> str:
     return f"{config.protocol.value} {user} @ {config.server_profile}"
 
 
-def _profiles_hint(config: TidingsConfig) -> str:
-    known = ", ".join(sorted(config.server_profiles)) or "none yet"
-    return f"server profiles in the configuration: {known}; define [server_profiles.NAME]"
+def _profiles_hint(profiles: Any) -> str:
+    """What to do about a missing profile: the known ones, and how to add one."""
+    names = profiles.server_profiles if isinstance(profiles, TidingsConfig) else profiles
+    known = ", ".join(sorted(names)) or "none yet"
+    return (
+        f"known server profiles: {known}; add one with `tidings profile add` or "
+        "[server_profiles.NAME] in tidings.toml"
+    )
+
+
+def _effective_profiles(config: TidingsConfig) -> dict[str, Any]:
+    """The server profiles in force: tidings.toml's, replaced by published ones."""
+    from pipeline.profiles import read_published
+    from schemas.mailbox import merged_profiles
+
+    return merged_profiles(config.server_profiles, asyncio.run(read_published(config)))
+
+
+def _read_mailboxes(config: TidingsConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every mailbox configuration and its latest status, from Kafka."""
+    from pipeline.idle import read_compacted
+    from schemas.topics import MAILBOX_CONFIG, MAILBOX_STATUS
+
+    async def read() -> tuple[dict[str, Any], dict[str, Any]]:
+        return (
+            await read_compacted(config, MAILBOX_CONFIG),
+            await read_compacted(config, MAILBOX_STATUS),
+        )
+
+    try:
+        return asyncio.run(read())
+    except TimeoutError:
+        fail("the broker did not answer in time", "check it runs, then try again")
+        raise
 
 
 @mailbox.command("list")
 @pass_context
 def mailbox_list(ctx: Context) -> None:
-    """List mailboxes with their owner, filter and last sync."""
-    from pipeline.idle import read_compacted
-    from schemas.topics import MAILBOX_CONFIG, MAILBOX_STATUS
+    """List mailboxes with their owner, filter, state and last sync.
+
+    \b
+    The last column is the last error, or for a disabled mailbox why it is
+    disabled. `tidings mailbox show ID` has the details.
+    """
+    from pipeline.mailboxes import disabled_reason, mailbox_state
 
     infra = bring_up(ctx.config)
     try:
-        configs = asyncio.run(read_compacted(infra.config, MAILBOX_CONFIG))
-        statuses = asyncio.run(read_compacted(infra.config, MAILBOX_STATUS))
+        configs, statuses = _read_mailboxes(infra.config)
     finally:
         infra.close()
     table = Table(header_style="bold")
     columns = ("mailbox", "owner", "address", "filter", "state", "last sync", "items", "where")
-    for column in (*columns, "last error"):
+    for column in (*columns, "last error / why disabled"):
         table.add_column(column)
     for mailbox_id, config in sorted(configs.items()):
         status = statuses.get(mailbox_id)
@@ -388,18 +478,19 @@ def mailbox_list(ctx: Context) -> None:
             if status and status.last_sync_at
             else "never"
         )
+        why = disabled_reason(config, status)
+        if why is None and status and status.last_error_code:
+            why = f"{status.last_error_code}: {status.last_error}"
         table.add_row(
             mailbox_id,
             str(config.owner),
             config.email_address,
             config.incoming_filter.value,
-            status.state.value if status else "not run",
+            mailbox_state(config, status).value,
             last,
             str(status.counters.items_listed) if status else "",
             _where(config),
-            escape(f"{status.last_error_code}: {status.last_error}")
-            if status and status.last_error_code
-            else "",
+            escape(why or ""),
         )
     console.print(table)
     if not configs:
@@ -422,7 +513,10 @@ def mailbox_reconcile(ctx: Context, mailbox_id: str) -> None:
 
     infra = bring_up(ctx.config)
     try:
-        report = asyncio.run(reconcile(infra.config, mailbox_id))
+        config = msgspec.structs.replace(
+            infra.config, server_profiles=_effective_profiles(infra.config)
+        )
+        report = asyncio.run(reconcile(config, mailbox_id))
     except LookupError as exc:
         fail(str(exc))
     except ConnectorError as exc:
@@ -454,6 +548,533 @@ def mailbox_reconcile(ctx: Context, mailbox_id: str) -> None:
             "see `tidings query \"SELECT * FROM tidings.sync_errors WHERE code LIKE 'Reconcile%'\"`"
         )
         sys.exit(1)
+
+
+def _actor() -> str:
+    """Who runs the command, for the records it leaves ("" when unknown)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return ""
+
+
+def _change_mailbox(ctx: Context, mailbox_id: str, change: Any, done: str) -> Any:
+    """Read a mailbox's configuration, apply `change` (config, now → config; raises
+    MailboxStateError to refuse), publish it when it changed, and say `done`."""
+    from pipeline.mailboxes import MailboxStateError, mailbox_state
+    from schemas.base import utc_now
+    from schemas.topics import MAILBOX_CONFIG
+
+    infra = bring_up(ctx.config)
+    try:
+        configs, _ = _read_mailboxes(infra.config)
+        config = _known(configs, mailbox_id)
+        try:
+            updated = change(config, utc_now())
+        except MailboxStateError as exc:
+            fail(str(exc))
+        if updated != config:
+            _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, updated)])
+    finally:
+        infra.close()
+    state = mailbox_state(updated).value
+    note = "" if updated != config else " (nothing to change)"
+    console.print(f"mailbox {mailbox_id} {done}{note}: now {state}")
+    return updated
+
+
+def _known(configs: dict[str, Any], mailbox_id: str) -> Any:
+    if mailbox_id not in configs:
+        known = ", ".join(sorted(configs)[:10]) or "none yet"
+        fail(f"no mailbox {mailbox_id!r} (mailboxes: {known})", "see `tidings mailbox list`")
+    return configs[mailbox_id]
+
+
+@mailbox.command("show")
+@click.argument("mailbox_id")
+@click.option("--errors", "error_count", default=5, show_default=True, help="Last errors shown.")
+@pass_context
+def mailbox_show(ctx: Context, mailbox_id: str, error_count: int) -> None:
+    """Everything about one mailbox: configuration, state and why, last test, latest
+    status from its connector, and its last errors."""
+    from pipeline.status import recent_errors, show_mailbox
+
+    infra = bring_up(ctx.config)
+    try:
+        configs, statuses = _read_mailboxes(infra.config)
+        config = _known(configs, mailbox_id)
+        try:
+            errors = asyncio.run(recent_errors(infra.config, mailbox_id, error_count))
+        except TimeoutError:
+            errors = []
+    finally:
+        infra.close()
+    console.print(show_mailbox(config, statuses.get(mailbox_id), errors))
+
+
+@mailbox.command("approve")
+@click.argument("mailbox_id")
+@pass_context
+def mailbox_approve(ctx: Context, mailbox_id: str) -> None:
+    """Approve a mailbox (pending approval → approved); then test and enable it.
+
+    \b
+    Processors only promote email of approved mailboxes, and connectors only
+    read approved and enabled ones.
+      tidings mailbox approve mb-bob
+      tidings mailbox test mb-bob --enable
+    """
+    from pipeline.mailboxes import approve
+
+    _change_mailbox(ctx, mailbox_id, approve, "approved")
+
+
+@mailbox.command("enable")
+@click.argument("mailbox_id")
+@pass_context
+def mailbox_enable(ctx: Context, mailbox_id: str) -> None:
+    """Enable an approved mailbox: connectors start reading it within seconds.
+
+    Also clears a disable (by `mailbox disable` or by a permanent error): fix
+    the cause first (password, server, mailbox name), then enable; a mailbox
+    that still fails is disabled again with the new reason. Testing first
+    (`tidings mailbox test ID --enable`) tells you before it runs.
+    """
+    from pipeline.mailboxes import enable
+
+    _change_mailbox(ctx, mailbox_id, enable, "enabled")
+
+
+@mailbox.command("disable")
+@click.argument("mailbox_id")
+@click.option("--reason", default="disabled by an administrator", help="Why, kept on it.")
+@pass_context
+def mailbox_disable(ctx: Context, mailbox_id: str, reason: str) -> None:
+    """Disable a mailbox: its connector stops reading it (its cursors are kept, so
+    `tidings mailbox enable` resumes where it stopped)."""
+    from pipeline.mailboxes import disable
+
+    by = _actor()
+    _change_mailbox(ctx, mailbox_id, lambda c, now: disable(c, reason, by, now), "disabled")
+
+
+@mailbox.command("remove")
+@click.argument("mailbox_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+def mailbox_remove(ctx: Context, mailbox_id: str, yes: bool) -> None:
+    """Remove a mailbox (a tombstone on mailbox.config): connectors stop reading it.
+
+    Activities already created stay; its owner is free for another mailbox.
+    Adding it again later resumes from its stored cursors.
+    """
+    from schemas.topics import MAILBOX_CONFIG
+
+    infra = bring_up(ctx.config)
+    try:
+        configs, _ = _read_mailboxes(infra.config)
+        config = _known(configs, mailbox_id)
+        if not yes and not click.confirm(
+            f"remove mailbox {mailbox_id} of {config.owner}?", default=False, err=True
+        ):
+            fail("not removed", "pass --yes to remove without asking")
+        _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, None)])
+    finally:
+        infra.close()
+    console.print(f"mailbox {mailbox_id} removed ({config.owner} has no mailbox now)")
+
+
+@mailbox.command("remap")
+@click.argument("mailbox_id")
+@click.option("--owner", required=True, help="The new owner: user:NAME or queue:NAME.")
+@pass_context
+def mailbox_remap(ctx: Context, mailbox_id: str, owner: str) -> None:
+    """Give a mailbox another owner, breaking the link to the old one.
+
+    One mailbox per owner: the new owner must have no mailbox (remove or remap
+    theirs first). The broken link is recorded as a MailboxRemapped notice on
+    sync.errors naming the old and the new owner:
+      tidings query "SELECT message FROM tidings.sync_errors FINAL
+        WHERE code = 'MailboxRemapped'"
+    """
+    from pipeline.mailboxes import MailboxDefinitionError, MailboxStateError, remap
+    from schemas.base import utc_now
+    from schemas.topics import MAILBOX_CONFIG, SYNC_ERRORS
+
+    infra = bring_up(ctx.config)
+    try:
+        configs, _ = _read_mailboxes(infra.config)
+        _known(configs, mailbox_id)
+        try:
+            config, event = remap(configs, mailbox_id, owner, _actor(), utc_now())
+        except (MailboxStateError, MailboxDefinitionError) as exc:
+            fail(str(exc))
+        _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, config)])
+        _publish(infra.config, SYNC_ERRORS, [(mailbox_id, event)])
+    finally:
+        infra.close()
+    console.print(event.message, soft_wrap=True)
+
+
+@mailbox.command("sync")
+@click.argument("mailbox_id")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=0.0,
+    help="Wait up to this many seconds for the sync to complete and print its result.",
+)
+@pass_context
+def mailbox_sync(ctx: Context, mailbox_id: str, wait_s: float) -> None:
+    """Poll a mailbox now instead of at its next scheduled poll.
+
+    The request goes through mail.track to the connector worker that owns the
+    mailbox, which wakes its loop. A mailbox that is not read (pending approval,
+    not enabled, disabled) is refused here; see progress with `tidings status`.
+    """
+    import time
+    import uuid
+
+    from pipeline.mailboxes import mailbox_state
+    from schemas.base import utc_now
+    from schemas.mailbox import SyncState
+    from schemas.topics import MAIL_TRACK
+    from schemas.track import RequestKind, TrackRequest
+
+    infra = bring_up(ctx.config)
+    try:
+        configs, statuses = _read_mailboxes(infra.config)
+        config = _known(configs, mailbox_id)
+        state = mailbox_state(config, statuses.get(mailbox_id))
+        if state != SyncState.ENABLED:
+            fail(
+                f"mailbox {mailbox_id} is {state.value}, so tidings does not read it",
+                f"enable it first: `tidings mailbox enable {mailbox_id}`",
+            )
+        asked = utc_now()
+        request = TrackRequest(
+            request_id=f"s-{uuid.uuid4().hex[:12]}",
+            mailbox_id=mailbox_id,
+            kind=RequestKind.SYNC,
+            requested_by=_actor(),
+            requested_at=asked,
+        )
+        _publish(infra.config, MAIL_TRACK, [(mailbox_id, request)])
+        console.print(f"sync of {mailbox_id} requested ({request.request_id})")
+        deadline = time.monotonic() + wait_s
+        while wait_s and time.monotonic() < deadline:
+            status = _read_mailboxes(infra.config)[1].get(mailbox_id)
+            synced = (
+                status is not None
+                and status.last_sync_at is not None
+                and (status.last_sync_at >= asked or status.state == SyncState.DISABLED)
+            )
+            if synced and status is not None and status.updated_at >= asked:
+                console.print(
+                    f"{mailbox_id}: {status.state.value}, last sync "
+                    f"{status.last_sync_at:%H:%M:%S}, {status.last_pass_items} items"
+                    + (f", error {status.last_error_code}" if status.last_error_code else "")
+                )
+                return
+            time.sleep(0.5)
+        if wait_s:
+            fail(
+                f"no completed sync of {mailbox_id} within {wait_s:g}s",
+                "is `tidings run connectors` running? see `tidings status`",
+            )
+    finally:
+        infra.close()
+
+
+@mailbox.command("test")
+@click.argument("mailbox_id")
+@click.option("--enable", "then_enable", is_flag=True, help="Enable it when the test passes.")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds per part.")
+@pass_context
+def mailbox_test(ctx: Context, mailbox_id: str, then_enable: bool, timeout_s: float) -> None:
+    """Test a mailbox against its servers and store the result on it (Test & Enable).
+
+    \b
+    incoming  connect, secure, log in and open every folder the connector reads
+    outgoing  send a test message to the mailbox's own address through its SMTP
+              profile (not run without outgoing settings)
+    act       appointments, contacts and tasks: not run (Exchange / Microsoft 365)
+    Each part is success, failure or not-run, with one line saying why; an
+    approved mailbox whose test passed is `tested`. With --enable a passing
+    test also enables it. Exit status 1 when a part failed.
+    """
+    from pipeline.mailbox_check import check_mailbox
+    from pipeline.mailboxes import MailboxStateError, enable, mailbox_state, record_test
+    from schemas.base import utc_now
+    from schemas.topics import MAILBOX_CONFIG
+
+    infra = bring_up(ctx.config)
+    try:
+        configs, _ = _read_mailboxes(infra.config)
+        config = _known(configs, mailbox_id)
+        profiles = _effective_profiles(infra.config)
+        result = asyncio.run(check_mailbox(infra.config, config, profiles, timeout_s))
+        now = utc_now()
+        updated = record_test(config, result, now)
+        if then_enable and result.passed:
+            try:
+                updated = enable(updated, now)
+            except MailboxStateError as exc:
+                _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, updated)])
+                fail(f"the test passed but {exc}")
+        _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, updated)])
+    finally:
+        infra.close()
+    table = Table(header_style="bold", title=f"mailbox test of {mailbox_id}")
+    for column in ("part", "result", "reason"):
+        table.add_column(column, overflow="fold")
+    for name, step in (
+        ("incoming", result.incoming),
+        ("outgoing", result.outgoing),
+        ("act", result.act),
+    ):
+        style = {"success": "green", "failure": "bold red"}.get(step.status.value, "")
+        table.add_row(
+            name,
+            f"[{style}]{step.status.value}[/]" if style else step.status.value,
+            escape(step.reason),
+        )
+    console.print(table)
+    if not result.passed:
+        fail(
+            f"mailbox {mailbox_id} failed its test: {result.reason}",
+            "fix it and test again; the result is stored (see `tidings mailbox show`)",
+        )
+    console.print(f"mailbox {mailbox_id} passed its test: now {mailbox_state(updated).value}")
+
+
+# -- server profiles -------------------------------------------------------------------
+
+
+@main.group()
+def profile() -> None:
+    """Email server profiles: server, security, authentication and connection limit.
+
+    \b
+    Mailboxes name a profile (`mailbox add --server-profile NAME`). Profiles come
+    from tidings.toml ([server_profiles.NAME]) and from the server.profiles topic
+    (`tidings profile add`); a published profile replaces the file's of the same
+    name for every connector within seconds, and mailboxes on it reconnect.
+    """
+
+
+@profile.command("add")
+@click.argument("name")
+@click.option("--protocol", type=click.Choice(["imap", "pop3", "smtp"]), required=True)
+@click.option("--host", required=True, help="Server host name.")
+@click.option("--port", type=int, help="Default: the protocol's port for --security.")
+@click.option(
+    "--security",
+    type=click.Choice(["tls", "starttls", "plain"]),
+    default="tls",
+    show_default=True,
+    help="TLS from the first byte, STARTTLS, or plaintext (needs --allow-plaintext).",
+)
+@click.option("--allow-plaintext", is_flag=True, help="Permit --security plain (loopback, tests).")
+@click.option(
+    "--auth",
+    type=click.Choice(["password", "plain", "xoauth2"]),
+    default="password",
+    show_default=True,
+    help="How mailboxes log in; xoauth2 needs --token-provider.",
+)
+@click.option("--token-provider", help="XOAUTH2: 'package.module:function' returning a token.")
+@click.option(
+    "--max-connections",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Concurrent connections to this server per connector worker.",
+)
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True)
+@click.option("--ca-file", help="Certificate authorities to trust instead of the system's.")
+@click.option("--no-verify", is_flag=True, help="Do not verify certificates (logged each time).")
+@click.option("--no-idle", is_flag=True, help="IMAP: poll instead of IDLE push.")
+@pass_context
+def profile_add(
+    ctx: Context,
+    name: str,
+    protocol: str,
+    host: str,
+    port: int | None,
+    security: str,
+    allow_plaintext: bool,
+    auth: str,
+    token_provider: str | None,
+    max_connections: int,
+    timeout_s: float,
+    ca_file: str | None,
+    no_verify: bool,
+    no_idle: bool,
+) -> None:
+    """Add (or replace) server profile NAME on the server.profiles topic.
+
+    \b
+      tidings profile add corp --protocol imap --host imap.corp.example
+      tidings profile add corp-smtp --protocol smtp --host smtp.corp.example \\
+        --security starttls --max-connections 4
+    """
+    from pipeline.profiles import publish_profiles
+    from schemas.mailbox import AuthMethod, Protocol, ServerProfile, TransportSecurity
+
+    try:
+        server = ServerProfile(
+            protocol=Protocol(protocol),
+            host=host,
+            port=port,
+            security=TransportSecurity(security),
+            allow_plaintext=allow_plaintext,
+            verify_certificates=not no_verify,
+            ca_file=ca_file,
+            auth=AuthMethod(auth),
+            token_provider=token_provider,
+            max_connections=max_connections,
+            timeout_s=timeout_s,
+            use_idle=not no_idle,
+        )
+    except ValueError as exc:
+        fail(f"profile {name}: {exc}")
+    if server.security == TransportSecurity.PLAIN and not server.allow_plaintext:
+        fail("--security plain sends passwords in clear", "add --allow-plaintext if you mean it")
+    infra = bring_up(ctx.config)
+    try:
+        publish_profiles(infra.config, {name: server})
+    finally:
+        infra.close()
+    replaces = " (replaces the tidings.toml profile)" if name in ctx.config.server_profiles else ""
+    console.print(
+        f"server profile {name}{replaces}: {protocol} {host}:{server.effective_port()} "
+        f"{security}, at most {max_connections} connections"
+    )
+
+
+@profile.command("list")
+@pass_context
+def profile_list(ctx: Context) -> None:
+    """List the server profiles in force and where each comes from."""
+    from pipeline.profiles import effective_profiles, read_published
+
+    infra = bring_up(ctx.config)
+    try:
+        published = asyncio.run(read_published(infra.config))
+    finally:
+        infra.close()
+    table = Table(header_style="bold")
+    for column in ("profile", "protocol", "server", "security", "auth", "max conn", "from"):
+        table.add_column(column)
+    for name, entry in effective_profiles(ctx.config.server_profiles, published).items():
+        server = entry.profile
+        table.add_row(
+            name,
+            server.protocol.value,
+            f"{server.host}:{server.effective_port()}",
+            server.security.value,
+            server.auth.value,
+            str(server.max_connections),
+            entry.source.value,
+        )
+    console.print(table)
+    if not published and not ctx.config.server_profiles:
+        console.print("no server profiles yet: add one with `tidings profile add`")
+
+
+@profile.command("show")
+@click.argument("name")
+@pass_context
+def profile_show(ctx: Context, name: str) -> None:
+    """Every setting of server profile NAME, and where it comes from."""
+    from pipeline.profiles import effective_profiles, read_published
+
+    infra = bring_up(ctx.config)
+    try:
+        published = asyncio.run(read_published(infra.config))
+    finally:
+        infra.close()
+    profiles = effective_profiles(ctx.config.server_profiles, published)
+    entry = profiles.get(name)
+    if entry is None:
+        fail(f"no server profile {name!r}", _profiles_hint(profiles))
+    assert entry is not None
+    table = Table(header_style="bold", title=f"server profile {name} (from {entry.source.value})")
+    table.add_column("setting")
+    table.add_column("value", overflow="fold")
+    for key, value in msgspec.structs.asdict(entry.profile).items():
+        shown = msgspec.json.encode(value).decode() if isinstance(value, msgspec.Struct) else value
+        table.add_row(key, escape(str(shown)))
+    console.print(table)
+
+
+@profile.command("remove")
+@click.argument("name")
+@pass_context
+def profile_remove(ctx: Context, name: str) -> None:
+    """Remove a published profile (a tombstone); a tidings.toml profile of that name is
+    in force again. Mailboxes naming a profile that no longer exists are disabled
+    with a Configuration error when their connector restarts them."""
+    from pipeline.profiles import read_published, remove_profile
+
+    infra = bring_up(ctx.config)
+    try:
+        if name not in asyncio.run(read_published(infra.config)):
+            fail(
+                f"no published profile {name!r}",
+                "profiles from tidings.toml are removed by editing the file",
+            )
+        remove_profile(infra.config, name)
+    finally:
+        infra.close()
+    console.print(f"published server profile {name} removed")
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option(
+    "--interval", "interval_s", default=2.0, show_default=True, help="Seconds between refreshes."
+)
+@pass_context
+def status(ctx: Context, watch: bool, interval_s: float) -> None:
+    """The mailbox fleet at a glance, straight from Kafka (no ClickHouse needed).
+
+    \b
+    Columns: mailbox, owner, state, last sync, next poll, items (change events
+    of the last sync), errors (since its connector first synced it), and the
+    last error — or, for a disabled mailbox, why it is disabled. Below: the
+    pipeline lag, messages each consumer group (connectors on mail.track,
+    processors on mail.changes, sinks on their topics) has not committed yet.
+    """
+    from rich.live import Live
+
+    from pipeline.status import read_snapshot, render
+
+    async def watching(live: Live) -> None:
+        while True:
+            live.update(render(await read_snapshot(infra.config)), refresh=True)
+            await asyncio.sleep(interval_s)
+
+    infra = bring_up(ctx.config)
+    try:
+        if not watch:
+            console.print(render(asyncio.run(read_snapshot(infra.config))))
+            return
+        with Live(console=console, auto_refresh=False) as live:
+            asyncio.run(watching(live))
+    except KeyboardInterrupt:
+        pass
+    except TimeoutError:
+        fail("the broker did not answer in time", "check it runs, then try again")
+    finally:
+        infra.close()
 
 
 @main.command()

@@ -43,6 +43,7 @@ def maildir_mailbox(
     email: str | None = None,
     folders: list[str] | None = None,
     approved: bool = True,
+    enabled: bool = True,
 ) -> MailboxConfig:
     """A Maildir mailbox configuration; `email` defaults to `<owner id>@localhost`."""
     owner_ref = _owner(owner)
@@ -57,6 +58,7 @@ def maildir_mailbox(
         protocol=Protocol.MAILDIR,
         incoming_filter=flt,
         approved=approved,
+        enabled=enabled,
         maildir=settings,
         updated_at=utc_now(),
     )
@@ -76,6 +78,7 @@ def server_mailbox(
     leave_on_server: bool = True,
     process_email_from: datetime | None = None,
     approved: bool = True,
+    enabled: bool = True,
 ) -> MailboxConfig:
     """An IMAP or POP3 mailbox on a server profile; the password is a reference.
 
@@ -97,6 +100,7 @@ def server_mailbox(
         protocol=kind,
         incoming_filter=flt,
         approved=approved,
+        enabled=enabled,
         server_profile=server_profile,
         credentials=Credentials(username=username or address, password=password),
         imap=ImapSettings(folders=folders or []) if kind == Protocol.IMAP else None,

@@ -14,18 +14,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.idle import group_lag, groups_for, read_compacted
+from pipeline.idle import drain, group_lag, groups_for, read_compacted, topic_partitions
 from pipeline.mailboxes import disabled_reason, mailbox_state
 from schemas.base import utc_now
+from schemas.codec import decode_key, encode_key
 from schemas.config import TidingsConfig
+from schemas.errors import DecodeError, SyncError
 from schemas.mailbox import MailboxConfig, MailboxStatus, SyncState
-from schemas.topics import MAILBOX_CONFIG, MAILBOX_STATUS
+from schemas.topics import MAILBOX_CONFIG, MAILBOX_STATUS, SYNC_ERRORS, codec
 
 LAG_ROLES = ("connectors", "processors", "sinks")
 ERROR_CHARS = 60
@@ -186,3 +190,128 @@ async def read_snapshot(config: TidingsConfig, timeout_s: float = 30.0) -> Statu
         lag=lag,
         lag_problem=problem,
     )
+
+
+# -- one mailbox (`tidings mailbox show`) ---------------------------------------------
+
+
+async def recent_errors(
+    config: TidingsConfig, mailbox_id: str, limit: int = 5, timeout_s: float = 30.0
+) -> list[SyncError]:
+    """The last `limit` errors and notices of a mailbox on sync.errors (its partition
+    read from the start: the topic's retention bounds the work)."""
+    if limit <= 0:
+        return []
+    topic = SYNC_ERRORS.name(config.topic_prefix)
+    partitions = await topic_partitions(config, topic)
+    if not partitions:
+        return []
+    numbers = [tp.partition for tp in partitions]
+    chosen = DefaultPartitioner()(encode_key(mailbox_id), numbers, numbers)
+    tp = TopicPartition(topic, chosen)
+    consumer = AIOKafkaConsumer(**config.kafka.consumer_options())
+    await consumer.start()
+    found: list[SyncError] = []
+    value_codec = codec(SYNC_ERRORS)
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        async for _, message in drain(consumer, [tp], timeout_s):
+            if decode_key(message.key) != mailbox_id or not message.value:
+                continue
+            try:
+                found.append(value_codec.decode(message.value, topic, tp.partition, message.offset))
+            except DecodeError:
+                continue
+            del found[:-limit]
+    finally:
+        await consumer.stop()
+    return found
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment is not None else "never"
+
+
+def mailbox_facts(config: MailboxConfig, status: MailboxStatus | None) -> list[tuple[str, str]]:
+    """(label, value) lines describing one mailbox: configuration, state, last test,
+    latest status."""
+    state = mailbox_state(config, status)
+    facts = [
+        ("mailbox", config.mailbox_id),
+        ("owner", str(config.owner)),
+        ("address", config.email_address),
+        ("protocol", config.protocol.value),
+    ]
+    if config.maildir is not None:
+        facts.append(("path", config.maildir.path))
+    if config.server_profile is not None:
+        user = config.credentials.username if config.credentials else "?"
+        facts.append(("server", f"profile {config.server_profile}, user {user}"))
+    if config.outgoing is not None:
+        facts.append(("outgoing", f"profile {config.outgoing.server_profile}"))
+    facts += [
+        ("filter", config.incoming_filter.value),
+        ("state", state.value),
+        ("approved / enabled", f"{_yes(config.approved)} / {_yes(config.enabled)}"),
+    ]
+    why = disabled_reason(config, status)
+    if why is not None:
+        facts.append(("why disabled", why))
+    if config.test is None:
+        facts.append(("last test", "never (`tidings mailbox test`)"))
+    else:
+        test = config.test
+        verdict = "passed" if test.passed else "failed"
+        facts.append(("last test", f"{verdict} at {_when(test.tested_at)}"))
+        for name, step in (("incoming", test.incoming), ("outgoing", test.outgoing)):
+            facts.append((f"  {name}", f"{step.status.value}: {step.reason}".rstrip(": ")))
+        facts.append(("  appointments etc.", test.act.status.value))
+    if status is None:
+        facts.append(("status", "no connector has reported on it yet"))
+        return facts
+    facts += [
+        ("incoming status", status.incoming_status.value),
+        ("outgoing status", status.outgoing_status.value),
+        ("worker", status.worker or "?"),
+        ("last sync", _when(status.last_sync_at)),
+        ("last success", _when(status.last_success_at)),
+        ("next poll", _when(status.next_poll_at) if state == SyncState.ENABLED else "-"),
+        ("syncs", str(status.sync_generation)),
+        ("items in last sync", str(status.last_pass_items)),
+        ("pending", str(status.pending_items)),
+        ("items listed", str(status.counters.items_listed)),
+        ("errors", str(status.counters.errors)),
+    ]
+    if status.last_error_code:
+        facts.append(("last error", f"{status.last_error_code}: {status.last_error or ''}"))
+    return facts
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def show_mailbox(
+    config: MailboxConfig, status: MailboxStatus | None, errors: list[SyncError]
+) -> RenderableType:
+    """One screen about one mailbox: its facts, then its last errors."""
+    facts = Table(show_header=False, box=None, title=f"mailbox {config.mailbox_id}")
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    for label, value in mailbox_facts(config, status):
+        facts.add_row(label, escape(value))
+    if not errors:
+        return Group(facts, Text("no errors on sync.errors"))
+    recent = Table(header_style="bold", title="last errors")
+    for column in ("at", "severity", "code", "message"):
+        recent.add_column(column, overflow="fold")
+    for error in errors:
+        severity = f"{error.severity.value}{' (alert)' if error.alert else ''}"
+        recent.add_row(
+            f"{error.occurred_at:%Y-%m-%d %H:%M:%S}",
+            severity,
+            error.code,
+            escape(error.message),
+        )
+    return Group(facts, recent)

@@ -143,6 +143,20 @@ def unchanged(position: ImapFolderPosition, status: dict[str, int]) -> bool:
     )
 
 
+def moved_since(position: ImapFolderPosition | None, state: FolderState) -> bool:
+    """True when a folder's SELECT/EXAMINE answer shows changes a cursor does not
+    cover: new UIDs, a different message count (expunges), newer flag changes
+    (HIGHESTMODSEQ), or another UIDVALIDITY; always True without a cursor."""
+    if position is None:
+        return True
+    return (
+        state.uidvalidity != position.uidvalidity
+        or state.uidnext != position.uidnext
+        or state.exists != position.exists
+        or (state.highestmodseq > position.highestmodseq > 0)
+    )
+
+
 class SizeBounds(NamedTuple):
     """What is known of new messages' sizes before their bodies are fetched: exact
     sizes of the big ones (over BIG_MESSAGE_BYTES), and which others are over
@@ -283,6 +297,9 @@ class ImapMailbox:
         self.folders: list[tuple[str, FolderRole]] | None = None
         self.counters = MailboxCounters()
         self.idle_failed = False
+        self.idle_seen: tuple[int, int, int, int] | None = None
+        """INBOX as the last wait that found it moved saw it (uidvalidity, uidnext,
+        exists, highestmodseq)."""
 
     # -- connection ------------------------------------------------------------
 
@@ -731,8 +748,13 @@ class ImapMailbox:
 
     # -- waiting and listing ---------------------------------------------------
 
-    async def wait_for_change(self, timeout_s: float) -> None:
-        """IDLE on INBOX when possible (push); otherwise sleep until the next poll."""
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        """IDLE on INBOX when possible (push: True); otherwise sleep until the next poll.
+
+        Mail that arrived after the last pass looked at INBOX but before IDLE
+        began is not pushed by the server (IDLE reports only what happens while
+        it runs), so INBOX is EXAMINEd first and a UIDNEXT, EXISTS or
+        HIGHESTMODSEQ other than the last pass saw returns True at once."""
         session = self.session
         usable = (
             session is not None
@@ -746,11 +768,19 @@ class ImapMailbox:
             if self.gate.contended.is_set():
                 await self._disconnect()
             await asyncio.sleep(timeout_s)
-            return
+            return False
+        pushed = False
         try:
-            if session.selected != "INBOX":
-                await session.examine("INBOX")
-            if await session.idle(min(timeout_s, self.profile.idle_reissue_s), self.gate.contended):
+            state = await session.examine("INBOX")
+            seen = (state.uidvalidity, state.uidnext, state.exists, state.highestmodseq)
+            if moved_since(self.positions.get("INBOX"), state) and seen != self.idle_seen:
+                self.idle_seen = seen  # once per state: a pass that cannot catch up is no loop
+                pushed = True
+            elif await session.idle(
+                min(timeout_s, self.profile.idle_reissue_s), self.gate.contended
+            ):
+                pushed = True
+            if pushed:
                 metrics.CONNECTOR_PUSH_WAKEUPS.labels(PROTOCOL).inc()
         except ConnectorError as exc:
             log.info("mailbox %s: IDLE unusable, polling instead: %s", self.config.mailbox_id, exc)
@@ -758,6 +788,7 @@ class ImapMailbox:
             await self._disconnect()
         if self.gate.contended.is_set():
             await self._disconnect()
+        return pushed
 
     async def find_message(self, message_id: str) -> list[MailItemChanged]:
         """Every message of the synced folders whose Message-ID is `message_id`, as the

@@ -285,9 +285,10 @@ class MigrationPlan(msgspec.Struct, frozen=True, kw_only=True):
 # -- parsing ----------------------------------------------------------------------------
 
 
-def read_router_file(file: Path) -> RouterConfig:
+def read_router_file(path: Path | str) -> RouterConfig:
     """Read and parse a router configuration file; raises EmailRouterError (never
     OSError) with a message fit for one line."""
+    file = Path(path)
     try:
         if file.stat().st_size > MAX_FILE_BYTES:
             raise EmailRouterError(f"{file} is larger than {MAX_FILE_BYTES // 2**20} MiB")

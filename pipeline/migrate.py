@@ -216,33 +216,32 @@ def profiles_table(plan: MigrationPlan) -> Table:
 
 
 def mailboxes_table(plan: MigrationPlan) -> Table:
-    """One row per mailbox: owner, address, profiles both ways, login, state."""
+    """One row per mailbox: owner, address, the profiles it reads and sends through,
+    its state and where it came from (logins are in the passwords table)."""
     table = Table(title="mailboxes", header_style="bold", title_justify="left")
-    columns = ("action", "mailbox", "owner", "address", "in (profile)", "out (profile)")
-    for column in (*columns, "login", "password from", "state", "from / note"):
-        table.add_column(column)
+    table.add_column("action")
+    table.add_column("mailbox", no_wrap=True)
+    table.add_column("owner", overflow="fold")
+    table.add_column("address", no_wrap=True)
+    table.add_column("in (profile)", overflow="fold")
+    table.add_column("out (profile)", overflow="fold")
+    table.add_column("state")
+    table.add_column("from / note", overflow="fold")
     for item in plan.mailboxes:
         config = item.config
-        credentials = config.credentials
         outgoing = config.outgoing
         out = outgoing.server_profile if outgoing else "-"
-        if outgoing and outgoing.credentials:
-            out += f" as {outgoing.credentials.username}"
-        state = ("approved" if config.approved else "pending approval") + (
+        state = ("approved" if config.approved else "pending") + (
             ", enabled" if config.enabled else ", disabled"
         )
-        if config.forward_mailbox:
-            state += ", forward mailbox"
         source = item.source + (f" — {item.note}" if item.note else "")
         table.add_row(
             _action(item.status),
             escape(config.mailbox_id),
             escape(str(config.owner)),
             escape(config.email_address),
-            escape(f"{config.protocol.value} {config.server_profile or ''}".strip()),
+            escape(config.server_profile or "-"),
             escape(out),
-            escape(credentials.username) if credentials else "-",
-            escape(str(credentials.password)) if credentials and credentials.password else "-",
             state,
             escape(source),
         )

@@ -78,7 +78,8 @@ def email_router(
     each mailbox's password is an environment variable, listed under "passwords to
     set", that the connector hosts must have. Mailboxes are created pending
     approval and disabled; once the variables are set, run the migration again
-    with --approve --enable to approve and enable them.
+    with --approve --enable to approve and enable them (or use `tidings mailbox
+    approve ID` and `tidings mailbox enable ID`).
     Import the CRM users and queues first (`tidings crm import`): the router file
     names them by id, and their addresses come from crm.records. Running the
     migration again creates only what is missing and changes nothing else.

@@ -8,11 +8,13 @@ from enum import StrEnum
 import msgspec
 
 
-class Record(msgspec.Struct, kw_only=True, frozen=True):
+class Record(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """A payload on a topic. `schema_version` grows when a field's meaning changes.
 
     Unknown fields are ignored on decode, so older readers accept newer writers
-    that only added fields.
+    that only added fields. Payloads are trees of values, never cycles, so they stay
+    out of the cyclic garbage collector (`gc=False`): a consumer that decodes
+    thousands a second does not pay for the collector walking them.
     """
 
     schema_version: int = 1
@@ -29,7 +31,7 @@ class RecordType(StrEnum):
     OTHER = "other"
 
 
-class RecordRef(msgspec.Struct, frozen=True):
+class RecordRef(msgspec.Struct, frozen=True, gc=False):
     """A pointer to a CRM record: its type and id."""
 
     type: str

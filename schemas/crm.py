@@ -102,7 +102,7 @@ class PartyRole(StrEnum):
     BCC = "bcc"
 
 
-class ActivityParty(msgspec.Struct, frozen=True, kw_only=True):
+class ActivityParty(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One address on an activity and the CRM records it resolved to (may be several)."""
 
     role: PartyRole

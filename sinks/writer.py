@@ -85,6 +85,18 @@ class _Batch:
         self.next_offset = offset + 1
 
 
+@dataclass
+class _Flight:
+    """Batches detached for one insert; `task` is None while a failed insert waits to retry."""
+
+    batches: dict[TopicPartition, _Batch]
+    task: asyncio.Task[bool] | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(b.count for b in self.batches.values())
+
+
 class ClickHouseSink:
     """Consumes the result topics into ClickHouse with commit-after-insert."""
 
@@ -98,6 +110,7 @@ class ClickHouseSink:
         self.routes = routes(prefix)
         self.dlq_topic = DLQ.name(prefix)
         self._batches: dict[TopicPartition, _Batch] = {}
+        self._flight: _Flight | None = None
         self._flood = FloodGuard.from_settings(settings)
         self._paused = False
         self._failures = 0
@@ -105,6 +118,17 @@ class ClickHouseSink:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.rows_written = 0
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows taken from Kafka and not yet confirmed by ClickHouse (buffered or in flight)."""
+        flying = self._flight.count if self._flight is not None else 0
+        return flying + sum(b.count for b in self._batches.values())
+
+    @property
+    def drained(self) -> bool:
+        """True when every row taken so far is stored and its offset committed."""
+        return self._flight is None and not self._batches
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then flush what is buffered and commit it."""
@@ -123,9 +147,11 @@ class ClickHouseSink:
                 fetched = await consumer.getmany(timeout_ms=100)
                 for tp, messages in fetched.items():
                     await self._take(tp, messages)
-                await self._flush(due_only=True)
-            await self._flush(due_only=False, retries=3)
+                await self._flush()
+            await self._drain(retries=3)
         finally:
+            if self._flight is not None and self._flight.task is not None:
+                self._flight.task.cancel()
             await consumer.stop()
             await self._producer.stop()
 
@@ -150,35 +176,67 @@ class ClickHouseSink:
             and (batch.count == 0 or age >= self.settings.batch_max_age_s)
         )
 
-    async def _flush(self, due_only: bool, retries: int = 1) -> None:
-        """Insert the due batches (all when not due_only), then commit their offsets.
+    async def _flush(self) -> None:
+        """Settle the insert in flight; then, when none is, start one for the due batches.
 
-        After a failed insert the next attempt waits (0.5 s doubling, at most 30 s);
-        meanwhile the partitions stay paused.
+        One insert is in flight at a time, on the store's thread, while this loop
+        goes on fetching and decoding; its partitions' offsets are committed once
+        ClickHouse confirmed it. A failed insert is retried alone, first (0.5 s
+        doubling, at most 30 s), so a partition's offsets are committed in order;
+        meanwhile new rows only buffer, and the partitions pause at
+        `max_buffered_rows`.
         """
+        if self._flight is not None and not await self._settle(wait=False):
+            self._apply_backpressure(failed=self._failures > 0)
+            return
+        due = self._take_due(due_only=True)
+        if due:
+            self._flight = _Flight(due)
+            self._flight.task = asyncio.create_task(self._insert_all(due))
+        self._apply_backpressure(failed=False)
+
+    async def _drain(self, retries: int) -> None:
+        """At stop: settle the insert in flight, then insert and commit everything buffered."""
+        if self._flight is None:
+            due = self._take_due(due_only=False)
+            self._flight = _Flight(due) if due else None
+        attempts = 0
+        while self._flight is not None and attempts < retries:
+            if self._flight.task is None:
+                await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
+                attempts += 1
+            if await self._settle(wait=True) and self._batches:
+                self._flight = _Flight(self._take_due(due_only=False))
+
+    async def _settle(self, wait: bool) -> bool:
+        """Finish the insert in flight if it is done (or `wait`): commit its offsets on
+        success; start its retry when due. True when nothing is in flight any more."""
+        flight = self._flight
+        assert flight is not None and self._consumer is not None
+        if flight.task is None:
+            if time.monotonic() < self._retry_at and not wait:
+                return False
+            flight.task = asyncio.create_task(self._insert_all(flight.batches))
+        if not (wait or flight.task.done()):
+            return False
+        if not await flight.task:
+            flight.task = None
+            return False
+        offsets = {tp: b.next_offset for tp, b in flight.batches.items() if b.next_offset}
+        await self._consumer.commit(offsets)
+        self._flight = None
+        return True
+
+    def _take_due(self, due_only: bool) -> dict[TopicPartition, _Batch]:
+        """Detach the batches due for insertion (all of them when not `due_only`)."""
         due = {
             tp: b
             for tp, b in self._batches.items()
             if b.next_offset is not None and (not due_only or self._due(b))
         }
-        if not due:
-            self._apply_backpressure(failed=False)
-            return
-        for _ in range(retries):
-            if time.monotonic() < self._retry_at and due_only:
-                return
-            if await self._insert_all(due):
-                break
-            if not due_only:
-                await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
-        else:
-            return
-        assert self._consumer is not None
-        offsets = {tp: b.next_offset for tp, b in due.items() if b.next_offset is not None}
-        await self._consumer.commit(offsets)
         for tp in due:
             del self._batches[tp]
-        self._apply_backpressure(failed=False)
+        return due
 
     async def _insert_all(self, due: dict[TopicPartition, _Batch]) -> bool:
         merged: TableRows = {}
@@ -225,7 +283,7 @@ class ClickHouseSink:
             log.info("sink resumed")
 
     def _update_buffer_metrics(self) -> int:
-        buffered = sum(b.count for b in self._batches.values())
+        buffered = self.buffered_rows
         metrics.SINK_BUFFERED_ROWS.set(buffered)
         return buffered
 

@@ -237,9 +237,12 @@ def status(n: int, minutes: int = 0) -> MailboxStatus:
 
 
 def naive(value: Any) -> Any:
-    """clickhouse-connect returns DateTime64(3, 'UTC') values as naive UTC datetimes."""
+    """A row value as clickhouse-connect reads it back: DateTime64(3, 'UTC') as a naive
+    UTC datetime, an Array as a list (rows carry tuples)."""
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(value, tuple):
+        return list(value)
     return value
 
 

@@ -96,7 +96,7 @@ async def run_sink(config: TidingsConfig, store: ClickHouseStore, group: str) ->
     async with asyncio.timeout(120):
         while True:
             await asyncio.sleep(0.05)
-            buffered = sum(batch.count for batch in sink._batches.values())
+            buffered = sink.buffered_rows
             seen.most_buffered = max(seen.most_buffered, buffered)
             seen.paused |= sink._paused
             if isinstance(store, FailingStore) and store.failures_left > 0 and sink._consumer:
@@ -106,7 +106,7 @@ async def run_sink(config: TidingsConfig, store: ClickHouseStore, group: str) ->
                     if (offset := await sink._consumer.committed(tp)) is not None
                 ]
             rows = await store.query("SELECT count() FROM tidings.mailbox_status FINAL")
-            if rows.rows[0][0] >= MAILBOXES and not sink._batches:
+            if rows.rows[0][0] >= MAILBOXES and sink.drained:
                 break
     seen.paused_at_end = sink._paused
     stop.set()

@@ -147,8 +147,8 @@ def test_activity_row_values() -> None:
         "description_truncated": 1,
         "direction": "incoming",
         "sender": "dana@contoso.example",
-        "to_addresses": ["shared@contoso.example", "alice@nw.example"],
-        "cc_addresses": ["stranger@else.example"],
+        "to_addresses": ("shared@contoso.example", "alice@nw.example"),
+        "cc_addresses": ("stranger@else.example",),
         "sent_at": T0,
         "owner": "user:alice",
         "regarding": "opportunity:opp-1",
@@ -159,8 +159,8 @@ def test_activity_row_values() -> None:
         "tracking_token": "CRM:0001001",
         "in_reply_to": "p@x.example",
         "conversation_index": "01c4fb64ef1b42feb11847944940908379e15c3769df0059ed6a60",
-        "receiving_mailboxes": ["mb-alice", "mb-support"],
-        "queues": ["queue:support"],
+        "receiving_mailboxes": ("mb-alice", "mb-support"),
+        "queues": ("queue:support",),
         "accepting_queue": "queue:support",
         "source": "mailbox",
         "created_at": T0,
@@ -187,9 +187,9 @@ def test_activity_row_optional_strings_become_empty() -> None:
     assert values["description_truncated"] == 0
     assert values["direction"] == "outgoing"
     assert values["correlation_method"] == "None"
-    assert values["to_addresses"] == []
-    assert values["cc_addresses"] == []
-    assert values["receiving_mailboxes"] == []
+    assert values["to_addresses"] == ()
+    assert values["cc_addresses"] == ()
+    assert values["receiving_mailboxes"] == ()
     assert parties == []
     assert_nulls_only_in_nullable_columns("activities", row)
 
@@ -256,7 +256,7 @@ def test_decision_row_values() -> None:
         "correlated_activity_id": "act-0",
         "direction": "incoming",
         "sender": "shared@contoso.example",
-        "sender_records": ["contact:c-2", "contact:c-3"],
+        "sender_records": ("contact:c-2", "contact:c-3"),
         "version": 4,
         "decided_at": T1,
     }
@@ -277,7 +277,7 @@ def test_decision_row_optional_values_become_empty() -> None:
     values = as_dict("promotion_decisions", decision_row(decision))
     for column in ("message_id", "activity_id", "correlated_activity_id", "direction", "sender"):
         assert values[column] == "", column
-    assert values["sender_records"] == []
+    assert values["sender_records"] == ()
     assert values["status"] == "errored"
     assert values["reason"] == "Malformed"
     assert values["correlation_method"] == "None"

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from pipeline.bootstrap import bring_up, embedded_broker
 from pipeline.config import ConfigError, load_config
+from pipeline.migrate import migrate
 from schemas.config import TidingsConfig
 from schemas.topics import TopicSpec
 
@@ -1428,3 +1429,6 @@ def broker_status(ctx: Context) -> None:
 
 if __name__ == "__main__":
     main()
+main.add_command(migrate)
+
+

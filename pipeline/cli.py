@@ -289,6 +289,11 @@ def mailbox() -> None:
     help="POP3: delete messages once synced (default: leave them on the server).",
 )
 @click.option(
+    "--outgoing-profile",
+    help="An smtp server profile to send the CRM's email through (and for the outgoing "
+    "part of `tidings mailbox test`); logs in with the mailbox's credentials.",
+)
+@click.option(
     "--state",
     type=click.Choice(["enabled", "approved", "pending-approval"]),
     default="enabled",
@@ -314,6 +319,7 @@ def mailbox_add(
     folders: tuple[str, ...],
     since: datetime | None,
     delete_from_server: bool,
+    outgoing_profile: str | None,
     state: str,
 ) -> None:
     """Add (or replace) a mailbox; connectors pick it up within seconds.
@@ -335,7 +341,7 @@ def mailbox_add(
         maildir_mailbox,
         server_mailbox,
     )
-    from schemas.mailbox import AutoCreate
+    from schemas.mailbox import AutoCreate, OutgoingSettings, Protocol
     from schemas.secret import SecretRef
     from schemas.topics import MAILBOX_CONFIG
 
@@ -380,6 +386,7 @@ def mailbox_add(
         forward_mailbox=forward_mailbox,
         approved=state != "pending-approval",
         enabled=state == "enabled",
+        outgoing=OutgoingSettings(server_profile=outgoing_profile) if outgoing_profile else None,
     )
     infra = bring_up(ctx.config)
     try:
@@ -392,6 +399,14 @@ def mailbox_add(
                 fail(
                     f"server profile {config.server_profile!r} is {chosen.protocol.value}, "
                     f"not {protocol}",
+                    _profiles_hint(profiles),
+                )
+        if outgoing_profile:
+            profiles = _effective_profiles(infra.config)
+            sender = profiles.get(outgoing_profile)
+            if sender is None or sender.protocol != Protocol.SMTP:
+                fail(
+                    f"--outgoing-profile {outgoing_profile!r} is not an smtp server profile",
                     _profiles_hint(profiles),
                 )
         configs, _ = _read_mailboxes(infra.config)
@@ -661,6 +676,16 @@ def mailbox_disable(ctx: Context, mailbox_id: str, reason: str) -> None:
     _change_mailbox(ctx, mailbox_id, lambda c, now: disable(c, reason, by, now), "disabled")
 
 
+def _confirmed(question: str) -> bool:
+    """Ask on a terminal; without one (scripts, pipes) the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:
+        return False
+
+
 @mailbox.command("remove")
 @click.argument("mailbox_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -677,10 +702,8 @@ def mailbox_remove(ctx: Context, mailbox_id: str, yes: bool) -> None:
     try:
         configs, _ = _read_mailboxes(infra.config)
         config = _known(configs, mailbox_id)
-        if not yes and not click.confirm(
-            f"remove mailbox {mailbox_id} of {config.owner}?", default=False, err=True
-        ):
-            fail("not removed", "pass --yes to remove without asking")
+        if not yes and not _confirmed(f"remove mailbox {mailbox_id} of {config.owner}?"):
+            fail(f"mailbox {mailbox_id} not removed", "pass --yes to remove it without asking")
         _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, None)])
     finally:
         infra.close()
@@ -1427,8 +1450,8 @@ def broker_status(ctx: Context) -> None:
         )
 
 
-if __name__ == "__main__":
-    main()
 main.add_command(migrate)
 
 
+if __name__ == "__main__":
+    main()

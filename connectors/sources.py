@@ -12,6 +12,7 @@ from connectors.claimcheck import ClaimCheck
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.gate import GateRegistry
+from connectors.graph import GraphMailbox
 from connectors.imap import ImapMailbox
 from connectors.maildir_sync import MaildirMailbox
 from connectors.pop3 import Pop3Mailbox
@@ -104,6 +105,18 @@ def open_source(
             claim_check=kit.claim_check,
             max_batch_items=kit.settings.max_batch_items,
             password=lambda: resolve_password(config),
+        )
+    if config.protocol == Protocol.GRAPH:
+        return GraphMailbox(
+            config,
+            profile,
+            partition,
+            cursors,
+            kit.emitter,
+            kit.store,
+            gate=gate,
+            claim_check=kit.claim_check,
+            max_batch_items=kit.settings.max_batch_items,
         )
     raise errors.permanent(
         errors.CONFIGURATION,

@@ -207,6 +207,7 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     fetch_bytes: int = 16 * 1024 * 1024
     max_message_bytes: int = 50 * 1024 * 1024
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    graph: GraphApp | None = None
     polling: PollingSettings = msgspec.field(default_factory=PollingSettings)
 
     def __post_init__(self) -> None:
@@ -301,6 +302,66 @@ class OutgoingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     token_user_number: int | None = None
 
 
+class GraphAuthFlow(StrEnum):
+    """How the Graph connector gets its tokens."""
+
+    APP_ONLY = "app-only"  # client credentials: the app reads every mailbox it was granted
+    DELEGATED = "delegated"  # on behalf of the mailbox's user, from a refresh token
+
+
+class GraphApp(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A Microsoft Entra app registration and where Microsoft Graph is, for every
+    mailbox of a Graph server profile.
+
+    App-only (`flow = "app-only"`, the default) needs `client_secret` or
+    `certificate` (a PEM private key file whose certificate has
+    `certificate_thumbprint`) and the application permission Mail.Read (Mail.Send
+    to send). Delegated reads as the mailbox's user with a refresh token the
+    mailbox's `GraphSettings.refresh_token` references (`client_secret` optional:
+    a public client otherwise). `authority_host` and `graph_url` are overridable
+    for national clouds and for tests (both must be https).
+    """
+
+    tenant_id: str
+    client_id: str
+    flow: GraphAuthFlow = GraphAuthFlow.APP_ONLY
+    client_secret: SecretRef | None = None
+    certificate: SecretRef | None = None
+    certificate_thumbprint: str | None = None
+    authority_host: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    delegated_scopes: list[str] = msgspec.field(
+        default_factory=lambda: ["https://graph.microsoft.com/Mail.ReadWrite"]
+    )
+    max_concurrent_requests: int = 4
+    page_size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.flow == GraphAuthFlow.APP_ONLY and not (self.client_secret or self.certificate):
+            raise ValueError("graph flow app-only needs client_secret or certificate")
+        if self.certificate is not None and not self.certificate_thumbprint:
+            raise ValueError("graph certificate needs certificate_thumbprint")
+        if not 1 <= self.max_concurrent_requests <= 4:
+            raise ValueError("graph max_concurrent_requests must be between 1 and 4")
+        if not 1 <= self.page_size <= 1000:
+            raise ValueError("graph page_size must be between 1 and 1000")
+
+
+class GraphSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which mailbox the Graph connector reads and which of its folders.
+
+    `user` is the user id or UPN (None: the mailbox's email address).
+    `folders` are well-known folder names ("inbox", "sentitems", "archive", ...)
+    or top-level folder display names; Sent Items is read unless
+    `include_sent` is off. `refresh_token` is for the delegated flow.
+    """
+
+    user: str | None = None
+    folders: list[str] = msgspec.field(default_factory=list)
+    include_sent: bool = True
+    refresh_token: SecretRef | None = None
+
+
 class MailboxConfig(Record, frozen=True, kw_only=True):
     """One mailbox: its owner (a user or a queue), where it lives and how its mail is filtered.
 
@@ -335,6 +396,7 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     maildir: MaildirSettings | None = None
     imap: ImapSettings | None = None
     pop3: Pop3Settings | None = None
+    graph: GraphSettings | None = None
     outgoing: OutgoingSettings | None = None
     process_email_from: datetime | None = None
     test: MailboxTest | None = None
@@ -498,7 +560,25 @@ class Pop3Position(msgspec.Struct, frozen=True, kw_only=True, tag="pop3"):
     count: int
 
 
-CursorPosition = MaildirPosition | ImapFolderPosition | Pop3Position
+class GraphFolderPosition(msgspec.Struct, frozen=True, kw_only=True, tag="graph"):
+    """Where a Microsoft Graph folder's message delta stands.
+
+    `delta_link` is the `@odata.deltaLink` of the last completed round (None
+    while the first round is under way); `next_link` the `@odata.nextLink` to
+    resume a round from, when one was interrupted. `known_z` holds the ids
+    emitted and not since removed, each with a short hash of its changeKey
+    ("id\tckhash" lines, sorted, zlib; see connectors/graph_items.py), `count`
+    how many; `folder_id` is the folder the links belong to.
+    """
+
+    folder_id: str
+    delta_link: str | None = None
+    next_link: str | None = None
+    known_z: bytes = b""
+    count: int = 0
+
+
+CursorPosition = MaildirPosition | ImapFolderPosition | Pop3Position | GraphFolderPosition
 
 
 class Cursor(Record, frozen=True, kw_only=True):

@@ -82,6 +82,21 @@ CONNECTOR_CLAIM_CHECKS = Counter(
     "Messages too large for an event, stored in the claim-check blob store instead.",
     ["protocol"],
 )
+CONNECTOR_HTTP_REQUESTS = Counter(
+    "tidings_connector_http_requests_total",
+    "HTTP requests to a mail-server API (Microsoft Graph), by kind (delta, batch, ...).",
+    ["protocol", "kind"],
+)
+CONNECTOR_THROTTLED = Counter(
+    "tidings_connector_throttled_total",
+    "Server throttling answers (HTTP 429, 503) a connector waited out before retrying.",
+    ["protocol"],
+)
+CONNECTOR_THROTTLE_WAIT_SECONDS = Counter(
+    "tidings_connector_throttle_wait_seconds_total",
+    "Seconds connectors waited because the server said so (Retry-After).",
+    ["protocol"],
+)
 CONNECTOR_POLLS = Counter(
     "tidings_connector_polls_total",
     "Polls (sync passes) started, by protocol and why then (active, idle, push, manual, ...).",

@@ -1,0 +1,909 @@
+"""A Microsoft Graph mail endpoint and a Microsoft identity platform token endpoint
+on one loopback HTTPS port, holding mailboxes in memory, for connector tests and
+benchmarks. Clients talk to it only over HTTP (httpx, msal's requests).
+
+    async with GraphSimulator.running(tmp_path) as sim:
+        sim.add_app("app-id", "app-secret")
+        sim.add_user("alice@contoso.example")
+        item = sim.add_message("alice@contoso.example", "inbox", mime_bytes)
+        profile = sim.profile(client_id="app-id", secret_env="GRAPH_SECRET")
+
+What it answers, as documented (JSON shapes, status codes, error codes):
+- `GET /{tenant}/v2.0/.well-known/openid-configuration` (msal's discovery) and
+  `POST /{tenant}/oauth2/v2.0/token`: client_credentials (client_secret) and
+  refresh_token grants; a wrong secret is 401 `invalid_client` (AADSTS7000215), an
+  unknown refresh token 400 `invalid_grant`. Tokens live `token_lifetime_s`.
+- `/v1.0/users/{user}/mailFolders/{folder}` (well-known names or ids),
+  `/mailFolders` (list), `/mailFolders/{folder}/messages/delta` (paged with
+  `Prefer: odata.maxpagesize`, `@odata.nextLink` / `@odata.deltaLink`, `$select`,
+  `@removed`), `/messages/{id}` (`$select`, incl. `internetMessageHeaders`),
+  `/messages/{id}/$value` (MIME), `/messages?$filter=internetMessageId eq '...'`,
+  `POST /sendMail` (JSON message or base64 MIME as text/plain), `POST /$batch`
+  (at most 20 requests, `dependsOn` sequencing, 424 for failed dependencies,
+  non-JSON bodies base64).
+- Bearer tokens checked on every call: 401 `InvalidAuthenticationToken`.
+
+Knobs: `expire_delta_tokens` (410 `syncStateNotFound`), `throttle` (the next N
+calls answer 429 `TooManyRequests` with Retry-After), `revoke_tokens`,
+`latency_s`. Like Exchange Online, a mailbox serves at most 4 requests at once:
+the fifth concurrent one (a batch's parallel members count each) answers 429
+`ApplicationThrottled` "MailboxConcurrency"; `max_in_flight` per mailbox and
+`requests` (by kind) let tests check a client's manners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import email.parser
+import email.policy
+import email.utils
+import hashlib
+import ipaddress
+import itertools
+import json
+import secrets
+import ssl
+import sys
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Self
+
+from aiohttp import web
+
+from schemas.mailbox import GraphApp, Protocol, ServerProfile
+from schemas.secret import SecretRef
+
+TENANT = "contoso-tenant"
+MAILBOX_CONCURRENCY = 4
+BATCH_MAX = 20
+WELL_KNOWN = {
+    "inbox": "Inbox",
+    "sentitems": "Sent Items",
+    "drafts": "Drafts",
+    "deleteditems": "Deleted Items",
+    "archive": "Archive",
+}
+_HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost (cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    if cert_file.exists() and key_file.exists():
+        return cert_file, key_file
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def graph_error(status: int, code: str, message: str) -> Answer:
+    return Answer(status, {"error": {"code": code, "message": message}})
+
+
+@dataclass
+class Answer:
+    """One API answer: status, JSON body (or raw bytes), headers."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    content_type: str = "application/json"
+
+
+@dataclass
+class SimMessage:
+    id: str
+    folder_id: str
+    mime: bytes
+    change_key: str
+    created_seq: int
+    received: dt.datetime
+    is_read: bool = False
+    categories: list[str] = field(default_factory=list)
+    flagged: bool = False
+
+    def headers(self) -> list[tuple[str, str]]:
+        parsed = _HEADERS.parsebytes(self.mime)
+        return [(name, str(value)) for name, value in parsed.items()]
+
+    def header(self, name: str) -> str | None:
+        value = _HEADERS.parsebytes(self.mime).get(name)
+        return None if value is None else str(value)
+
+    def resource(self, select: set[str] | None) -> dict[str, Any]:
+        def address(value: str | None) -> list[dict[str, Any]]:
+            return [
+                {"emailAddress": {"name": n, "address": a}}
+                for n, a in email.utils.getaddresses([value or ""])
+                if a
+            ]
+
+        thread_index = self.header("Thread-Index")
+        topic = (self.header("Subject") or "").lower().removeprefix("re: ")
+        full: dict[str, Any] = {
+            "@odata.etag": f'W/"{self.change_key}"',
+            "id": self.id,
+            "changeKey": self.change_key,
+            "createdDateTime": iso(self.received),
+            "lastModifiedDateTime": iso(self.received),
+            "receivedDateTime": iso(self.received),
+            "sentDateTime": iso(self.received),
+            "subject": self.header("Subject") or "",
+            "internetMessageId": self.header("Message-ID"),
+            "conversationId": "AAQk" + hashlib.sha1(topic.encode()).hexdigest()[:24],
+            "conversationIndex": thread_index
+            or base64.b64encode(hashlib.sha1(self.id.encode()).digest()[:22]).decode(),
+            "isRead": self.is_read,
+            "categories": list(self.categories),
+            "parentFolderId": self.folder_id,
+            "flag": {"flagStatus": "flagged" if self.flagged else "notFlagged"},
+            "from": (address(self.header("From")) or [None])[0],
+            "toRecipients": address(self.header("To")),
+            "ccRecipients": address(self.header("Cc")),
+        }
+        if select is None:
+            return full
+        chosen = {k: v for k, v in full.items() if k in select or k in ("id", "@odata.etag")}
+        if "internetMessageHeaders" in select:
+            chosen["internetMessageHeaders"] = [{"name": n, "value": v} for n, v in self.headers()]
+        return chosen
+
+
+@dataclass
+class SimFolder:
+    id: str
+    display_name: str
+    epoch: int = 0
+
+
+@dataclass
+class SimMailbox:
+    upn: str
+    user_id: str
+    folders: dict[str, SimFolder] = field(default_factory=dict)
+    messages: dict[str, SimMessage] = field(default_factory=dict)
+    log: list[tuple[int, str, str]] = field(default_factory=list)  # (seq, folder id, item id)
+    seq: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    over_limit: int = 0
+
+    def folder(self, key: str) -> SimFolder | None:
+        if key in self.folders:
+            return self.folders[key]
+        name = WELL_KNOWN.get(key.lower())
+        return next((f for f in self.folders.values() if f.display_name == name), None)
+
+    def touch(self, folder_id: str, item_id: str) -> int:
+        self.seq += 1
+        self.log.append((self.seq, folder_id, item_id))
+        return self.seq
+
+
+@dataclass
+class Grant:
+    client_id: str
+    user: str | None  # None: app-only
+    expires_at: float
+
+
+class GraphSimulator:
+    """The simulator's state and its aiohttp application (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cert_file, self.key_file = make_certificate(root / "tls")
+        self.apps: dict[str, str | None] = {}  # client id -> secret (None: public client)
+        self.mailboxes: dict[str, SimMailbox] = {}
+        self.tokens: dict[str, Grant] = {}
+        self.refresh_tokens: dict[str, tuple[str, str]] = {}  # token -> (client id, upn)
+        self.token_lifetime_s = 3599
+        self.latency_s = 0.0
+        self.throttle_left = 0
+        self.throttle_retry_after = 1
+        self.throttle_status = 429
+        self.requests: Counter[str] = Counter()
+        self.token_requests: Counter[str] = Counter()
+        self.sent: list[bytes] = []
+        self.port = 0
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, root: Path) -> AsyncIterator[Self]:
+        """Serve on a free loopback port until the block ends."""
+        sim = cls(root)
+        await sim.start()
+        try:
+            yield sim
+        finally:
+            await sim.stop()
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._openid)
+        app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
+        app.router.add_route("*", "/v1.0/{tail:.*}", self._graph)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=context)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def graph_app(self, client_id: str, secret_env: str | None = None, **changes: Any) -> GraphApp:
+        """The GraphApp settings pointing at this simulator."""
+        settings: dict[str, Any] = {
+            "tenant_id": TENANT,
+            "client_id": client_id,
+            "client_secret": SecretRef(env=secret_env) if secret_env else None,
+            "authority_host": self.base_url,
+            "graph_url": f"{self.base_url}/v1.0",
+            **changes,
+        }
+        return GraphApp(**settings)
+
+    def profile(
+        self, client_id: str, secret_env: str | None = None, **changes: Any
+    ) -> ServerProfile:
+        """A Graph server profile for this simulator (its certificate trusted)."""
+        app_changes = {k: changes.pop(k) for k in ("flow", "page_size") if k in changes}
+        return ServerProfile(
+            protocol=Protocol.GRAPH,
+            host="127.0.0.1",
+            port=self.port,
+            ca_file=str(self.cert_file),
+            graph=self.graph_app(client_id, secret_env, **app_changes),
+            **changes,
+        )
+
+    # -- state -----------------------------------------------------------------
+
+    def add_app(self, client_id: str, secret: str | None) -> None:
+        """Register an app (a confidential client with `secret`, else a public one)."""
+        self.apps[client_id] = secret
+
+    def add_user(self, upn: str) -> SimMailbox:
+        box = SimMailbox(upn=upn, user_id=hashlib.md5(upn.encode()).hexdigest())
+        for well_known, name in WELL_KNOWN.items():
+            folder_id = "AQMk" + hashlib.sha1(f"{upn}/{well_known}".encode()).hexdigest()
+            box.folders[folder_id] = SimFolder(folder_id, name)
+        self.mailboxes[upn.lower()] = box
+        self.mailboxes[box.user_id] = box
+        return box
+
+    def add_folder(self, upn: str, display_name: str) -> str:
+        box = self.mailboxes[upn.lower()]
+        folder_id = "AQMk" + hashlib.sha1(f"{upn}/{display_name}".encode()).hexdigest()
+        box.folders[folder_id] = SimFolder(folder_id, display_name)
+        return folder_id
+
+    def issue_refresh_token(self, client_id: str, upn: str) -> str:
+        """A refresh token for `upn` through app `client_id` (as a sign-in would give)."""
+        token = "rt-" + secrets.token_urlsafe(24)
+        self.refresh_tokens[token] = (client_id, upn.lower())
+        return token
+
+    def add_message(
+        self,
+        upn: str,
+        folder: str,
+        mime: bytes,
+        *,
+        is_read: bool = False,
+        categories: Iterable[str] = (),
+    ) -> str:
+        """Store a message (MIME) in a folder (well-known name or id); its id."""
+        box = self.mailboxes[upn.lower()]
+        target = box.folder(folder)
+        assert target is not None, folder
+        n = next(self._ids)
+        item_id = (
+            "AAMkAD"
+            + base64.urlsafe_b64encode(hashlib.sha256(f"{upn}/{n}".encode()).digest())
+            .decode()
+            .rstrip("=")
+            + f"-{n}"
+        )
+        seq = box.touch(target.id, item_id)
+        box.messages[item_id] = SimMessage(
+            id=item_id,
+            folder_id=target.id,
+            mime=mime,
+            change_key=f"CQAAAB{seq:08d}",
+            created_seq=seq,
+            received=dt.datetime.now(dt.UTC),
+            is_read=is_read,
+            categories=list(categories),
+        )
+        return item_id
+
+    def update_message(
+        self,
+        upn: str,
+        item_id: str,
+        *,
+        is_read: bool | None = None,
+        categories: Iterable[str] | None = None,
+        flagged: bool | None = None,
+    ) -> None:
+        box = self.mailboxes[upn.lower()]
+        message = box.messages[item_id]
+        if is_read is not None:
+            message.is_read = is_read
+        if categories is not None:
+            message.categories = list(categories)
+        if flagged is not None:
+            message.flagged = flagged
+        seq = box.touch(message.folder_id, item_id)
+        message.change_key = f"CQAAAB{seq:08d}"
+
+    def delete_message(self, upn: str, item_id: str) -> None:
+        box = self.mailboxes[upn.lower()]
+        message = box.messages.pop(item_id)
+        box.touch(message.folder_id, item_id)
+
+    def expire_delta_tokens(self, upn: str) -> None:
+        """Every delta and skip token of the mailbox now answers 410 (sync state gone)."""
+        for folder in self.mailboxes[upn.lower()].folders.values():
+            folder.epoch += 1
+
+    def throttle(self, count: int, retry_after: int = 1, status: int = 429) -> None:
+        """The next `count` Graph calls answer `status` (429 or 503) with Retry-After."""
+        self.throttle_left = count
+        self.throttle_retry_after = retry_after
+        self.throttle_status = status
+
+    def revoke_tokens(self) -> None:
+        """Every access token issued so far is refused from now on (401)."""
+        self.tokens.clear()
+
+    # -- token endpoint ----------------------------------------------------------
+
+    async def _openid(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        base = f"{self.base_url}/{tenant}"
+        return web.json_response(
+            {
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "issuer": f"{base}/v2.0",
+                "token_endpoint_auth_methods_supported": ["client_secret_post"],
+            }
+        )
+
+    def _access_token(self, client_id: str, user: str | None) -> dict[str, Any]:
+        token = "at-" + secrets.token_urlsafe(32)
+        self.tokens[token] = Grant(client_id, user, time.time() + self.token_lifetime_s)
+        return {
+            "token_type": "Bearer",
+            "expires_in": self.token_lifetime_s,
+            "ext_expires_in": self.token_lifetime_s,
+            "access_token": token,
+        }
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        grant = str(form.get("grant_type", ""))
+        self.token_requests[grant] += 1
+        client_id = str(form.get("client_id", ""))
+        if client_id not in self.apps:
+            return self._oauth_error(400, "unauthorized_client", 700016, "Application not found")
+        expected = self.apps[client_id]
+        given = form.get("client_secret")
+        if expected is not None and given != expected:
+            return self._oauth_error(401, "invalid_client", 7000215, "Invalid client secret")
+        if grant == "client_credentials":
+            scope = str(form.get("scope", ""))
+            if not scope.endswith("/.default"):
+                return self._oauth_error(400, "invalid_scope", 1002012, "Scope must be .default")
+            return web.json_response(self._access_token(client_id, None))
+        if grant == "refresh_token":
+            held = self.refresh_tokens.get(str(form.get("refresh_token", "")))
+            if held is None or held[0] != client_id:
+                return self._oauth_error(400, "invalid_grant", 70000, "Refresh token invalid")
+            upn = held[1]
+            answer = self._access_token(client_id, upn)
+            answer["refresh_token"] = self.issue_refresh_token(client_id, upn)
+            answer["scope"] = str(form.get("scope", ""))
+            box = self.mailboxes[upn]
+            answer["client_info"] = _b64(json.dumps({"uid": box.user_id, "utid": TENANT}))
+            answer["id_token"] = _unsigned_jwt(
+                {
+                    "aud": client_id,
+                    "iss": f"{self.base_url}/{TENANT}/v2.0",
+                    "iat": int(time.time()),
+                    "exp": int(time.time()) + 3600,
+                    "oid": box.user_id,
+                    "sub": box.user_id,
+                    "tid": TENANT,
+                    "preferred_username": upn,
+                }
+            )
+            return web.json_response(answer)
+        return self._oauth_error(400, "unsupported_grant_type", 70003, "Grant not supported")
+
+    @staticmethod
+    def _oauth_error(status: int, error: str, code: int, text: str) -> web.Response:
+        return web.json_response(
+            {
+                "error": error,
+                "error_description": f"AADSTS{code}: {text}.",
+                "error_codes": [code],
+                "timestamp": iso(dt.datetime.now(dt.UTC)),
+            },
+            status=status,
+        )
+
+    # -- Graph -------------------------------------------------------------------
+
+    async def _graph(self, request: web.Request) -> web.StreamResponse:
+        grant = self._authorized(request.headers.get("Authorization", ""))
+        if grant is None:
+            answer = graph_error(
+                401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."
+            )
+            answer.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        elif self.throttle_left > 0:
+            self.throttle_left -= 1
+            self.requests["throttled"] += 1
+            answer = graph_error(self.throttle_status, "TooManyRequests", "Too many requests")
+            answer.headers["Retry-After"] = str(self.throttle_retry_after)
+        else:
+            path = "/" + request.match_info["tail"]
+            body = await request.read()
+            if request.method == "POST" and path == "/$batch":
+                answer = await self._batch(grant, body)
+            else:
+                answer = await self._call(
+                    grant,
+                    request.method,
+                    path,
+                    dict(request.query),
+                    dict(request.headers),
+                    body,
+                )
+        if answer.raw is not None:
+            return web.Response(
+                status=answer.status,
+                body=answer.raw,
+                headers=answer.headers,
+                content_type=answer.content_type,
+            )
+        if answer.body is None:
+            return web.Response(status=answer.status, headers=answer.headers)
+        return web.json_response(answer.body, status=answer.status, headers=answer.headers)
+
+    def _authorized(self, header: str) -> Grant | None:
+        scheme, _, token = header.partition(" ")
+        grant = self.tokens.get(token) if scheme.lower() == "bearer" else None
+        if grant is None or grant.expires_at < time.time():
+            return None
+        return grant
+
+    async def _batch(self, grant: Grant, body: bytes) -> Answer:
+        self.requests["batch"] += 1
+        try:
+            requests = json.loads(body)["requests"]
+        except (ValueError, KeyError, TypeError):
+            return graph_error(400, "BadRequest", "Invalid batch payload.")
+        if not isinstance(requests, list) or not 1 <= len(requests) <= BATCH_MAX:
+            return graph_error(400, "BadRequest", f"A batch holds 1 to {BATCH_MAX} requests.")
+        done: dict[str, asyncio.Future[Answer]] = {
+            str(r["id"]): asyncio.get_running_loop().create_future() for r in requests
+        }
+
+        async def run(member: dict[str, Any]) -> None:
+            ours = done[str(member["id"])]
+            failed = False
+            for dependency in member.get("dependsOn") or []:
+                answer = await done[str(dependency)]
+                failed = failed or not 200 <= answer.status < 300
+            if failed:
+                ours.set_result(graph_error(424, "FailedDependency", "Dependency failed."))
+                return
+            url = urllib.parse.urlsplit(str(member["url"]))
+            query = dict(urllib.parse.parse_qsl(url.query))
+            payload = member.get("body")
+            raw = json.dumps(payload).encode() if payload is not None else b""
+            path = url.path if url.path.startswith("/") else "/" + url.path
+            ours.set_result(
+                await self._call(
+                    grant,
+                    member.get("method", "GET"),
+                    path,
+                    query,
+                    member.get("headers") or {},
+                    raw,
+                )
+            )
+
+        await asyncio.gather(*(run(member) for member in requests))
+        responses = []
+        for member in requests:
+            answer = done[str(member["id"])].result()
+            entry: dict[str, Any] = {
+                "id": str(member["id"]),
+                "status": answer.status,
+                "headers": {"Content-Type": answer.content_type, **answer.headers},
+            }
+            if answer.raw is not None:
+                entry["body"] = base64.b64encode(answer.raw).decode()
+            elif answer.body is not None:
+                entry["body"] = answer.body
+            responses.append(entry)
+        return Answer(200, {"responses": responses})
+
+    async def _call(
+        self,
+        grant: Grant,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> Answer:
+        parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+        if parts[:1] == ["me"]:
+            parts = ["users", grant.user or "", *parts[1:]]
+        if len(parts) < 2 or parts[0] != "users":
+            return graph_error(400, "BadRequest", f"Resource not found for the segment {path!r}.")
+        box = self.mailboxes.get(parts[1].lower())
+        if box is None:
+            return graph_error(
+                404, "ErrorInvalidUser", f"The requested user '{parts[1]}' is invalid."
+            )
+        if grant.user is not None and self.mailboxes.get(grant.user) is not box:
+            return graph_error(403, "ErrorAccessDenied", "Access is denied.")
+        if box.in_flight >= MAILBOX_CONCURRENCY:
+            box.over_limit += 1
+            answer = graph_error(
+                429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit."
+            )
+            answer.headers["Retry-After"] = "1"
+            return answer
+        box.in_flight += 1
+        box.max_in_flight = max(box.max_in_flight, box.in_flight)
+        try:
+            await asyncio.sleep(self.latency_s)
+            return self._route(box, method, parts[2:], query, headers, body)
+        finally:
+            box.in_flight -= 1
+
+    def _route(
+        self,
+        box: SimMailbox,
+        method: str,
+        rest: list[str],
+        query: dict[str, str],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> Answer:
+        select = set(query["$select"].split(",")) if "$select" in query else None
+        if method == "POST" and rest == ["sendMail"]:
+            self.requests["sendMail"] += 1
+            return self._send_mail(box, headers, body)
+        if method != "GET":
+            return graph_error(405, "MethodNotAllowed", "Method not allowed.")
+        if rest == ["mailFolders"]:
+            self.requests["folders"] += 1
+            return Answer(200, {"value": [_folder(box, f) for f in box.folders.values()]})
+        if len(rest) >= 2 and rest[0] == "mailFolders":
+            folder = box.folder(rest[1])
+            if folder is None:
+                return graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
+            if len(rest) == 2:
+                self.requests["folder"] += 1
+                return Answer(200, _folder(box, folder))
+            if rest[2:] == ["messages", "delta"]:
+                self.requests["delta"] += 1
+                return self._delta(box, folder, query, headers, select)
+            if rest[2:] == ["messages"]:
+                self.requests["list"] += 1
+                return self._list(box, folder.id, query, select)
+        if rest == ["messages"]:
+            self.requests["list"] += 1
+            return self._list(box, None, query, select)
+        if len(rest) >= 2 and rest[0] == "messages":
+            message = box.messages.get(rest[1])
+            if message is None:
+                return graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
+            if rest[2:] == ["$value"]:
+                self.requests["value"] += 1
+                return Answer(200, raw=message.mime, content_type="text/plain")
+            if len(rest) == 2:
+                self.requests["message"] += 1
+                return Answer(200, message.resource(select))
+        return graph_error(400, "BadRequest", f"Unsupported segment {'/'.join(rest)!r}.")
+
+    def _list(
+        self, box: SimMailbox, folder_id: str | None, query: dict[str, str], select: set[str] | None
+    ) -> Answer:
+        wanted: str | None = None
+        flt = query.get("$filter", "")
+        if flt.startswith("internetMessageId eq '") and flt.endswith("'"):
+            wanted = flt[len("internetMessageId eq '") : -1].replace("''", "'")
+        elif flt:
+            return graph_error(400, "BadRequest", "Only internetMessageId eq filters here.")
+        found = [
+            m.resource(select)
+            for m in box.messages.values()
+            if (folder_id is None or m.folder_id == folder_id)
+            and (wanted is None or m.header("Message-ID") == wanted)
+        ]
+        return Answer(200, {"value": found[: int(query.get("$top", "1000"))]})
+
+    def _delta(
+        self,
+        box: SimMailbox,
+        folder: SimFolder,
+        query: dict[str, str],
+        headers: dict[str, str],
+        select: set[str] | None,
+    ) -> Answer:
+        prefer = {k.lower(): v for k, v in headers.items()}.get("prefer", "")
+        page_size = 10
+        for part in prefer.split(","):
+            name, _, value = part.strip().partition("=")
+            if name == "odata.maxpagesize" and value.isdigit():
+                page_size = max(1, int(value))
+        if "$skiptoken" in query or "$deltatoken" in query:
+            state = _read_token(query.get("$skiptoken") or query.get("$deltatoken") or "")
+            if state is None or state.get("f") != folder.id or state.get("e") != folder.epoch:
+                return graph_error(
+                    410, "syncStateNotFound", "The sync state generation is not found."
+                )
+            if "$deltatoken" in query:
+                state = {**state, "m": "inc", "u": box.seq, "o": 0}
+            select = set(state["sel"]) if state.get("sel") is not None else None
+        else:
+            state = {
+                "f": folder.id,
+                "e": folder.epoch,
+                "m": "full",
+                "s": 0,
+                "u": box.seq,
+                "o": 0,
+                "sel": sorted(select) if select is not None else None,
+            }
+        if state["m"] == "full":
+            ids = [
+                m.id
+                for m in sorted(box.messages.values(), key=lambda m: m.created_seq)
+                if m.folder_id == folder.id
+            ]
+        else:
+            touched: dict[str, None] = {}
+            for seq, folder_id, item_id in box.log:
+                if state["s"] < seq <= state["u"] and folder_id == folder.id:
+                    touched.pop(item_id, None)
+                    touched[item_id] = None
+            ids = list(touched)
+        offset = state["o"]
+        page = ids[offset : offset + page_size]
+        value: list[dict[str, Any]] = []
+        for item_id in page:
+            message = box.messages.get(item_id)
+            if message is None or message.folder_id != folder.id:
+                value.append(
+                    {
+                        "@odata.type": "#microsoft.graph.message",
+                        "id": item_id,
+                        "@removed": {"reason": "deleted" if message is None else "changed"},
+                    }
+                )
+            else:
+                value.append(
+                    {"@odata.type": "#microsoft.graph.message", **message.resource(select)}
+                )
+        base = f"{self.base_url}/v1.0/users/{box.upn}/mailFolders/{folder.id}/messages/delta"
+        answer: dict[str, Any] = {
+            "@odata.context": f"{self.base_url}/v1.0/$metadata#Collection(message)",
+        }
+        if offset + page_size < len(ids):
+            token = _write_token({**state, "o": offset + page_size})
+            answer["@odata.nextLink"] = f"{base}?$skiptoken={token}"
+        else:
+            token = _write_token(
+                {
+                    "f": folder.id,
+                    "e": folder.epoch,
+                    "m": "inc",
+                    "s": state["u"],
+                    "sel": state["sel"],
+                }
+            )
+            answer["@odata.deltaLink"] = f"{base}?$deltatoken={token}"
+        answer["value"] = value
+        return Answer(200, answer, {"Preference-Applied": f"odata.maxpagesize={page_size}"})
+
+    def _send_mail(self, box: SimMailbox, headers: dict[str, str], body: bytes) -> Answer:
+        content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+        if content_type.startswith("text/plain"):
+            try:
+                mime = base64.b64decode(body, validate=True)
+            except ValueError:
+                return graph_error(400, "ErrorMimeContentInvalidBase64String", "Invalid base64.")
+            save = True
+        else:
+            try:
+                payload = json.loads(body)
+                message = payload["message"]
+            except (ValueError, KeyError, TypeError):
+                return graph_error(400, "ErrorInvalidRequest", "Cannot read the request body.")
+            mime = _mime_from_json(box, message)
+            save = bool(payload.get("saveToSentItems", True))
+        parsed = _HEADERS.parsebytes(mime)
+        if not parsed.get("To") and not parsed.get("Cc") and not parsed.get("Bcc"):
+            return graph_error(
+                400, "ErrorInvalidRecipients", "At least one recipient is not valid."
+            )
+        if parsed.get("Message-ID") is None:
+            mime = f"Message-ID: {email.utils.make_msgid(domain='sim.example')}\r\n".encode() + mime
+        self.sent.append(mime)
+        if save:
+            self.add_message(box.upn, "sentitems", mime, is_read=True)
+        recipients = email.utils.getaddresses([str(parsed.get(h, "")) for h in ("To", "Cc", "Bcc")])
+        for _, address in recipients:
+            if address.lower() in self.mailboxes:
+                self.add_message(address, "inbox", mime)
+        return Answer(202)
+
+
+def _folder(box: SimMailbox, folder: SimFolder) -> dict[str, Any]:
+    total = sum(1 for m in box.messages.values() if m.folder_id == folder.id)
+    return {
+        "id": folder.id,
+        "displayName": folder.display_name,
+        "parentFolderId": "AQMkroot",
+        "childFolderCount": 0,
+        "totalItemCount": total,
+        "unreadItemCount": total,
+    }
+
+
+def _mime_from_json(box: SimMailbox, message: dict[str, Any]) -> bytes:
+    mail = EmailMessage()
+    mail["From"] = box.upn
+    for header, key in (("To", "toRecipients"), ("Cc", "ccRecipients")):
+        addresses = [r["emailAddress"]["address"] for r in message.get(key) or []]
+        if addresses:
+            mail[header] = ", ".join(addresses)
+    mail["Subject"] = message.get("subject", "")
+    for pair in message.get("internetMessageHeaders") or []:
+        mail[pair["name"]] = pair["value"]
+    mail["Message-ID"] = email.utils.make_msgid(domain="sim.example")
+    mail.set_content((message.get("body") or {}).get("content", ""))
+    return mail.as_bytes()
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unsigned_jwt(claims: dict[str, Any]) -> str:
+    return f"{_b64(json.dumps({'alg': 'none', 'typ': 'JWT'}))}.{_b64(json.dumps(claims))}."
+
+
+def _write_token(state: dict[str, Any]) -> str:
+    return _b64(json.dumps(state, separators=(",", ":")))
+
+
+def _read_token(token: str) -> dict[str, Any] | None:
+    try:
+        state = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except ValueError:
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def sample_message(n: int, user: str, size: int = 0, subject: str = "Graph hello") -> bytes:
+    """A small well-formed email with Message-ID <graph-n@contoso.example>, padded to
+    about `size` bytes when asked."""
+    mail = EmailMessage()
+    mail["From"] = "Dana <dana@contoso.example>"
+    mail["To"] = user
+    mail["Subject"] = f"{subject} {n}"
+    mail["Message-ID"] = f"<graph-{n}@contoso.example>"
+    mail["Date"] = "Mon, 30 Mar 2026 10:15:00 +0000"
+    text = f"Body text {n}.\n"
+    if size > len(text):
+        text += ("lorem ipsum " * (size // 12 + 1))[: size - len(text)] + "\n"
+    mail.set_content(text)
+    return mail.as_bytes()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    sim = GraphSimulator(Path(args.root))
+    sim.add_app(args.client_id, args.secret)
+    for user_n in range(args.users):
+        upn = f"user{user_n}@contoso.example"
+        sim.add_user(upn)
+        for n in range(args.messages):
+            sim.add_message(upn, "inbox", sample_message(n, upn, args.size))
+    await sim.start(args.port)
+    print(json.dumps({"port": sim.port, "ca_file": str(sim.cert_file)}), flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    """Serve a populated simulator until killed (benchmarks run it in its own process);
+    prints {"port": ..., "ca_file": ...} on one line when ready."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--users", type=int, default=1)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--client-id", default="bench-app")
+    parser.add_argument("--secret", default="bench-secret")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

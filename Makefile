@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/imap_backfill.py
 	$(BIN)/python bench/idle_poll.py
+	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/correlate.py
 	$(BIN)/python bench/sink.py
 

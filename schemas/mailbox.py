@@ -126,7 +126,7 @@ class PollingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     min_interval_s: float = 30.0
     max_active_interval_s: float = 120.0
-    active_window_s: float = 3600.0
+    active_window_s: float = 7200.0
     active_backoff: float = 2.0
     backoff_factor: float = 2.0
     idle_max_s: float = 6 * 3600.0

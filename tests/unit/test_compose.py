@@ -127,7 +127,10 @@ def test_tidings_settings_in_the_environment_are_known_and_scalable(
 ) -> None:
     for name, service in tidings_services(compose).items():
         env = {key: str(value) for key, value in service["environment"].items()}
-        config = load_config(env=env)  # raises on a setting tidings does not have
+        # Raises on a setting tidings does not have, in the file or the environment.
+        config_file = env.pop("TIDINGS_CONFIG")
+        assert config_file == "/etc/tidings/tidings.toml"
+        config = load_config(COMPOSE_DIR / "tidings.toml", env=env)
         assert config.kafka.bootstrap_servers == ["kafka:9092"]
         assert config.clickhouse_dsn().startswith("clickhouse://")
         assert config.clickhouse.password is not None and config.clickhouse.password.env

@@ -341,7 +341,7 @@ def mailbox_add(
         maildir_mailbox,
         server_mailbox,
     )
-    from schemas.mailbox import AutoCreate, OutgoingSettings, Protocol
+    from schemas.mailbox import AutoCreate, OutgoingSettings
     from schemas.secret import SecretRef
     from schemas.topics import MAILBOX_CONFIG
 
@@ -390,25 +390,7 @@ def mailbox_add(
     )
     infra = bring_up(ctx.config)
     try:
-        if config.server_profile is not None:
-            profiles = _effective_profiles(infra.config)
-            chosen = profiles.get(config.server_profile)
-            if chosen is None:
-                fail(f"no server profile {config.server_profile!r}", _profiles_hint(profiles))
-            elif chosen.protocol != config.protocol:
-                fail(
-                    f"server profile {config.server_profile!r} is {chosen.protocol.value}, "
-                    f"not {protocol}",
-                    _profiles_hint(profiles),
-                )
-        if outgoing_profile:
-            profiles = _effective_profiles(infra.config)
-            sender = profiles.get(outgoing_profile)
-            if sender is None or sender.protocol != Protocol.SMTP:
-                fail(
-                    f"--outgoing-profile {outgoing_profile!r} is not an smtp server profile",
-                    _profiles_hint(profiles),
-                )
+        _check_mailbox_profiles(infra.config, config)
         configs, _ = _read_mailboxes(infra.config)
         try:
             check_add(configs, config)
@@ -417,10 +399,37 @@ def mailbox_add(
         _publish(infra.config, MAILBOX_CONFIG, [(mailbox_id, config)])
     finally:
         infra.close()
-    console.print(
-        f"mailbox {mailbox_id} ({config.owner}, filter {incoming_filter}) added, "
-        f"{mailbox_state(config).value}"
-    )
+    added = f"mailbox {mailbox_id} ({config.owner}, filter {incoming_filter}) added"
+    if not config.enabled:
+        step = "approve" if not config.approved else "test --enable"
+        added += f", {mailbox_state(config).value}: next `tidings mailbox {step} {mailbox_id}`"
+    console.print(added, soft_wrap=True)
+
+
+def _check_mailbox_profiles(config: TidingsConfig, mailbox: Any) -> None:
+    """Refuse a mailbox naming a server or outgoing profile that does not exist (in
+    tidings.toml or on server.profiles) or speaks another protocol."""
+    from schemas.mailbox import Protocol
+
+    profiles = _effective_profiles(config)
+    if mailbox.server_profile is not None:
+        chosen = profiles.get(mailbox.server_profile)
+        if chosen is None:
+            fail(f"no server profile {mailbox.server_profile!r}", _profiles_hint(profiles))
+        elif chosen.protocol != mailbox.protocol:
+            fail(
+                f"server profile {mailbox.server_profile!r} is {chosen.protocol.value}, "
+                f"not {mailbox.protocol.value}",
+                _profiles_hint(profiles),
+            )
+    if mailbox.outgoing is not None:
+        name = mailbox.outgoing.server_profile
+        sender = profiles.get(name)
+        if sender is None or sender.protocol != Protocol.SMTP:
+            fail(
+                f"--outgoing-profile {name!r} is not an smtp server profile",
+                _profiles_hint(profiles),
+            )
 
 
 def _where(config: Any) -> str:
@@ -473,10 +482,12 @@ def mailbox_list(ctx: Context) -> None:
     """List mailboxes with their owner, filter, state and last sync.
 
     \b
-    The last column is the last error, or for a disabled mailbox why it is
-    disabled. `tidings mailbox show ID` has the details.
+    state is pending-approval, approved, tested, enabled or disabled; an
+    enabled mailbox no connector has reported on yet shows "not run". The last
+    column is the last error, or for a disabled mailbox why it is disabled.
+    `tidings mailbox show ID` has the details.
     """
-    from pipeline.mailboxes import disabled_reason, mailbox_state
+    from pipeline.mailboxes import disabled_reason
 
     infra = bring_up(ctx.config)
     try:
@@ -502,7 +513,7 @@ def mailbox_list(ctx: Context) -> None:
             str(config.owner),
             config.email_address,
             config.incoming_filter.value,
-            mailbox_state(config, status).value,
+            _list_state(config, status),
             last,
             str(status.counters.items_listed) if status else "",
             _where(config),
@@ -511,6 +522,16 @@ def mailbox_list(ctx: Context) -> None:
     console.print(table)
     if not configs:
         console.print("no mailboxes yet: add one with `tidings mailbox add` or run `tidings demo`")
+
+
+def _list_state(config: Any, status: Any) -> str:
+    """The state column of `mailbox list`: "not run" for an enabled mailbox no connector
+    reported on yet (its incoming status), else the mailbox's state."""
+    from pipeline.mailboxes import mailbox_state
+    from schemas.mailbox import SyncState
+
+    state = mailbox_state(config, status)
+    return "not run" if state == SyncState.ENABLED and status is None else state.value
 
 
 @mailbox.command("reconcile")

@@ -57,6 +57,7 @@ class ProcessorLag:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.current = None
+        metrics.CONNECTOR_PROCESSOR_LAG.set(-1)
 
     async def _run(self) -> None:
         admin: AIOKafkaAdminClient | None = None

@@ -225,8 +225,10 @@ class GraphMailbox:
     # -- a pass ----------------------------------------------------------------
 
     async def sync_pass(self, on_batch: BatchCallback | None = None) -> PassResult:
-        """Run every folder's delta to its end once."""
+        """Run every folder's delta to its end once; a pass the server throttled tells
+        the profile's gate, which lowers its concurrency."""
         result = PassResult()
+        throttles = self.client.throttles
         async with self.gate.slot():
             try:
                 for folder in await self._folders():
@@ -234,6 +236,9 @@ class GraphMailbox:
             except (ConnectorError, asyncio.CancelledError):
                 await self.client.close()
                 raise
+            finally:
+                if self.client.throttles > throttles:
+                    self.gate.throttled()  # the profile's connection limit backs off (AIMD)
         self.counters = fold_counters(self.counters, result)
         result.counters = self.counters
         return result

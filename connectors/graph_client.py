@@ -87,6 +87,7 @@ class GraphClient:
         self.tokens = tokens
         self.user = user
         self.slots = asyncio.Semaphore(profile.graph.max_concurrent_requests)
+        self.throttles = 0
         self._http: httpx.AsyncClient | None = None
 
     def _client(self) -> httpx.AsyncClient:
@@ -152,6 +153,7 @@ class GraphClient:
     async def wait(self, retry_after: str | None, attempt: int) -> None:
         """Wait as the server asked (Retry-After), else exponentially; counted."""
         seconds = retry_after_s(retry_after, min(2.0**attempt, 60.0), MAX_WAIT_S)
+        self.throttles += 1
         metrics.CONNECTOR_THROTTLED.labels(PROTOCOL).inc()
         metrics.CONNECTOR_THROTTLE_WAIT_SECONDS.labels(PROTOCOL).inc(seconds)
         log.info("graph: throttled for %s; waiting %.1fs", self.user, seconds)

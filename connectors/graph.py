@@ -290,44 +290,77 @@ class GraphMailbox:
         headers = {
             "Prefer": f'odata.maxpagesize={self.page_size}, IdType="ImmutableId"',
         }
-        while True:
-            try:
-                body = await self.client.get(state.url, kind="delta", headers=headers)
-            except DeltaExpired as expired:
-                if state.url == self._delta_url(folder):
+        # One chunk at a time is applied (MIME fetched, emitted, cursor saved) while
+        # the next pages download; the next chunk waits for it.
+        applying: asyncio.Future[None] | None = None
+
+        async def settle() -> None:
+            nonlocal applying
+            running, applying = applying, None
+            if running is not None:
+                await running
+
+        try:
+            while True:
+                try:
+                    body = await self.client.get(state.url, kind="delta", headers=headers)
+                except DeltaExpired as expired:
+                    if state.url == self._delta_url(folder):
+                        raise errors.transient(
+                            errors.PROTOCOL_ERROR,
+                            f"{folder.name}: a fresh delta query answered 410",
+                        ) from None
+                    await settle()
+                    state = await self._expired(state, str(expired), pending)
+                    pending = []
+                    continue
+                try:
+                    page = DELTA_PAGE.decode(body)
+                except msgspec.DecodeError:
                     raise errors.transient(
-                        errors.PROTOCOL_ERROR, f"{folder.name}: a fresh delta query answered 410"
+                        errors.PROTOCOL_ERROR, f"{folder.name}: graph answered an unreadable page"
                     ) from None
-                state = await self._expired(state, str(expired), pending)
-                pending = []
-                continue
-            try:
-                page = DELTA_PAGE.decode(body)
-            except msgspec.DecodeError:
-                raise errors.transient(
-                    errors.PROTOCOL_ERROR, f"{folder.name}: graph answered an unreadable page"
-                ) from None
-            pending.extend(page.value)
-            state.seen.update(item.id for item in page.value if item.removed is None)
-            result.listed += sum(1 for item in page.value if item.removed is None)
-            if page.delta_link is not None:
-                await self._apply(state, pending, result, on_batch)
-                if state.sweep:
-                    gone = swept(state.known_at_start, state.seen)
-                    await self._emit_deleted(folder, gone, state.known, result)
-                await self._save(folder, state.known, page.delta_link, None)
-                return
-            if page.next_link is None:
-                raise errors.transient(
-                    errors.PROTOCOL_ERROR, f"{folder.name}: a delta page had no next or delta link"
-                )
-            state.url = page.next_link
-            if len(pending) >= self.max_batch_items:
-                await self._apply(state, pending, result, on_batch)
-                pending = []
-                # A sweeping round cannot resume mid-way (what it saw is not kept).
-                resume = None if state.sweep else page.next_link
-                await self._save(folder, state.known, state.delta_link, resume)
+                pending.extend(page.value)
+                state.seen.update(item.id for item in page.value if item.removed is None)
+                result.listed += sum(1 for item in page.value if item.removed is None)
+                if page.delta_link is not None:
+                    await settle()
+                    await self._apply(state, pending, result, on_batch)
+                    if state.sweep:
+                        gone = swept(state.known_at_start, state.seen)
+                        await self._emit_deleted(folder, gone, state.known, result)
+                    await self._save(folder, state.known, page.delta_link, None)
+                    return
+                if page.next_link is None:
+                    raise errors.transient(
+                        errors.PROTOCOL_ERROR,
+                        f"{folder.name}: a delta page had no next or delta link",
+                    )
+                state.url = page.next_link
+                if len(pending) >= self.max_batch_items:
+                    await settle()
+                    # A sweeping round cannot resume mid-way (what it saw is not kept).
+                    resume = None if state.sweep else page.next_link
+                    applying = asyncio.ensure_future(
+                        self._apply_and_save(state, pending, resume, result, on_batch)
+                    )
+                    pending = []
+        finally:
+            if applying is not None and not applying.done():
+                applying.cancel()
+                await asyncio.gather(applying, return_exceptions=True)
+
+    async def _apply_and_save(
+        self,
+        state: _Round,
+        items: list[DeltaItem],
+        resume: str | None,
+        result: PassResult,
+        on_batch: BatchCallback | None,
+    ) -> None:
+        """Apply one chunk of a round, then save the cursor past it."""
+        await self._apply(state, items, result, on_batch)
+        await self._save(state.folder, state.known, state.delta_link, resume)
 
     async def _expired(self, state: _Round, code: str, pending: list[DeltaItem]) -> _Round:
         """The server forgot the delta state (410): say so and enumerate the folder again."""

@@ -166,6 +166,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             ORDER BY (mailbox_id, finished_at, sync_generation)""",
         ),
     ),
+    Migration(
+        5,
+        "outgoing_status: where each outgoing email stands (pending, sending, sent, failed)",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.outgoing_status (
+                activity_id String,
+                mailbox_id String,
+                status LowCardinality(String),
+                message_id String,
+                attempt UInt32,
+                tracking_token String,
+                error_code String,
+                error_message String,
+                next_attempt_at Nullable({TS}),
+                sent_at Nullable({TS}),
+                accepted Array(String),
+                refused Array(String),
+                copied_to_sent UInt8,
+                worker String,
+                updated_at {TS}
+            ) ENGINE = ReplacingMergeTree(updated_at) ORDER BY activity_id""",
+        ),
+    ),
 )
 
 

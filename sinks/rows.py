@@ -12,6 +12,7 @@ from schemas.base import RecordRef
 from schemas.crm import Activity, PartyRole, PromotionDecision
 from schemas.errors import SyncError
 from schemas.mailbox import MailboxCounters, MailboxStatus
+from schemas.outgoing import OutgoingStatus
 
 Row = tuple[Any, ...]
 
@@ -47,6 +48,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "mailbox_id", "sync_generation", "started_at", "finished_at", "duration_ms", "state",
         "incoming_status", "pending_items", "items_listed", "created_events", "updated_events",
         "deleted_events", "errors", "error_code", "next_poll_at", "worker", "updated_at",
+    ),
+    "outgoing_status": (
+        "activity_id", "mailbox_id", "status", "message_id", "attempt", "tracking_token",
+        "error_code", "error_message", "next_attempt_at", "sent_at", "accepted", "refused",
+        "copied_to_sent", "worker", "updated_at",
     ),
 }  # fmt: skip
 
@@ -211,3 +217,24 @@ def poll_stats_rows(status: MailboxStatus) -> list[Row]:
             status.updated_at,
         )
     ]
+
+
+def outgoing_status_row(status: OutgoingStatus) -> Row:
+    """The outgoing_status row of one send status (the latest `updated_at` wins)."""
+    return (
+        status.activity_id,
+        status.mailbox_id,
+        status.status.value,
+        status.message_id,
+        status.attempt,
+        status.tracking_token or "",
+        status.error_code or "",
+        status.error_message or "",
+        status.next_attempt_at,
+        status.sent_at,
+        tuple(status.accepted),
+        tuple(status.refused),
+        int(status.copied_to_sent),
+        status.worker or "",
+        status.updated_at,
+    )

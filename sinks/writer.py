@@ -1,7 +1,7 @@
 """The ClickHouse sink: decisions, activities, errors and mailbox status into tables.
 
-Consumes promotion.decisions, crm.activities, sync.errors and mailbox.status in
-one consumer group. Rows are buffered per partition and flushed when a
+Consumes promotion.decisions, crm.activities, sync.errors, mailbox.status and
+outgoing.status in one consumer group. Rows are buffered per partition and flushed when a
 partition's batch is full (`batch_max_rows`) or old (`batch_max_age_s`); the
 offsets of a partition are committed (offset+1) only after ClickHouse confirmed
 every row up to them. When inserts fail or the buffer reaches
@@ -31,12 +31,21 @@ from schemas.topics import (
     CRM_ACTIVITIES,
     DLQ,
     MAILBOX_STATUS,
+    OUTGOING_STATUS,
     PROMOTION_DECISIONS,
     SYNC_ERRORS,
     TopicSpec,
     codec,
 )
-from sinks.rows import Row, activity_rows, decision_row, error_row, poll_stats_rows, status_row
+from sinks.rows import (
+    Row,
+    activity_rows,
+    decision_row,
+    error_row,
+    outgoing_status_row,
+    poll_stats_rows,
+    status_row,
+)
 from sinks.store import ClickHouseStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -65,6 +74,7 @@ def routes(prefix: str) -> dict[str, _Route]:
             MAILBOX_STATUS,
             lambda v: {"mailbox_status": [status_row(v)], "poll_stats": poll_stats_rows(v)},
         ),
+        (OUTGOING_STATUS, lambda v: {"outgoing_status": [outgoing_status_row(v)]}),
     ]
     return {spec.name(prefix): _Route(codec(spec), to_rows) for spec, to_rows in table}
 
@@ -156,9 +166,14 @@ class ClickHouseSink:
             await self._producer.stop()
 
     async def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
+        """Decode `messages` of one partition into its batch. A tombstone (a removed
+        mailbox's status, say) changes no table: the rows keep the last state known."""
         route = self.routes[tp.topic]
         batch = self._batches.setdefault(tp, _Batch())
         for message in messages:
+            if message.value is None:
+                batch.next_offset = message.offset + 1
+                continue
             try:
                 value = route.codec.decode(message.value, tp.topic, tp.partition, message.offset)
             except DecodeError as exc:

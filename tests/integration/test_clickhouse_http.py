@@ -40,7 +40,15 @@ from schemas.crm import (
 )
 from schemas.errors import ErrorScope, Severity, SyncError
 from schemas.mailbox import MailboxCounters, MailboxStatus, RunStatus, SyncState
-from schemas.topics import CRM_ACTIVITIES, DLQ, MAILBOX_STATUS, PROMOTION_DECISIONS, SYNC_ERRORS
+from schemas.outgoing import OutgoingStatus, SendStatus
+from schemas.topics import (
+    CRM_ACTIVITIES,
+    DLQ,
+    MAILBOX_STATUS,
+    OUTGOING_STATUS,
+    PROMOTION_DECISIONS,
+    SYNC_ERRORS,
+)
 from sinks.migrations import MIGRATIONS
 from sinks.rows import (
     COLUMNS,
@@ -48,6 +56,7 @@ from sinks.rows import (
     activity_rows,
     decision_row,
     error_row,
+    outgoing_status_row,
     poll_stats_rows,
     status_row,
 )
@@ -65,6 +74,7 @@ KEYS = {
     "sync_errors": ("mailbox_id", "error_id"),
     "mailbox_status": ("mailbox_id",),
     "poll_stats": ("mailbox_id", "finished_at", "sync_generation"),
+    "outgoing_status": ("activity_id",),
 }
 
 
@@ -277,6 +287,7 @@ def rows_of(payloads: dict[str, list[Any]]) -> dict[str, list[Row]]:
     tables["sync_errors"] = [error_row(v) for v in payloads["errors"]]
     tables["mailbox_status"] = [status_row(v) for v in payloads["statuses"]]
     tables["poll_stats"] = [row for v in payloads["statuses"] for row in poll_stats_rows(v)]
+    tables["outgoing_status"] = [outgoing_status_row(v) for v in payloads["outgoing"]]
     return tables
 
 
@@ -287,6 +298,7 @@ def payloads(count: int) -> dict[str, list[Any]]:
         "decisions": [decision(n) for n in range(count)] + [decision(2, 2)],
         "errors": [error(n) for n in range(count)],
         "statuses": [status(n % 3, minutes=n) for n in range(count)],
+        "outgoing": [outgoing(n, step) for n in range(count // 4) for step in range(3)],
     }
 
 
@@ -339,6 +351,29 @@ async def test_a_bad_statement_is_a_store_error_naming_the_cause(store: ClickHou
 # -- the sink on tansu -------------------------------------------------------------
 
 
+def outgoing(n: int, step: int = 0) -> OutgoingStatus:
+    """Email n's status after `step` writes: pending, sending, then sent (n even) or
+    failed (n odd)."""
+    final_status = SendStatus.SENT if n % 2 == 0 else SendStatus.FAILED
+    status = (SendStatus.PENDING, SendStatus.SENDING, final_status)[step]
+    return OutgoingStatus(
+        activity_id=f"out-{n}",
+        mailbox_id=f"mb-{n % 3}",
+        status=status,
+        message_id=f"out-{n}@nw.example",
+        attempt=1 if step else 0,
+        tracking_token="CRM:0001001" if n % 3 else None,
+        error_code="RecipientRefused" if status == SendStatus.FAILED else None,
+        error_message="550 no such user" if status == SendStatus.FAILED else None,
+        sent_at=T0 + timedelta(minutes=n) if status == SendStatus.SENT else None,
+        accepted=["dana@contoso.example"] if status == SendStatus.SENT else [],
+        refused=["nobody@contoso.example"] if status == SendStatus.FAILED else [],
+        copied_to_sent=status == SendStatus.SENT and n % 4 == 0,
+        worker="w-1",
+        updated_at=T0 + timedelta(minutes=n, seconds=step),
+    )
+
+
 async def committed(config: TidingsConfig, group: str, topics: list[str]) -> dict[str, int]:
     """The group's committed offsets, summed per topic."""
     consumer = AIOKafkaConsumer(group_id=group, **config.kafka.consumer_options())
@@ -387,17 +422,28 @@ async def test_the_sink_writes_every_topic_commits_after_insert_and_replays_harm
     await publish(
         config.kafka, prefix, MAILBOX_STATUS, [(s.mailbox_id, s) for s in sent["statuses"]]
     )
+    await publish(
+        config.kafka, prefix, OUTGOING_STATUS, [(s.activity_id, s) for s in sent["outgoing"]]
+    )
     producer = AIOKafkaProducer(**config.kafka.producer_options())
     await producer.start()
     try:
         await producer.send_and_wait(SYNC_ERRORS.name(prefix), key=b"mb-0", value=b"{not json")
+        # a tombstone (a removed mailbox) changes no row and is no dead letter
+        await producer.send_and_wait(MAILBOX_STATUS.name(prefix), key=b"mb-1", value=None)
     finally:
         await producer.stop()
     tables = rows_of(sent)
     total = sum(len(rows) for rows in tables.values())
     topics = [
         spec.name(prefix)
-        for spec in (CRM_ACTIVITIES, PROMOTION_DECISIONS, SYNC_ERRORS, MAILBOX_STATUS)
+        for spec in (
+            CRM_ACTIVITIES,
+            PROMOTION_DECISIONS,
+            SYNC_ERRORS,
+            MAILBOX_STATUS,
+            OUTGOING_STATUS,
+        )
     ]
 
     group = f"sink-{uuid.uuid4().hex[:8]}"
@@ -410,7 +456,8 @@ async def test_the_sink_writes_every_topic_commits_after_insert_and_replays_harm
         CRM_ACTIVITIES.name(prefix): len(sent["activities"]),
         PROMOTION_DECISIONS.name(prefix): len(sent["decisions"]),
         SYNC_ERRORS.name(prefix): len(sent["errors"]) + 1,  # and the dead-lettered one
-        MAILBOX_STATUS.name(prefix): len(sent["statuses"]),
+        MAILBOX_STATUS.name(prefix): len(sent["statuses"]) + 1,  # and the tombstone
+        OUTGOING_STATUS.name(prefix): len(sent["outgoing"]),
     }
     assert await dead_letters(config, DLQ.name(prefix)) == 1
 

@@ -25,8 +25,17 @@ from schemas.crm import (
 from schemas.errors import ErrorScope, Severity, SyncError
 from schemas.ids import email_activity_id
 from schemas.mailbox import MailboxCounters, MailboxStatus, RunStatus, SyncState
+from schemas.outgoing import OutgoingStatus, SendStatus
 from sinks.migrations import MIGRATIONS
-from sinks.rows import COLUMNS, Row, activity_rows, decision_row, error_row, status_row
+from sinks.rows import (
+    COLUMNS,
+    Row,
+    activity_rows,
+    decision_row,
+    error_row,
+    outgoing_status_row,
+    status_row,
+)
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 T1 = datetime(2026, 3, 1, 9, 5, tzinfo=UTC)
@@ -391,6 +400,48 @@ def test_status_row_optional_values() -> None:
     assert values["state"] == "pending-approval"
     assert values["items_listed"] == values["errors"] == 0
     assert_nulls_only_in_nullable_columns("mailbox_status", status_row(status))
+
+
+def test_outgoing_status_row_values() -> None:
+    status = OutgoingStatus(
+        activity_id="act-9",
+        mailbox_id="mb",
+        status=SendStatus.SENT,
+        message_id="act-9@nw.example",
+        attempt=2,
+        tracking_token="CRM:0001001",
+        sent_at=T0,
+        accepted=["dana@contoso.example"],
+        refused=["nobody@contoso.example"],
+        copied_to_sent=True,
+        worker="w-1",
+        updated_at=T1,
+    )
+    assert as_dict("outgoing_status", outgoing_status_row(status)) == {
+        "activity_id": "act-9",
+        "mailbox_id": "mb",
+        "status": "sent",
+        "message_id": "act-9@nw.example",
+        "attempt": 2,
+        "tracking_token": "CRM:0001001",
+        "error_code": "",
+        "error_message": "",
+        "next_attempt_at": None,
+        "sent_at": T0,
+        "accepted": ("dana@contoso.example",),
+        "refused": ("nobody@contoso.example",),
+        "copied_to_sent": 1,
+        "worker": "w-1",
+        "updated_at": T1,
+    }
+    pending = OutgoingStatus(
+        activity_id="act-9",
+        mailbox_id="mb",
+        status=SendStatus.PENDING,
+        message_id="m",
+        updated_at=T0,
+    )
+    assert_nulls_only_in_nullable_columns("outgoing_status", outgoing_status_row(pending))
 
 
 # -- crm_import -----------------------------------------------------------------

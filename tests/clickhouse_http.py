@@ -313,6 +313,10 @@ class _Handler(BaseHTTPRequestHandler):
             statement = query + b"\n" + body if query and body else query or body
             if not statement.strip():
                 raise QueryFailed(62, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)")
+            if statement.lstrip()[:6].upper() == b"INSERT" and self.server.take_insert_failure():
+                raise QueryFailed(
+                    252, "Code: 252. DB::Exception: Too many parts (600). (TOO_MANY_PARTS)"
+                )
             binds = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
             settings = {
                 k: v
@@ -400,6 +404,18 @@ class _Server(ThreadingHTTPServer):
         self.answering = threading.Event()
         self.answering.set()
         self.connections: set[socket.socket] = set()
+        self.inserts_to_fail = 0
+        self.inserts_failed = 0
+        self._lock = threading.Lock()
+
+    def take_insert_failure(self) -> bool:
+        """True when this INSERT is one of those told to fail (`ClickHouseHTTP.fail_inserts`)."""
+        with self._lock:
+            if self.inserts_to_fail <= 0:
+                return False
+            self.inserts_to_fail -= 1
+            self.inserts_failed += 1
+            return True
 
     def drop_connections(self) -> None:
         """Close every open (keep-alive) connection, as a stopping server does."""
@@ -462,6 +478,25 @@ class ClickHouseHTTP:
         """Answer again, the waiting requests first."""
         assert self._server is not None
         self._server.answering.set()
+
+    def fail_inserts(self, count: int) -> None:
+        """Answer the next `count` INSERTs with error 252 (TOO_MANY_PARTS), as a server
+        that cannot keep up does; other queries are answered as usual."""
+        assert self._server is not None
+        with self._server._lock:
+            self._server.inserts_to_fail = count
+
+    @property
+    def inserts_failed(self) -> int:
+        """INSERTs answered with an error because `fail_inserts` said so."""
+        assert self._server is not None
+        return self._server.inserts_failed
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query, run on this process's chDB (for tests)."""
+        assert self._engine is not None
+        answer = self._engine.run(sql.encode(), "tidings", {"readonly": "1"}, {}, "JSONCompact")
+        return [tuple(row) for row in json.loads(answer.body)["data"]]
 
     def stop(self) -> None:
         """Stop listening and close chDB."""

@@ -1,10 +1,13 @@
 """Nothing lost, nothing twice, while things break: one 5,000-message sync across four
 IMAP mailboxes (real dovecot), with the connectors, processors and sinks as separate
-real processes on the embedded broker (tansu on localbucket storage) and chDB.
+real processes on the embedded broker (tansu on localbucket storage), storing into
+ClickHouse over its HTTP interface (the production shape: `tests/clickhouse_http.py`,
+chDB behind the documented protocol, in this process).
 
 The mail arrives in waves; during each wave exactly one fault strikes at a random
 point (seeded, printed): kill -9 of the connectors, the processors or the sinks
-(restarted at once), a restart of the broker, a restart of dovecot mid-fetch. After
+(restarted at once), a restart of the broker, ClickHouse refusing the next inserts,
+a restart of dovecot mid-fetch. After
 each wave settles, ClickHouse must hold exactly the ground truth so far: the set of
 activity ids equals the expected one (no loss, no duplicate after FINAL), each
 activity lists exactly the mailboxes that received it, and every item is accounted
@@ -26,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.http import read_endpoint
 from schemas.ids import email_activity_id
+from tests.clickhouse_http import ClickHouseHTTP
 from tests.faults.test_connector_failover import kill9, write_config
 from tests.integration.test_processes import endpoint
 from tests.mailserver import Dovecot
@@ -37,6 +40,9 @@ pytestmark = pytest.mark.faults
 
 PASSWORD_ENV = "FAULT_SUITE_IMAP_PASSWORD"
 PASSWORD = "faults-pw"
+CLICKHOUSE_PASSWORD_ENV = "FAULT_SUITE_CLICKHOUSE_PASSWORD"
+CLICKHOUSE_PASSWORD = "faults-ch-pw"
+INSERT_FAILURES = 6  # about 20 s of the sink's doubling retry delay (0.5 s, 1 s, ...)
 USERS = ("ann", "bob", "cy", "dee")
 ROLES = ("connectors", "processors", "sinks")
 TOTAL_ITEMS = 5_000
@@ -105,8 +111,9 @@ def wave(first: int, items: int, truth: Truth) -> tuple[dict[str, list[bytes]], 
 class Pipeline:
     """The three roles as processes of one workspace, killed and restarted at will."""
 
-    def __init__(self, space: Workspace, logs: Path) -> None:
+    def __init__(self, space: Workspace, clickhouse: ClickHouseHTTP, logs: Path) -> None:
         self.space = space
+        self.clickhouse = clickhouse
         self.logs = logs
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.starts: Counter[str] = Counter()
@@ -139,11 +146,27 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(workspace: Workspace, dovecot: Dovecot, tmp_path: Path) -> Iterator[Pipeline]:
+def clickhouse(tmp_path: Path) -> Iterator[ClickHouseHTTP]:
+    """A ClickHouse HTTP interface on loopback for the sinks process to store into."""
+    with ClickHouseHTTP(tmp_path / "clickhouse", CLICKHOUSE_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def pipeline(
+    workspace: Workspace, dovecot: Dovecot, clickhouse: ClickHouseHTTP, tmp_path: Path
+) -> Iterator[Pipeline]:
     """Broker, four approved IMAP mailboxes (filter: all) and the three roles running."""
-    config = write_config(tmp_path / "tidings.toml", dovecot, "[sinks]\nbatch_max_age_s = 0.5\n")
+    extra = (
+        "[sinks]\nbatch_max_age_s = 0.5\n\n"
+        f'[clickhouse]\ndsn = "{clickhouse.dsn()}"\n'
+        f'password = {{ env = "{CLICKHOUSE_PASSWORD_ENV}" }}\n'
+        "insert_timeout_s = 10.0\n"
+    )
+    config = write_config(tmp_path / "tidings.toml", dovecot, extra)
     workspace.env["TIDINGS_CONFIG"] = str(config)
     workspace.env[PASSWORD_ENV] = PASSWORD
+    workspace.env[CLICKHOUSE_PASSWORD_ENV] = CLICKHOUSE_PASSWORD
     workspace.cli("broker", "start")
     for user in USERS:
         dovecot.add_user(user, PASSWORD)
@@ -153,7 +176,7 @@ def pipeline(workspace: Workspace, dovecot: Dovecot, tmp_path: Path) -> Iterator
             "--owner", f"user:{user}", "--filter", "all",
             "--email", f"{user}@northwind.example",
         )  # fmt: skip
-    running = Pipeline(workspace, tmp_path)
+    running = Pipeline(workspace, clickhouse, tmp_path)
     for role in ROLES:
         running.start(role)
     try:
@@ -167,41 +190,35 @@ def pipeline(workspace: Workspace, dovecot: Dovecot, tmp_path: Path) -> Iterator
 # -- checks ------------------------------------------------------------------------
 
 
-def decided_count(space: Workspace) -> int:
-    """Items decided so far; -1 while the sinks process (which owns chDB) is not up.
-
-    Never queries without a live sinks process: the query would open chDB itself
-    and keep a restarting sinks process from opening it."""
-    if read_endpoint(space.data_dir / "run", "sinks") is None:
-        return -1
-    try:
-        rows = space.query("SELECT count() FROM tidings.promotion_decisions FINAL")
-    except AssertionError:
-        return -1
+def decided_count(clickhouse: ClickHouseHTTP) -> int:
+    """Items decided so far, as ClickHouse holds them."""
+    rows = clickhouse.query("SELECT count() FROM tidings.promotion_decisions FINAL")
     return int(rows[0][0])
 
 
-def settle(space: Workspace, running: Pipeline, truth: Truth) -> None:
+def settle(running: Pipeline, truth: Truth) -> None:
     """Wait until every item delivered so far is decided in ClickHouse."""
     deadline = time.monotonic() + SETTLE_S
     count = 0
     while time.monotonic() < deadline:
         running.check_alive()
-        count = decided_count(space)
+        count = decided_count(running.clickhouse)
         if count >= truth.items:
             return
         time.sleep(1.0)
     raise AssertionError(f"{count} of {truth.items} items decided:\n{running.tails()}")
 
 
-def problems(space: Workspace, truth: Truth) -> list[str]:
-    """Every difference between ClickHouse and the ground truth (sinks process up)."""
-    assert read_endpoint(space.data_dir / "run", "sinks") is not None
-    decisions, activities, raw = space.query_many(
-        "SELECT status, reason, count() FROM tidings.promotion_decisions FINAL "
-        "GROUP BY status, reason",
-        "SELECT activity_id, receiving_mailboxes FROM tidings.activities FINAL",
-        "SELECT count(), uniqExact(item_key) FROM tidings.promotion_decisions FINAL",
+def problems(clickhouse: ClickHouseHTTP, truth: Truth) -> list[str]:
+    """Every difference between ClickHouse and the ground truth."""
+    decisions, activities, raw = (
+        clickhouse.query(sql)
+        for sql in (
+            "SELECT status, reason, count() FROM tidings.promotion_decisions FINAL "
+            "GROUP BY status, reason",
+            "SELECT activity_id, receiving_mailboxes FROM tidings.activities FINAL",
+            "SELECT count(), uniqExact(item_key) FROM tidings.promotion_decisions FINAL",
+        )
     )
     found: list[str] = []
     by_reason = Counter({(str(s), str(r)): int(n) for s, r, n in decisions})
@@ -246,12 +263,17 @@ def restart_dovecot(running: Pipeline, dovecot: Dovecot) -> None:
     dovecot.restart()
 
 
+def fail_inserts(running: Pipeline, dovecot: Dovecot) -> None:
+    running.clickhouse.fail_inserts(INSERT_FAILURES)
+
+
 FAULTS: list[tuple[str, Fault, int]] = [
-    ("kill -9 connectors", restart_role("connectors"), 1_000),
-    ("kill -9 processors", restart_role("processors"), 1_000),
-    ("kill -9 sinks", restart_role("sinks"), 1_000),
-    ("restart broker", restart_broker, 1_000),
-    ("restart dovecot mid-fetch", restart_dovecot, 1_000),
+    ("kill -9 connectors", restart_role("connectors"), 850),
+    ("kill -9 processors", restart_role("processors"), 850),
+    ("kill -9 sinks", restart_role("sinks"), 850),
+    ("restart broker", restart_broker, 850),
+    (f"ClickHouse refuses {INSERT_FAILURES} inserts", fail_inserts, 800),
+    ("restart dovecot mid-fetch", restart_dovecot, 800),
 ]
 
 
@@ -270,10 +292,11 @@ def test_every_message_accounted_for_exactly_once_through_faults(
             dovecot.deliver_many(user, "INBOX", raws)
         delay = rng.uniform(0.2, 1.2)  # a wave takes about 2 s to pass through
         time.sleep(delay)
-        at_fault = decided_count(pipeline.space) - before
+        at_fault = decided_count(pipeline.clickhouse) - before
         fault(pipeline, dovecot)
         print(f"{name}: {delay:.2f} s into the wave, {at_fault} of {items} items decided")
-        settle(pipeline.space, pipeline, truth)
-        found = problems(pipeline.space, truth)
+        settle(pipeline, truth)
+        found = problems(pipeline.clickhouse, truth)
         assert found == [], f"after {name} (seed {SEED}): {found}\n{pipeline.tails()}"
     assert truth.items == TOTAL_ITEMS
+    assert pipeline.clickhouse.inserts_failed == INSERT_FAILURES

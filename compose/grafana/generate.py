@@ -185,6 +185,33 @@ FLEET = dashboard(
             unit="ops",
         ),
         prom(
+            "Polls by reason",
+            "Polls started per second and why then: the adaptive scheduler's reason "
+            "(active, idle, push, manual, ...).",
+            (
+                f'sum by (reason) (rate(tidings_connector_polls_total{{job="connectors"}}{RATE}))',
+                "{{reason}}",
+            ),
+            unit="ops",
+        ),
+        prom(
+            "Next poll delay by reason",
+            "Median delay the scheduler chose before a mailbox's next poll (idle mailboxes "
+            "back off).",
+            (
+                "histogram_quantile(0.5, sum by (le, reason) "
+                f'(rate(tidings_connector_next_poll_delay_seconds_bucket{{job="connectors"}}{RATE})))',
+                "{{reason}}",
+            ),
+            unit="s",
+        ),
+        prom(
+            "Backpressure from processor lag",
+            "1 while processor lag slows polling down; the lag connectors read (-1: unknown).",
+            ('max(tidings_connector_backpressure{job="connectors"})', "backpressure"),
+            ('max(tidings_connector_processor_lag{job="connectors"})', "processor lag"),
+        ),
+        prom(
             "Items waiting to be emitted",
             "Items listed by polls but not yet emitted (backlog), summed over mailboxes.",
             ('sum(tidings_connector_items_pending{job="connectors"})', "pending"),

@@ -11,6 +11,7 @@ from connectors.auth import resolve_password, secret_provider
 from connectors.claimcheck import ClaimCheck
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
+from connectors.ews import EwsMailbox
 from connectors.gate import GateRegistry
 from connectors.graph import GraphMailbox
 from connectors.imap import ImapMailbox
@@ -20,11 +21,13 @@ from connectors.source import MailboxSource
 from schemas.config import ConnectorConfig
 from schemas.mailbox import (
     Cursor,
+    EwsSettings,
     MailboxConfig,
     PollingSettings,
     Protocol,
     RetryPolicy,
     ServerProfile,
+    ews_max_concurrency,
 )
 
 
@@ -79,6 +82,8 @@ def open_source(
             claim_check=kit.claim_check,
         )
     profile = server_profile(config, kit.profiles)
+    if config.protocol == Protocol.EWS:
+        return open_ews(config, profile, partition, cursors, kit)
     gate = kit.gates.gate(config.server_profile or "", profile.max_connections, profile.polling)
     if config.protocol == Protocol.IMAP:
         return ImapMailbox(
@@ -121,6 +126,31 @@ def open_source(
     raise errors.permanent(
         errors.CONFIGURATION,
         f"mailbox {config.mailbox_id} uses {config.protocol}, which this worker cannot read yet",
+    )
+
+
+def open_ews(
+    config: MailboxConfig,
+    profile: ServerProfile,
+    partition: int,
+    cursors: dict[str, Cursor],
+    kit: SourceKit,
+) -> EwsMailbox:
+    """An Exchange mailbox over EWS. Its profile's gate never allows more requests at
+    once than Exchange's EWSMaxConcurrency for the version (27, or 10 on 2010)."""
+    settings = config.ews or EwsSettings()
+    limit = min(profile.max_connections, ews_max_concurrency(settings.version))
+    return EwsMailbox(
+        config,
+        profile,
+        partition,
+        cursors,
+        kit.emitter,
+        kit.store,
+        gate=kit.gates.gate(config.server_profile or "", limit),
+        claim_check=kit.claim_check,
+        secret=secret_provider(config, profile),
+        max_batch_items=kit.settings.max_batch_items,
     )
 
 

@@ -362,6 +362,83 @@ class GraphSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     refresh_token: SecretRef | None = None
 
 
+class ExchangeVersion(StrEnum):
+    """Which Exchange an EWS mailbox lives on (decides the EWS schema version and
+    the default EWSMaxConcurrency)."""
+
+    EXCHANGE_2010 = "2010"
+    EXCHANGE_2013 = "2013"
+    EXCHANGE_2016 = "2016"
+    EXCHANGE_2019 = "2019"
+    SUBSCRIPTION = "se"  # Exchange Server Subscription Edition
+    ONLINE = "online"  # Exchange Online (Microsoft 365) through EWS
+
+
+def ews_max_concurrency(version: ExchangeVersion) -> int:
+    """Exchange's documented default EWSMaxConcurrency (concurrent EWS requests per
+    user): 10 on Exchange 2010, 27 on Exchange 2013 and later and on Exchange Online."""
+    return 10 if version == ExchangeVersion.EXCHANGE_2010 else 27
+
+
+class EwsAccess(StrEnum):
+    """How the logged-on account opens the mailbox."""
+
+    DELEGATE = "delegate"  # the mailbox's own user, or one granted delegate access
+    IMPERSONATION = "impersonation"  # a service account with ApplicationImpersonation
+
+
+class EwsAuth(StrEnum):
+    """HTTP authentication for EWS with a password (the profile's auth = password);
+    a profile with auth = xoauth2 sends OAuth bearer tokens instead."""
+
+    NTLM = "ntlm"
+    BASIC = "basic"
+
+
+class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the EWS connector reaches an Exchange mailbox and which folders it reads.
+
+    `server_url` is the EWS endpoint (None: https://HOST[:PORT]/EWS/Exchange.asmx
+    from the server profile; http only where the profile allows plaintext);
+    `autodiscover` finds it from the mailbox address instead. `access` is
+    delegate (the credentials' user owns the mailbox or is its delegate) or
+    impersonation (a service account). Inbox and, unless `include_sent` is off,
+    Sent Items are read, plus `folders` (display names below the top of the
+    information store; "Parent/Child" for deeper ones).
+
+    At most `max_concurrency` EWS requests run at once for the mailbox (None: the
+    version's EWSMaxConcurrency, 10 on 2010 and 27 later; never above it nor the
+    profile's max_connections). SyncFolderItems returns at most `sync_page`
+    changes per call (1-512) and GetItem reads `get_item_batch` items per call.
+    """
+
+    server_url: str | None = None
+    autodiscover: bool = False
+    access: EwsAccess = EwsAccess.DELEGATE
+    auth: EwsAuth = EwsAuth.NTLM
+    version: ExchangeVersion = ExchangeVersion.EXCHANGE_2016
+    folders: list[str] = msgspec.field(default_factory=list)
+    include_sent: bool = True
+    max_concurrency: int | None = None
+    sync_page: int = 512
+    get_item_batch: int = 100
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sync_page <= 512:
+            raise ValueError("ews sync_page must be between 1 and 512")
+        if not 1 <= self.get_item_batch <= 500:
+            raise ValueError("ews get_item_batch must be between 1 and 500")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError("ews max_concurrency must be at least 1")
+
+    def concurrency(self, max_connections: int) -> int:
+        """Concurrent EWS requests allowed: the setting (or the version's
+        EWSMaxConcurrency), never above the version's limit nor `max_connections`."""
+        limit = ews_max_concurrency(self.version)
+        wanted = self.max_concurrency or limit
+        return max(1, min(wanted, limit, max_connections))
+
+
 class MailboxConfig(Record, frozen=True, kw_only=True):
     """One mailbox: its owner (a user or a queue), where it lives and how its mail is filtered.
 
@@ -397,6 +474,7 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     imap: ImapSettings | None = None
     pop3: Pop3Settings | None = None
     graph: GraphSettings | None = None
+    ews: EwsSettings | None = None
     outgoing: OutgoingSettings | None = None
     process_email_from: datetime | None = None
     test: MailboxTest | None = None
@@ -578,7 +656,26 @@ class GraphFolderPosition(msgspec.Struct, frozen=True, kw_only=True, tag="graph"
     count: int = 0
 
 
-CursorPosition = MaildirPosition | ImapFolderPosition | Pop3Position | GraphFolderPosition
+class EwsFolderPosition(msgspec.Struct, frozen=True, kw_only=True, tag="ews"):
+    """Where an EWS folder's SyncFolderItems stands.
+
+    `sync_state` is the SyncState of the last acknowledged page (None before the
+    first); `folder_id` the EWS folder id it belongs to. `known_z` holds the item
+    ids emitted and not since deleted, each with a short hash of its ChangeKey
+    ("id\tckhash" lines, sorted, zlib; see connectors/ews_items.py), `count` how
+    many: an expired sync state is followed by a full resync compared against it,
+    so nothing is emitted twice.
+    """
+
+    folder_id: str
+    sync_state: str | None = None
+    known_z: bytes = b""
+    count: int = 0
+
+
+CursorPosition = (
+    MaildirPosition | ImapFolderPosition | Pop3Position | GraphFolderPosition | EwsFolderPosition
+)
 
 
 class Cursor(Record, frozen=True, kw_only=True):

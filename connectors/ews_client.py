@@ -1,0 +1,396 @@
+"""The blocking side of the EWS connector: exchangelib calls, each run in a worker
+thread by connectors/ews.py, and the translation of exchangelib's failures into
+ConnectorErrors.
+
+exchangelib is configured fail-fast (`FailFast`): it never sleeps on a throttling
+answer itself, so the asynchronous side can wait out ErrorServerBusy's back-off
+hint without holding a thread, count it, and give up on the runtime's retry clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests.exceptions
+from exchangelib import (
+    BASIC,
+    DELEGATE,
+    IMPERSONATION,
+    NTLM,
+    OAUTH2,
+    Account,
+    Build,
+    Configuration,
+    Credentials,
+    FailFast,
+    OAuth2AuthorizationCodeCredentials,
+    Version,
+)
+from exchangelib import errors as ews_errors
+from exchangelib.folders import BaseFolder, FolderCollection
+from exchangelib.items import ID_ONLY, Message
+from exchangelib.properties import FieldPath, ItemId
+from exchangelib.services import SyncFolderItems
+from oauthlib.oauth2 import OAuth2Token
+
+from connectors import errors
+from connectors.errors import ConnectorError
+from connectors.ews_items import EwsMessage, SyncChange, SyncKind
+from schemas.mailbox import (
+    EwsAccess,
+    EwsAuth,
+    EwsSettings,
+    ExchangeVersion,
+    FolderRole,
+    MailboxConfig,
+    ServerProfile,
+    TransportSecurity,
+)
+
+FULL_FIELDS = (
+    "mime_content",
+    "message_id",
+    "in_reply_to",
+    "references",
+    "conversation_index",
+    "categories",
+    "is_read",
+    "datetime_received",
+    "size",
+)
+"""What GetItem reads of a new message."""
+PROPERTY_FIELDS = tuple(f for f in FULL_FIELDS if f != "mime_content")
+"""What GetItem reads of a changed one (no MIME: updated events carry no body)."""
+SYNC_FIELDS = ("size",)
+"""What SyncFolderItems returns besides ItemId/ChangeKey (Size decides MIME or not)."""
+
+_BUILDS = {
+    ExchangeVersion.EXCHANGE_2010: Build(14, 3),
+    ExchangeVersion.EXCHANGE_2013: Build(15, 0),
+    ExchangeVersion.EXCHANGE_2016: Build(15, 1),
+    ExchangeVersion.EXCHANGE_2019: Build(15, 2),
+    ExchangeVersion.SUBSCRIPTION: Build(15, 2),
+    ExchangeVersion.ONLINE: Build(15, 20),
+}
+
+
+class SyncStateExpired(Exception):
+    """SyncFolderItems refused the sync state (ErrorInvalidSyncStateData)."""
+
+
+class ServerBusy(Exception):
+    """ErrorServerBusy: the server asks to wait `back_off_s` seconds (None: no hint)."""
+
+    def __init__(self, back_off_s: float | None) -> None:
+        super().__init__(f"server busy, back off {back_off_s}s")
+        self.back_off_s = back_off_s
+
+
+@dataclass(frozen=True)
+class SyncPage:
+    """One SyncFolderItems answer."""
+
+    changes: list[SyncChange]
+    sizes: dict[str, int]
+    sync_state: str
+    last: bool
+
+
+@dataclass(frozen=True)
+class EwsFolder:
+    """A folder the connector reads: its name in events and cursors, role and EWS object."""
+
+    name: str
+    role: FolderRole
+    folder: Any
+
+
+def endpoint(config: MailboxConfig, profile: ServerProfile, settings: EwsSettings) -> str:
+    """The EWS URL: the setting, else https://HOST[:PORT]/EWS/Exchange.asmx (http
+    only when the profile is plaintext and allows it); permanent error otherwise."""
+    url = settings.server_url
+    if url is None:
+        plain = profile.security == TransportSecurity.PLAIN
+        scheme = "http" if plain else "https"
+        port = f":{profile.port}" if profile.port is not None else ""
+        url = f"{scheme}://{profile.host}{port}/EWS/Exchange.asmx"
+    if url.startswith("http://") and not profile.allow_plaintext:
+        raise errors.permanent(
+            errors.PLAINTEXT_REFUSED,
+            f"mailbox {config.mailbox_id}: EWS URL is http (no TLS) and the server profile "
+            "does not set allow_plaintext",
+        )
+    if not url.startswith(("http://", "https://")):
+        raise errors.permanent(
+            errors.CONFIGURATION, f"mailbox {config.mailbox_id}: EWS server_url must be http(s)"
+        )
+    return url
+
+
+def make_account(
+    config: MailboxConfig,
+    profile: ServerProfile,
+    settings: EwsSettings,
+    secret: str,
+    concurrency: int,
+    oauth: bool,
+) -> Account:
+    """An exchangelib Account for the mailbox (no request is sent yet unless
+    autodiscover is on). `secret` is the password, or the bearer token when `oauth`."""
+    username = config.credentials.username if config.credentials else config.email_address
+    credentials: Any
+    if oauth:
+        token = OAuth2Token({"access_token": secret, "token_type": "Bearer"})
+        credentials = OAuth2AuthorizationCodeCredentials(access_token=token)
+        auth_type = OAUTH2
+    else:
+        credentials = Credentials(username, secret)
+        auth_type = BASIC if settings.auth == EwsAuth.BASIC else NTLM
+    version = Version(build=_BUILDS[settings.version])
+    access = IMPERSONATION if settings.access == EwsAccess.IMPERSONATION else DELEGATE
+    if settings.autodiscover:
+        auto = Configuration(
+            credentials=credentials,
+            auth_type=auth_type,
+            version=version,
+            retry_policy=FailFast(),
+            max_connections=concurrency,
+        )
+        return Account(config.email_address, config=auto, autodiscover=True, access_type=access)
+    configuration = Configuration(
+        service_endpoint=endpoint(config, profile, settings),
+        credentials=credentials,
+        auth_type=auth_type,
+        version=version,
+        retry_policy=FailFast(),
+        max_connections=concurrency,
+    )
+    return Account(
+        config.email_address, config=configuration, autodiscover=False, access_type=access
+    )
+
+
+class EwsClient:
+    """One mailbox's exchangelib Account and the calls the connector makes (blocking)."""
+
+    def __init__(self, account: Account, settings: EwsSettings, where: str) -> None:
+        self.account = account
+        self.settings = settings
+        self.where = where
+        self._sync_fields = {
+            FieldPath(field=Message.get_field_by_fieldname(name)) for name in SYNC_FIELDS
+        }
+
+    def folders(self) -> list[EwsFolder]:
+        """Inbox, Sent Items (unless left out) and the configured folders; a permanent
+        MailboxMissing for a configured folder the mailbox does not have."""
+        account = self.account
+        chosen = [EwsFolder(account.inbox.name or "Inbox", FolderRole.INBOX, account.inbox)]
+        if self.settings.include_sent:
+            chosen.append(
+                EwsFolder(account.sent.name or "Sent Items", FolderRole.SENT, account.sent)
+            )
+        for path in self.settings.folders:
+            folder = self._find_path(path)
+            if all(folder.id != f.folder.id for f in chosen):
+                chosen.append(EwsFolder(path, FolderRole.OTHER, folder))
+        return chosen
+
+    def _find_path(self, path: str) -> Any:
+        parent: Any = self.account.msg_folder_root
+        for part in [p for p in path.split("/") if p]:
+            children = FolderCollection(account=self.account, folders=[parent]).find_folders()
+            match = next(
+                (c for c in children if isinstance(c, BaseFolder) and c.name == part), None
+            )
+            if match is None:
+                raise errors.permanent(
+                    errors.MAILBOX_MISSING,
+                    f"folder {path!r} is configured but the mailbox has no such folder",
+                    folder=path,
+                )
+            parent = match
+        return parent
+
+    def sync_page(self, folder: Any, sync_state: str | None) -> SyncPage:
+        """One SyncFolderItems call (at most `sync_page` changes, ids and sizes)."""
+        service = SyncFolderItems(account=self.account)
+        changes: list[SyncChange] = []
+        sizes: dict[str, int] = {}
+        for kind, item in service.call(
+            folder=folder,
+            shape=ID_ONLY,
+            additional_fields=self._sync_fields,
+            sync_state=sync_state,
+            ignore=None,
+            max_changes_returned=self.settings.sync_page,
+            sync_scope=None,
+        ):
+            if isinstance(item, Exception):
+                raise item
+            if kind == SyncFolderItems.READ_FLAG_CHANGE:
+                item_id = item[0]
+                changes.append(SyncChange(SyncKind.READ_FLAG, item_id.id, item_id.changekey or ""))
+            elif kind == SyncFolderItems.DELETE:
+                changes.append(SyncChange(SyncKind.DELETE, item.id, item.changekey or ""))
+            else:
+                changes.append(SyncChange(SyncKind(kind), item.id, item.changekey or ""))
+                if getattr(item, "size", None):
+                    sizes[item.id] = int(item.size)
+        return SyncPage(
+            changes, sizes, service.sync_state, bool(service.includes_last_item_in_range)
+        )
+
+    def get_messages(
+        self, ids: Sequence[tuple[str, str]], full: bool
+    ) -> list[EwsMessage | tuple[str, str]]:
+        """GetItem for `ids` (id, ChangeKey) in one request: each an EwsMessage, or
+        (id, EWS error code) for an item the server could not return."""
+        fields = FULL_FIELDS if full else PROPERTY_FIELDS
+        out: list[EwsMessage | tuple[str, str]] = []
+        fetched = self.account.fetch(
+            [ItemId(id=i, changekey=ck or None) for i, ck in ids],
+            only_fields=list(fields),
+            chunk_size=len(ids) or 1,
+        )
+        for (item_id, _), item in zip(ids, fetched, strict=True):
+            if isinstance(item, Exception):
+                out.append((item_id, type(item).__name__))
+            else:
+                out.append(to_message(item))
+        return out
+
+    def list_folder(self, folder: Any, fields: Sequence[str]) -> list[Any]:
+        """Every item of a folder (SyncFolderItems from scratch) with `fields`."""
+        extra = {FieldPath(field=Message.get_field_by_fieldname(name)) for name in fields}
+        state: str | None = None
+        items: list[Any] = []
+        while True:
+            service = SyncFolderItems(account=self.account)
+            for kind, item in service.call(
+                folder=folder,
+                shape=ID_ONLY,
+                additional_fields=extra,
+                sync_state=state,
+                ignore=None,
+                max_changes_returned=self.settings.sync_page,
+                sync_scope=None,
+            ):
+                if isinstance(item, Exception):
+                    raise item
+                if kind == SyncFolderItems.CREATE:
+                    items.append(item)
+            if service.includes_last_item_in_range or service.sync_state == state:
+                return items
+            state = service.sync_state
+
+    def send(self, raw: bytes, save_copy: bool) -> None:
+        """CreateItem with the MIME message: SendAndSaveCopy (a copy in Sent Items) or
+        SendOnly."""
+        message = Message(account=self.account, folder=self.account.sent, mime_content=raw)
+        if save_copy:
+            message.send_and_save()
+        else:
+            message.send()
+
+    def close(self) -> None:
+        """Nothing to release per account: exchangelib pools HTTP sessions per endpoint
+        and credentials, shared by every Account using them."""
+
+
+def to_message(item: Any) -> EwsMessage:
+    """An exchangelib Message (or other item) as the connector's EwsMessage."""
+    mime = item.mime_content
+    if isinstance(mime, str):
+        mime = mime.encode()
+    stamp = item.datetime_received
+    # EWSDateTime is a datetime subclass; events carry plain UTC datetimes.
+    received = datetime.fromtimestamp(stamp.timestamp(), UTC) if stamp is not None else None
+    index = getattr(item, "conversation_index", None)
+    return EwsMessage(
+        item_id=item.id,
+        change_key=item.changekey or "",
+        mime=mime,
+        message_id=getattr(item, "message_id", None),
+        in_reply_to=item.in_reply_to,
+        references=getattr(item, "references", None),
+        conversation_index=bytes(index) if index else None,
+        categories=tuple(item.categories or ()),
+        is_read=bool(getattr(item, "is_read", False)),
+        received=received,
+        size=int(item.size or (len(mime) if mime else 0)),
+    )
+
+
+def classify(
+    exc: BaseException, where: str, user: str
+) -> ConnectorError | ServerBusy | SyncStateExpired:
+    """What an exchangelib failure means for the connector: a ServerBusy to wait
+    out, an expired sync state, or a permanent or transient ConnectorError whose
+    message names the server and user (never a credential or the server's text)."""
+    if isinstance(exc, ConnectorError):
+        return exc
+    if isinstance(exc, ews_errors.ErrorInvalidSyncStateData):
+        return SyncStateExpired()
+    if isinstance(exc, ews_errors.ErrorServerBusy):
+        text = str(exc)
+        if "ErrorTimeoutExpired" in text:
+            return _connection_error(text, where)
+        return ServerBusy(exc.back_off)
+    if isinstance(exc, ews_errors.ErrorTimeoutExpired):
+        return _connection_error(str(exc), where)
+    if isinstance(exc, ews_errors.UnauthorizedError):
+        return errors.permanent(
+            errors.AUTHENTICATION_FAILED,
+            f"{where} refused the credentials of {user} (HTTP 401); fix the mailbox's "
+            "credentials or the profile's auth",
+        )
+    if isinstance(
+        exc,
+        ews_errors.ErrorImpersonateUserDenied
+        | ews_errors.ErrorImpersonationFailed
+        | ews_errors.ErrorAccessDenied,
+    ):
+        return errors.permanent(
+            errors.FORBIDDEN,
+            f"{where}: {user} may not open this mailbox ({type(exc).__name__}); grant "
+            "ApplicationImpersonation or delegate access, or change the access setting",
+        )
+    if isinstance(exc, ews_errors.ErrorNonExistentMailbox | ews_errors.ErrorFolderNotFound):
+        return errors.permanent(
+            errors.MAILBOX_MISSING, f"{where}: {type(exc).__name__}; check the mailbox address"
+        )
+    if type(exc).__name__ == "InsecureTransportError":  # oauthlib: OAuth over http
+        return errors.permanent(
+            errors.PLAINTEXT_REFUSED, f"{where}: OAuth tokens are only sent over https"
+        )
+    if isinstance(exc, requests.exceptions.SSLError) or (
+        isinstance(exc, ews_errors.TransportError)
+        and not isinstance(exc, ews_errors.ResponseMessageError)
+        and "SSL" in str(exc)
+    ):
+        return errors.permanent(errors.TLS_FAILED, f"TLS with {where} failed; check ca_file")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return errors.transient(errors.TIMEOUT, f"{where} did not answer in time")
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError):
+        return _connection_error(str(exc), where)
+    if isinstance(
+        exc, ews_errors.ErrorInternalServerTransientError | ews_errors.ErrorTooManyObjectsOpened
+    ):
+        return ServerBusy(None)
+    return errors.transient(
+        errors.PROTOCOL_ERROR, f"{where} answered {type(exc).__name__}; retrying later"
+    )
+
+
+def _connection_error(text: str, where: str) -> ConnectorError:
+    if "refused" in text.lower():
+        return errors.transient(
+            errors.CONNECTION_REFUSED, f"{where} refused the connection; is it running?"
+        )
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return errors.transient(errors.TIMEOUT, f"{where} did not answer in time")
+    return errors.transient(errors.CONNECTION_LOST, f"connection to {where} failed")

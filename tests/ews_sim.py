@@ -1,0 +1,922 @@
+"""An Exchange Web Services (EWS) SOAP endpoint on loopback, holding mailboxes in memory,
+for connector tests and benchmarks. Neither Exchange nor Microsoft 365 runs here: this
+answers the operations the EWS connector uses with the documented XML, so the real
+client library (exchangelib) drives it exactly as it drives Exchange.
+
+    with EwsSimulator() as sim:
+        sim.add_user("svc", "pw", impersonator=True)
+        box = sim.add_mailbox("alice@northwind.example", password="pw")
+        box.deliver("Inbox", raw_mime)                 # a created item
+        sim.url                                        # http://127.0.0.1:PORT/EWS/Exchange.asmx
+
+Operations: GetFolder and FindFolder (distinguished ids, shallow traversal),
+SyncFolderItems (Create / Update / Delete / ReadFlagChange, SyncState,
+MaxChangesReturned paging, IncludesLastItemInRange), GetItem (MimeContent,
+InternetMessageId, InReplyTo, References, ConversationIndex, Categories, IsRead, Size,
+DateTimeReceived, ItemId/ChangeKey) and CreateItem (SendAndSaveCopy / SendOnly /
+SaveOnly with MimeContent: delivered to simulated recipients, a copy in Sent Items).
+
+Knobs: `expire_sync_states()` (the next SyncFolderItems with an older state answers
+ErrorInvalidSyncStateData), `throttle(n, backoff_ms)` (the next n requests get the SOAP
+fault ErrorServerBusy with BackOffMilliseconds in MessageXml), wrong credentials (HTTP
+401), `ExchangeImpersonation` checked against users granted the ApplicationImpersonation
+role (else ErrorImpersonateUserDenied), delegate access checked against each mailbox's
+delegates (else ErrorAccessDenied). Authentication: HTTP Basic and OAuth bearer tokens
+(`add_token`); NTLM is not simulated.
+
+Run alone (for benchmarks in another process):
+    python -m tests.ews_sim --user alice@northwind.example --password pw --messages 5000
+prints the URL on its first line and serves until stdin closes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.parser
+import email.policy
+import email.utils
+import hashlib
+import http.server
+import itertools
+import socketserver
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+from xml.sax.saxutils import escape
+
+from lxml import etree
+
+SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+M = "http://schemas.microsoft.com/exchange/services/2006/messages"
+T = "http://schemas.microsoft.com/exchange/services/2006/types"
+E = "http://schemas.microsoft.com/exchange/services/2006/errors"
+PATH = "/EWS/Exchange.asmx"
+
+DISTINGUISHED = {
+    "root": ("Root", None),
+    "msgfolderroot": ("Top of Information Store", "root"),
+    "inbox": ("Inbox", "msgfolderroot"),
+    "sentitems": ("Sent Items", "msgfolderroot"),
+    "deleteditems": ("Deleted Items", "msgfolderroot"),
+    "drafts": ("Drafts", "msgfolderroot"),
+}
+
+_HEAD = (
+    '<?xml version="1.0" encoding="utf-8"?>'
+    f'<s:Envelope xmlns:s="{SOAP}"><s:Header>'
+    '<h:ServerVersionInfo MajorVersion="15" MinorVersion="1" MajorBuildNumber="2507" '
+    f'MinorBuildNumber="6" Version="V2017_07_11" xmlns:h="{T}"/></s:Header><s:Body>'
+)
+_TAIL = "</s:Body></s:Envelope>"
+_BUSY_TEXT = "The server cannot service this request right now. Try again later."
+
+
+def _t(name: str) -> str:
+    return f"{{{T}}}{name}"
+
+
+def _m(name: str) -> str:
+    return f"{{{M}}}{name}"
+
+
+class SoapFault(Exception):
+    """An answer as a SOAP fault (HTTP 500) with an EWS response code."""
+
+    def __init__(self, code: str, text: str, message_xml: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.message_xml = message_xml
+
+
+class ResponseError(Exception):
+    """A response message with ResponseClass="Error" (the request itself was fine)."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+@dataclass
+class SimItem:
+    """One message in a folder; `version` bumps on every change (the ChangeKey)."""
+
+    item_id: str
+    mime: bytes
+    received: datetime
+    message_id: str = ""
+    in_reply_to: str = ""
+    references: str = ""
+    conversation_index: bytes = b""
+    subject: str = ""
+    categories: list[str] = field(default_factory=list)
+    is_read: bool = False
+    version: int = 1
+    created_seq: int = 0
+    changed_seq: int = 0  # last content change (an Update)
+    read_seq: int = 0  # last read-flag change (a ReadFlagChange)
+    deleted_seq: int = 0  # 0 while the item exists
+
+    @property
+    def change_key(self) -> str:
+        return (
+            "CQAAABYAAAD"
+            + base64.b64encode(f"{self.item_id[-12:]}v{self.version}".encode()).decode()
+        )
+
+    @property
+    def last_seq(self) -> int:
+        return max(self.created_seq, self.changed_seq, self.read_seq, self.deleted_seq)
+
+
+@dataclass
+class SimFolder:
+    """A mail folder: items (deleted ones kept as tombstones for sync) and a change clock."""
+
+    folder_id: str
+    name: str
+    parent_id: str | None
+    distinguished: str | None = None
+    items: dict[str, SimItem] = field(default_factory=dict)
+    seq: int = 0
+    epoch: int = 0
+
+    def live(self) -> list[SimItem]:
+        return [i for i in self.items.values() if not i.deleted_seq]
+
+
+def _mime_headers(raw: bytes) -> dict[str, str]:
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    return {k.lower(): str(v) for k, v in parsed.items()}
+
+
+class SimMailbox:
+    """One mailbox: folders by id, its owner's address, who may open it as a delegate."""
+
+    def __init__(self, sim: EwsSimulator, address: str) -> None:
+        self.sim = sim
+        self.address = address
+        self.delegates: set[str] = set()
+        self.folders: dict[str, SimFolder] = {}
+        self.by_distinguished: dict[str, SimFolder] = {}
+        for did, (name, parent) in DISTINGUISHED.items():
+            parent_id = self.by_distinguished[parent].folder_id if parent else None
+            folder = SimFolder(sim.new_id("AQMk", address), name, parent_id, did)
+            self.folders[folder.folder_id] = folder
+            self.by_distinguished[did] = folder
+
+    def folder(self, name: str) -> SimFolder:
+        """A folder by display name (or distinguished id)."""
+        if name.lower() in self.by_distinguished:
+            return self.by_distinguished[name.lower()]
+        for folder in self.folders.values():
+            if folder.name == name:
+                return folder
+        raise KeyError(name)
+
+    def add_folder(self, name: str, parent: str = "msgfolderroot") -> SimFolder:
+        """A custom folder below `parent` (a distinguished id or display name)."""
+        with self.sim.lock:
+            folder = SimFolder(
+                self.sim.new_id("AQMk", self.address), name, self.folder(parent).folder_id
+            )
+            self.folders[folder.folder_id] = folder
+            return folder
+
+    def deliver(
+        self,
+        folder: str,
+        raw: bytes,
+        *,
+        categories: Iterable[str] = (),
+        conversation_index: bytes = b"",
+        received: datetime | None = None,
+        is_read: bool = False,
+    ) -> SimItem:
+        """Put a message into `folder`; its Message-ID etc. come from the MIME headers."""
+        headers = _mime_headers(raw)
+        with self.sim.lock:
+            target = self.folder(folder)
+            target.seq += 1
+            index = conversation_index
+            if not index and headers.get("thread-index"):
+                try:
+                    index = base64.b64decode(headers["thread-index"])
+                except binascii.Error:
+                    index = b""
+            item = SimItem(
+                item_id=self.sim.new_id("AAMk", self.address),
+                mime=raw,
+                received=received or datetime.now(UTC),
+                message_id=headers.get("message-id", "").strip(),
+                in_reply_to=headers.get("in-reply-to", "").strip(),
+                references=" ".join(headers.get("references", "").split()),
+                conversation_index=index,
+                subject=headers.get("subject", ""),
+                categories=list(categories),
+                is_read=is_read,
+                created_seq=target.seq,
+            )
+            target.items[item.item_id] = item
+            return item
+
+    def _find(self, item_id: str) -> tuple[SimFolder, SimItem]:
+        for folder in self.folders.values():
+            item = folder.items.get(item_id)
+            if item is not None and not item.deleted_seq:
+                return folder, item
+        raise KeyError(item_id)
+
+    def update(
+        self, item_id: str, *, categories: list[str] | None = None, is_read: bool | None = None
+    ) -> SimItem:
+        """Change an item: categories are a content change (Update, new ChangeKey), the
+        read flag alone a ReadFlagChange."""
+        with self.sim.lock:
+            folder, item = self._find(item_id)
+            folder.seq += 1
+            item.version += 1
+            if categories is not None:
+                item.categories = list(categories)
+                item.changed_seq = folder.seq
+            if is_read is not None:
+                item.is_read = is_read
+                item.read_seq = folder.seq
+            return item
+
+    def delete(self, item_id: str) -> None:
+        """Hard-delete an item (a Delete change for synced clients)."""
+        with self.sim.lock:
+            folder, item = self._find(item_id)
+            folder.seq += 1
+            item.deleted_seq = folder.seq
+
+    def move(self, item_id: str, target: str) -> SimItem:
+        """Move an item: deleted from its folder, created (new id) in `target`."""
+        with self.sim.lock:
+            _, item = self._find(item_id)
+            self.delete(item_id)
+            return self.deliver(
+                target,
+                item.mime,
+                categories=item.categories,
+                conversation_index=item.conversation_index,
+                received=item.received,
+                is_read=item.is_read,
+            )
+
+
+@dataclass
+class RequestRecord:
+    """What one request was: the operation, who authenticated, whom it impersonated."""
+
+    operation: str
+    user: str
+    impersonated: str | None
+
+
+class EwsSimulator:
+    """The endpoint: users, mailboxes and the HTTP server thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.lock = threading.RLock()
+        self.users: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}
+        self.impersonators: set[str] = set()
+        self.mailboxes: dict[str, SimMailbox] = {}
+        self.requests: list[RequestRecord] = []
+        self.sent: list[bytes] = []
+        self.busy_remaining = 0
+        self.busy_backoff_ms = 0
+        self.busy_operations: set[str] | None = None
+        self.busy_answers = 0
+        self.state_epoch_floor: dict[str, int] = {}
+        self._counter = itertools.count(1)
+        self._server = _Server((host, port), _Handler)
+        self._server.sim = self
+        self._thread: threading.Thread | None = None
+
+    # -- setup -------------------------------------------------------------------
+
+    def new_id(self, prefix: str, address: str) -> str:
+        """An opaque EWS id (base64 like Exchange's), unique in this simulator."""
+        n = next(self._counter)
+        digest = hashlib.blake2b(f"{address}/{n}".encode(), digest_size=48).digest()
+        return prefix + base64.b64encode(n.to_bytes(6, "big") + digest).decode()
+
+    def add_user(self, name: str, password: str, *, impersonator: bool = False) -> None:
+        """A logon (user name for Basic auth); `impersonator` grants ApplicationImpersonation."""
+        with self.lock:
+            self.users[name.lower()] = password
+            if impersonator:
+                self.impersonators.add(name.lower())
+
+    def add_token(self, token: str, user: str) -> None:
+        """An OAuth bearer token that authenticates as `user`."""
+        with self.lock:
+            self.tokens[token] = user.lower()
+
+    def add_mailbox(
+        self, address: str, password: str | None = None, delegates: Iterable[str] = ()
+    ) -> SimMailbox:
+        """A mailbox; with `password` its owner can log on as `address`."""
+        with self.lock:
+            box = SimMailbox(self, address.lower())
+            box.delegates.update(d.lower() for d in delegates)
+            self.mailboxes[address.lower()] = box
+            if password is not None:
+                self.users[address.lower()] = password
+            return box
+
+    def expire_sync_states(self) -> None:
+        """Every sync state handed out so far becomes invalid (ErrorInvalidSyncStateData)."""
+        with self.lock:
+            for box in self.mailboxes.values():
+                for folder in box.folders.values():
+                    folder.epoch += 1
+
+    def throttle(
+        self, requests: int, backoff_ms: int, operations: Iterable[str] | None = None
+    ) -> None:
+        """Answer the next `requests` requests (of `operations`, or any) with ErrorServerBusy."""
+        with self.lock:
+            self.busy_remaining = requests
+            self.busy_backoff_ms = backoff_ms
+            self.busy_operations = set(operations) if operations is not None else None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}{PATH}"
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="ews-sim", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def operations(self, name: str) -> list[RequestRecord]:
+        """The requests of one operation so far."""
+        with self.lock:
+            return [r for r in self.requests if r.operation == name]
+
+    # -- request handling --------------------------------------------------------
+
+    def authenticate(self, header: str | None) -> str | None:
+        """The user an Authorization header proves, or None (answer 401)."""
+        if not header:
+            return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(value).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            user = user.lower().split("\\")[-1]
+            with self.lock:
+                return user if self.users.get(user) == password and password else None
+        if scheme.lower() == "bearer":
+            with self.lock:
+                return self.tokens.get(value.strip())
+        return None
+
+    def answer(self, user: str, body: bytes) -> tuple[int, bytes]:
+        """HTTP status and SOAP envelope for one request."""
+        try:
+            envelope = etree.fromstring(body)
+        except etree.XMLSyntaxError:
+            return 500, _fault("ErrorSchemaValidation", "The request is not valid XML.")
+        header = envelope.find(f"{{{SOAP}}}Header")
+        request = envelope.find(f"{{{SOAP}}}Body")
+        if request is None or len(request) == 0:
+            return 500, _fault("ErrorSchemaValidation", "The request has no body.")
+        operation = etree.QName(request[0]).localname
+        impersonated = None
+        if header is not None:
+            address = header.find(
+                f"{_t('ExchangeImpersonation')}/{_t('ConnectingSID')}/{_t('PrimarySmtpAddress')}"
+            )
+            if address is not None and address.text:
+                impersonated = address.text.strip().lower()
+        with self.lock:
+            self.requests.append(RequestRecord(operation, user, impersonated))
+            busy = self.busy_remaining > 0 and (
+                self.busy_operations is None or operation in self.busy_operations
+            )
+            if busy:
+                self.busy_remaining -= 1
+                self.busy_answers += 1
+                message_xml = (
+                    f'<t:MessageXml xmlns:t="{T}"><t:Value Name="BackOffMilliseconds">'
+                    f"{self.busy_backoff_ms}</t:Value></t:MessageXml>"
+                )
+                return 500, _fault("ErrorServerBusy", _BUSY_TEXT, message_xml)
+        handler = _OPERATIONS.get(operation)
+        if handler is None:
+            return 500, _fault(
+                "ErrorInvalidRequest", f"{operation} is not supported by this simulator."
+            )
+        try:
+            if impersonated is not None and user not in self.impersonators:
+                raise SoapFault(
+                    "ErrorImpersonateUserDenied",
+                    "The account does not have permission to impersonate the requested user.",
+                )
+            context = _Context(self, user, impersonated)
+            with self.lock:
+                messages = handler(context, request[0])
+        except SoapFault as fault:
+            return 500, _fault(fault.code, fault.text, fault.message_xml)
+        return 200, (
+            f'{_HEAD}<m:{operation}Response xmlns:m="{M}" xmlns:t="{T}"><m:ResponseMessages>'
+            f"{messages}</m:ResponseMessages></m:{operation}Response>{_TAIL}"
+        ).encode()
+
+
+def _fault(code: str, text: str, message_xml: str = "") -> bytes:
+    return (
+        f'{_HEAD}<s:Fault><faultcode xmlns:a="{T}">a:{code}</faultcode>'
+        f'<faultstring xml:lang="en-US">{escape(text)}</faultstring><detail>'
+        f'<e:ResponseCode xmlns:e="{E}">{code}</e:ResponseCode>'
+        f'<e:Message xmlns:e="{E}">{escape(text)}</e:Message>{message_xml}'
+        f"</detail></s:Fault>{_TAIL}"
+    ).encode()
+
+
+def _success(operation: str, inner: str) -> str:
+    return (
+        f'<m:{operation}ResponseMessage ResponseClass="Success">'
+        f"<m:ResponseCode>NoError</m:ResponseCode>{inner}</m:{operation}ResponseMessage>"
+    )
+
+
+def _error(operation: str, error: ResponseError, empty: str = "") -> str:
+    return (
+        f'<m:{operation}ResponseMessage ResponseClass="Error">'
+        f"<m:MessageText>{escape(error.text)}</m:MessageText>"
+        f"<m:ResponseCode>{error.code}</m:ResponseCode>"
+        f"<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>{empty}</m:{operation}ResponseMessage>"
+    )
+
+
+@dataclass
+class _Context:
+    """One request: the simulator, the authenticated user and whom it impersonates."""
+
+    sim: EwsSimulator
+    user: str
+    impersonated: str | None
+
+    def mailbox_for(self, address: str | None) -> SimMailbox:
+        """The mailbox a request addresses, checked against the caller's rights."""
+        target = (address or self.impersonated or self.user).lower()
+        box = self.sim.mailboxes.get(target)
+        if box is None:
+            raise ResponseError(
+                "ErrorNonExistentMailbox", f"No mailbox with SMTP address {target}."
+            )
+        if self.impersonated is not None:
+            if target != self.impersonated:
+                raise ResponseError(
+                    "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+                )
+            return box
+        if target != self.user and self.user not in box.delegates:
+            raise ResponseError(
+                "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            )
+        return box
+
+    def folder(self, elem: etree._Element) -> tuple[SimMailbox, SimFolder]:
+        """The folder a FolderId / DistinguishedFolderId element names."""
+        if etree.QName(elem).localname == "DistinguishedFolderId":
+            address = elem.findtext(f"{_t('Mailbox')}/{_t('EmailAddress')}")
+            box = self.mailbox_for(address)
+            folder = box.by_distinguished.get(elem.get("Id", ""))
+            if folder is None:
+                raise ResponseError(
+                    "ErrorFolderNotFound", "The specified folder could not be found in the store."
+                )
+            return box, folder
+        folder_id = elem.get("Id", "")
+        for box in self.sim.mailboxes.values():
+            found = box.folders.get(folder_id)
+            if found is not None:
+                return self.mailbox_for(box.address), found
+        raise ResponseError(
+            "ErrorFolderNotFound", "The specified folder could not be found in the store."
+        )
+
+    def item(self, item_id: str) -> tuple[SimMailbox, SimFolder, SimItem]:
+        for box in self.sim.mailboxes.values():
+            for folder in box.folders.values():
+                item = folder.items.get(item_id)
+                if item is not None and not item.deleted_seq:
+                    return self.mailbox_for(box.address), folder, item
+        raise ResponseError("ErrorItemNotFound", "The specified object was not found in the store.")
+
+
+def _children(request: etree._Element, name: str) -> list[etree._Element]:
+    found = request.find(_m(name))
+    return list(found) if found is not None else []
+
+
+def _folder_xml(box: SimMailbox, folder: SimFolder) -> str:
+    parent = f'<t:ParentFolderId Id="{folder.parent_id}"/>' if folder.parent_id else ""
+    children = sum(1 for f in box.folders.values() if f.parent_id == folder.folder_id)
+    live = folder.live()
+    unread = sum(1 for i in live if not i.is_read)
+    klass = "" if folder.distinguished == "root" else "<t:FolderClass>IPF.Note</t:FolderClass>"
+    return (
+        f'<t:Folder><t:FolderId Id="{folder.folder_id}" '
+        f'ChangeKey="AQAAABYAAAA{folder.seq}"/>{parent}'
+        f"{klass}<t:DisplayName>{escape(folder.name)}</t:DisplayName>"
+        f"<t:TotalCount>{len(live)}</t:TotalCount><t:ChildFolderCount>{children}</t:ChildFolderCount>"
+        f"<t:UnreadCount>{unread}</t:UnreadCount></t:Folder>"
+    )
+
+
+def _get_folder(ctx: _Context, request: etree._Element) -> str:
+    out = []
+    for elem in _children(request, "FolderIds"):
+        try:
+            box, folder = ctx.folder(elem)
+            out.append(_success("GetFolder", f"<m:Folders>{_folder_xml(box, folder)}</m:Folders>"))
+        except ResponseError as error:
+            out.append(_error("GetFolder", error, "<m:Folders/>"))
+    return "".join(out)
+
+
+def _find_folder(ctx: _Context, request: etree._Element) -> str:
+    out = []
+    for elem in _children(request, "ParentFolderIds"):
+        try:
+            box, parent = ctx.folder(elem)
+            deep = request.get("Traversal") == "Deep"
+            found = _descendants(box, parent.folder_id, deep)
+            body = "".join(_folder_xml(box, f) for f in found)
+            out.append(
+                _success(
+                    "FindFolder",
+                    f'<m:RootFolder IndexedPagingOffset="{len(found)}" '
+                    f'TotalItemsInView="{len(found)}" '
+                    f'IncludesLastItemInRange="true"><t:Folders>{body}</t:Folders></m:RootFolder>',
+                )
+            )
+        except ResponseError as error:
+            out.append(_error("FindFolder", error))
+    return "".join(out)
+
+
+def _descendants(box: SimMailbox, parent_id: str, deep: bool) -> list[SimFolder]:
+    children = [f for f in box.folders.values() if f.parent_id == parent_id]
+    if not deep:
+        return children
+    return children + [d for c in children for d in _descendants(box, c.folder_id, True)]
+
+
+def _requested_fields(shape: etree._Element | None) -> list[str]:
+    if shape is None:
+        return []
+    fields = [f.get("FieldURI", "") for f in shape.iter(_t("FieldURI"))]
+    if shape.findtext(_t("BaseShape")) in {"Default", "AllProperties"}:
+        fields += ["item:Subject", "item:DateTimeReceived", "item:Size", "message:IsRead"]
+    return fields
+
+
+def _item_xml(item: SimItem, folder: SimFolder, fields: Iterable[str]) -> str:
+    """A t:Message with the requested properties, in the schema's element order."""
+    wanted = set(fields)
+    parts = [f'<t:Message><t:ItemId Id="{item.item_id}" ChangeKey="{item.change_key}"/>']
+    for uri, render in _ITEM_FIELDS:
+        if uri in wanted:
+            parts.append(render(item, folder))
+    parts.append("</t:Message>")
+    return "".join(parts)
+
+
+def _strings(values: list[str]) -> str:
+    return "".join(f"<t:String>{escape(v)}</t:String>" for v in values)
+
+
+_ITEM_FIELDS: list[tuple[str, Callable[[SimItem, SimFolder], str]]] = [
+    (
+        "item:MimeContent",
+        lambda i, f: (
+            f'<t:MimeContent CharacterSet="UTF-8">{base64.b64encode(i.mime).decode()}'
+            "</t:MimeContent>"
+        ),
+    ),
+    ("item:ParentFolderId", lambda i, f: f'<t:ParentFolderId Id="{f.folder_id}"/>'),
+    ("item:ItemClass", lambda i, f: "<t:ItemClass>IPM.Note</t:ItemClass>"),
+    ("item:Subject", lambda i, f: f"<t:Subject>{escape(i.subject)}</t:Subject>"),
+    (
+        "item:DateTimeReceived",
+        lambda i, f: (
+            f"<t:DateTimeReceived>{i.received.strftime('%Y-%m-%dT%H:%M:%SZ')}</t:DateTimeReceived>"
+        ),
+    ),
+    ("item:Size", lambda i, f: f"<t:Size>{len(i.mime)}</t:Size>"),
+    (
+        "item:Categories",
+        lambda i, f: (
+            f"<t:Categories>{_strings(i.categories)}</t:Categories>" if i.categories else ""
+        ),
+    ),
+    (
+        "item:InReplyTo",
+        lambda i, f: f"<t:InReplyTo>{escape(i.in_reply_to)}</t:InReplyTo>" if i.in_reply_to else "",
+    ),
+    (
+        "message:ConversationIndex",
+        lambda i, f: (
+            f"<t:ConversationIndex>{base64.b64encode(i.conversation_index).decode()}</t:ConversationIndex>"
+            if i.conversation_index
+            else ""
+        ),
+    ),
+    (
+        "message:InternetMessageId",
+        lambda i, f: (
+            f"<t:InternetMessageId>{escape(i.message_id)}</t:InternetMessageId>"
+            if i.message_id
+            else ""
+        ),
+    ),
+    ("message:IsRead", lambda i, f: f"<t:IsRead>{'true' if i.is_read else 'false'}</t:IsRead>"),
+    (
+        "message:References",
+        lambda i, f: f"<t:References>{escape(i.references)}</t:References>" if i.references else "",
+    ),
+]
+
+
+def _encode_state(folder: SimFolder, base: int, position: int) -> str:
+    """A sync state: changes are reckoned against `base` (where the client's last
+    complete sync ended) for items changed after `position` (what earlier pages of
+    this round returned)."""
+    text = f"H4sI|{folder.folder_id}|{folder.epoch}|{base}|{position}"
+    return base64.b64encode(text.encode()).decode()
+
+
+def _decode_state(folder: SimFolder, state: str | None) -> tuple[int, int]:
+    """(base, position) of a sync state; ResponseError when it is not this folder's or
+    it expired."""
+    if not state:
+        return 0, 0
+    try:
+        _, folder_id, epoch, base, position = base64.b64decode(state).decode().split("|")
+        if folder_id != folder.folder_id or int(epoch) != folder.epoch:
+            raise ValueError(state)
+        return int(base), int(position)
+    except ValueError:
+        raise ResponseError(
+            "ErrorInvalidSyncStateData",
+            "Synchronization state data is corrupt or otherwise invalid.",
+        ) from None
+
+
+def _sync_folder_items(ctx: _Context, request: etree._Element) -> str:
+    try:
+        target = request.find(_m("SyncFolderId"))
+        if target is None or len(target) == 0:
+            raise ResponseError("ErrorInvalidRequest", "SyncFolderId is required.")
+        _, folder = ctx.folder(target[0])
+        base, since = _decode_state(folder, request.findtext(_m("SyncState")))
+        limit = max(1, min(512, int(request.findtext(_m("MaxChangesReturned")) or 512)))
+        ignore = {e.get("Id") for e in request.iterfind(f"{_m('Ignore')}/{_t('ItemId')}")}
+        fields = _requested_fields(request.find(_m("ItemShape")))
+    except ResponseError as error:
+        # Exchange answers an error with an empty SyncState and IncludesLastItemInRange
+        # (both optional in the schema; exchangelib 5 reads them before the code).
+        empty = "<m:SyncState/><m:IncludesLastItemInRange>true</m:IncludesLastItemInRange>"
+        return _error("SyncFolderItems", error, empty)
+    touched = sorted(
+        (i for i in folder.items.values() if i.last_seq > since and i.item_id not in ignore),
+        key=lambda i: i.last_seq,
+    )
+    changes: list[str] = []
+    position = since
+    for item in touched:
+        change = _change(item, folder, base, fields)
+        if change is not None:
+            if len(changes) == limit:
+                break
+            changes.append(change)
+        position = item.last_seq
+    last = len(changes) < limit or position >= folder.seq
+    if last:
+        base = position = folder.seq
+    return _success(
+        "SyncFolderItems",
+        f"<m:SyncState>{_encode_state(folder, base, position)}</m:SyncState>"
+        f"<m:IncludesLastItemInRange>{'true' if last else 'false'}</m:IncludesLastItemInRange>"
+        f"<m:Changes>{''.join(changes)}</m:Changes>",
+    )
+
+
+def _change(item: SimItem, folder: SimFolder, since: int, fields: list[str]) -> str | None:
+    """The change an item shows a client synced up to `since` (None: nothing to show)."""
+    if item.created_seq > since:
+        return (
+            None if item.deleted_seq else f"<t:Create>{_item_xml(item, folder, fields)}</t:Create>"
+        )
+    if item.deleted_seq:
+        return f'<t:Delete><t:ItemId Id="{item.item_id}" ChangeKey="{item.change_key}"/></t:Delete>'
+    if item.changed_seq > since:
+        return f"<t:Update>{_item_xml(item, folder, fields)}</t:Update>"
+    return (
+        f'<t:ReadFlagChange><t:ItemId Id="{item.item_id}" ChangeKey="{item.change_key}"/>'
+        f"<t:IsRead>{'true' if item.is_read else 'false'}</t:IsRead></t:ReadFlagChange>"
+    )
+
+
+def _get_item(ctx: _Context, request: etree._Element) -> str:
+    fields = _requested_fields(request.find(_m("ItemShape")))
+    out = []
+    for elem in request.iterfind(f"{_m('ItemIds')}/{_t('ItemId')}"):
+        try:
+            _, folder, item = ctx.item(elem.get("Id", ""))
+            out.append(_success("GetItem", f"<m:Items>{_item_xml(item, folder, fields)}</m:Items>"))
+        except ResponseError as error:
+            out.append(_error("GetItem", error, "<m:Items/>"))
+    return "".join(out)
+
+
+def _create_item(ctx: _Context, request: etree._Element) -> str:
+    disposition = request.get("MessageDisposition", "SaveOnly")
+    out = []
+    for message in request.iterfind(f"{_m('Items')}/{_t('Message')}"):
+        mime = message.findtext(_t("MimeContent"))
+        if not mime:
+            out.append(
+                _error(
+                    "CreateItem",
+                    ResponseError(
+                        "ErrorInvalidRequest", "Only MimeContent messages are simulated."
+                    ),
+                    "<m:Items/>",
+                )
+            )
+            continue
+        raw = base64.b64decode(mime)
+        try:
+            sender = ctx.mailbox_for(None)
+            saved = request.find(f"{_m('SavedItemFolderId')}")
+            if disposition in {"SendAndSaveCopy", "SaveOnly"}:
+                folder_name = "drafts" if disposition == "SaveOnly" else "sentitems"
+                if saved is not None and len(saved):
+                    sender, folder = ctx.folder(saved[0])
+                    folder_name = folder.distinguished or folder.name
+                sender.deliver(folder_name, raw, is_read=True)
+        except ResponseError as error:
+            out.append(_error("CreateItem", error, "<m:Items/>"))
+            continue
+        if disposition != "SaveOnly":
+            ctx.sim.sent.append(raw)
+            headers = _mime_headers(raw)
+            recipients = email.utils.getaddresses([headers.get(h, "") for h in ("to", "cc", "bcc")])
+            for _, address in recipients:
+                box = ctx.sim.mailboxes.get(address.lower())
+                if box is not None:
+                    box.deliver("inbox", raw)
+        out.append(_success("CreateItem", "<m:Items/>"))
+    return "".join(out)
+
+
+_OPERATIONS: dict[str, Callable[[_Context, Any], str]] = {
+    "GetFolder": _get_folder,
+    "FindFolder": _find_folder,
+    "SyncFolderItems": _sync_folder_items,
+    "GetItem": _get_item,
+    "CreateItem": _create_item,
+}
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+    sim: EwsSimulator
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if self.path.split("?")[0].lower() != PATH.lower():
+            self._send(404, b"not found", "text/plain")
+            return
+        user = self.server.sim.authenticate(self.headers.get("Authorization"))
+        if user is None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="127.0.0.1"')
+            self.send_header("WWW-Authenticate", "Bearer")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        status, answer = self.server.sim.answer(user, body)
+        self._send(status, answer, "text/xml; charset=utf-8")
+
+    def do_GET(self) -> None:
+        self._send(405, b"use POST", "text/plain")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+socketserver.TCPServer.allow_reuse_address = True
+
+
+def sample_message(
+    n: int, subject: str = "Hello", *, reply_to: int | None = None, size: int = 0
+) -> bytes:
+    """A small email with Message-ID <ews-n@contoso.example> (In-Reply-To and References
+    when `reply_to` is given; the body padded to about `size` bytes)."""
+    lines = [
+        "From: Dana <dana@contoso.example>",
+        "To: alice@northwind.example",
+        f"Subject: {subject} {n}",
+        f"Message-ID: <ews-{n}@contoso.example>",
+        "Date: Mon, 30 Mar 2026 10:15:00 +0000",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+    ]
+    if reply_to is not None:
+        lines += [
+            f"In-Reply-To: <ews-{reply_to}@contoso.example>",
+            f"References: <ews-{reply_to}@contoso.example>",
+        ]
+    body = f"Body text {n}.\r\n"
+    if size > len(body):
+        body += "x" * (size - len(body)) + "\r\n"
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+def main(argv: list[str]) -> None:
+    """Serve one populated mailbox until stdin closes (benchmarks in another process)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--user", default="alice@northwind.example")
+    parser.add_argument("--password", default="pw")
+    parser.add_argument("--messages", type=int, default=0)
+    parser.add_argument(
+        "--folders", default="Inbox,Sent Items", help="comma-separated; custom ones are created"
+    )
+    parser.add_argument("--size", type=int, default=500)
+    args = parser.parse_args(argv)
+    sim = EwsSimulator()
+    box = sim.add_mailbox(args.user, password=args.password)
+    folders = [f.strip() for f in args.folders.split(",") if f.strip()]
+    for name in folders:
+        try:
+            box.folder(name)
+        except KeyError:
+            box.add_folder(name)
+    for n in range(args.messages):
+        box.deliver(folders[n % len(folders)], sample_message(n, size=args.size))
+    with sim:
+        print(sim.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

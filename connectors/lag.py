@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from schemas import metrics
-from schemas.config import ConnectorConfig, KafkaConfig
+from schemas.config import ConnectorConfig, KafkaConfig, ProcessingConfig
 from schemas.topics import MAIL_CHANGES
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class ProcessorLag:
     def __init__(self, kafka: KafkaConfig, prefix: str, settings: ConnectorConfig) -> None:
         self.kafka = kafka
         self.topic = MAIL_CHANGES.name(prefix)
-        self.group = settings.processors_group_id
+        self.group = settings.processors_group_id or ProcessingConfig().group_id
         self.interval_s = settings.lag_interval_s
         self.timeout_s = settings.lag_timeout_s
         self.current: int | None = None

@@ -76,10 +76,13 @@ async def _stop_when_idle(config: TidingsConfig, role: str, stop: asyncio.Event)
 
 async def _connectors(config: TidingsConfig, stop: asyncio.Event, endpoint: Endpoint) -> None:
     claim_check = ClaimCheck(open_blob_store(config.blob_url(), config.blobs), config.connectors)
+    settings = config.connectors
+    if settings.processors_group_id is None:  # watch the lag of this deployment's processors
+        settings = msgspec.structs.replace(settings, processors_group_id=config.processors.group_id)
     runtime = ConnectorRuntime(
         config.kafka,
         config.topic_prefix,
-        config.connectors,
+        settings,
         claim_check=claim_check,
         profiles=config.server_profiles,
     )

@@ -275,7 +275,8 @@ class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     unless `server_poll_interval_s` fixes one interval for all of them.
 
     Every `lag_interval_s` the connectors read how far the processors' consumer
-    group `processors_group_id` (processors.group_id) is behind on mail.changes
+    group is behind on mail.changes (`processors_group_id`; unset, the
+    configuration's processors.group_id)
     (each read bounded by `lag_timeout_s`; a failed read is logged and the lag
     is unknown, which slows nothing); past a profile's `lag_threshold` polling
     slows down.
@@ -284,7 +285,7 @@ class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     group_id: str = "tidings-connectors"
     poll_interval_s: float = 0.25
     server_poll_interval_s: float | None = None
-    processors_group_id: str = "tidings-processors"
+    processors_group_id: str | None = None
     lag_interval_s: float = 15.0
     lag_timeout_s: float = 10.0
     max_batch_items: int = 500

@@ -120,8 +120,10 @@ class ProcessorApp:
             broker_client_id=f"{kafka.client_id}-processors",
             datadir=str(self.state_dir),
             web_enabled=True,
-            web_bind="127.0.0.1",
-            web_host="127.0.0.1",
+            # /metrics and /healthz where the configuration says (loopback by default;
+            # 0.0.0.0 in a container, so Prometheus can scrape it)
+            web_bind=config.metrics.host,
+            web_host=config.metrics.host,
             web_port=self.settings.web_port or 6066,
             web_in_thread=False,
             table_standby_replicas=0,

@@ -110,9 +110,10 @@ MAIL_TRACK = TopicSpec(
     "mailbox id",
     TrackRequest,
     Cleanup.DELETE,
-    "CLI (tidings track), other services",
+    "CLI (tidings track, tidings mailbox sync), other services",
     "connectors",
-    "Manual tracking requests: promote one message of a mailbox whatever its filter. "
+    "Manual tracking requests: promote one message of a mailbox whatever its filter; "
+    "sync requests: poll a mailbox now. "
     "Partitioned like mailbox.config, so the connector that owns the mailbox reads them.",
 )
 MAIL_PARSED = TopicSpec(

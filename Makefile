@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/correlate.py
 	$(BIN)/python bench/sink.py
+	$(BIN)/python bench/exchange.py
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 

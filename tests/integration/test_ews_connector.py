@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from connectors import errors
@@ -199,9 +200,7 @@ async def test_expired_sync_state_resyncs_without_duplicates(
             events = await h.wait_for(MAIL_CHANGES, "mb-alice", lambda e: len(e) == 10)
             notices = await h.wait_for(SYNC_ERRORS, "mb-alice", lambda e: len(e) >= 2)
             # Quiet afterwards: further passes add nothing.
-            await h.wait_for(
-                MAILBOX_STATUS, "mb-alice", lambda s: _passes_after(s, len(events)) >= 2
-            )
+            await h.wait_for(MAILBOX_STATUS, "mb-alice", lambda s: _passes(s) >= 2)
             events = await h.changes("mb-alice")
     assert len(created(events)) == 8
     assert len({e.item_id for e in created(events)}) == 8
@@ -213,55 +212,65 @@ async def test_expired_sync_state_resyncs_without_duplicates(
     assert all(n.severity == Severity.NOTICE for n in notices)
 
 
-def _passes_after(statuses: list[MailboxStatus], _: int) -> int:
+def _passes(statuses: list[MailboxStatus]) -> int:
+    """Sync passes completed between the first and the last status seen."""
     generations = [s.sync_generation for s in statuses]
     return max(generations) - min(generations) if generations else 0
 
 
-async def test_throttling_waits_the_back_off_hint_and_retries(
-    sim: EwsSimulator, tmp_path: Path
+async def test_throttling_wrong_credentials_refused_access_and_oauth(
+    sim: EwsSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    box = sim.add_mailbox(ALICE)
-    for n in range(30):
-        box.deliver("Inbox", sample_message(n))
-    sim.throttle(3, backoff_ms=200, operations={"SyncFolderItems", "GetItem"})
-    throttled = metrics.CONNECTOR_THROTTLED.labels("ews")._value.get()
-    waited = metrics.CONNECTOR_THROTTLE_WAIT_SECONDS.labels("ews")._value.get()
-    config = ews_mailbox("mb-alice", ALICE, include_sent=False, get_item_batch=10)
-    async with ConnectorHarness.up(tmp_path / "data", {"exchange": profile(sim)}, FAST) as h:
-        await h.add_mailbox(config)
-        async with h.runtime():
-            events = await h.wait_for(MAIL_CHANGES, "mb-alice", lambda e: len(e) == 30)
-            problems = await h.errors("mb-alice")
-    assert sim.busy_answers == 3
-    assert metrics.CONNECTOR_THROTTLED.labels("ews")._value.get() - throttled == 3
-    assert metrics.CONNECTOR_THROTTLE_WAIT_SECONDS.labels("ews")._value.get() - waited == (
-        pytest.approx(0.6)
-    )
-    assert len({e.item_id for e in events}) == 30
-    assert problems == []
-
-
-async def test_wrong_credentials_and_refused_impersonation_are_permanent(
-    sim: EwsSimulator, tmp_path: Path
-) -> None:
-    sim.add_mailbox(ALICE)
+    """One runtime, five mailboxes: a throttled one on a second simulator (back-off
+    hints waited out, counted, nothing lost), a wrong password, impersonation by an
+    account without the role, delegate access by a non-delegate (all permanent), and
+    OAuth bearer tokens with delegate access (works)."""
+    # oauthlib refuses to send a token over http; the simulators are http on loopback.
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    monkeypatch.setenv("TEST_EWS_WRONG", "not-the-password")
+    monkeypatch.setenv("TEST_EWS_HELPDESK", "helpdesk-pw")
+    alice = sim.add_mailbox(ALICE)
     sim.add_mailbox("bob@northwind.example", password="bob-pw")
     sim.add_user("helpdesk", "helpdesk-pw")  # no ApplicationImpersonation
-    os.environ["TEST_EWS_WRONG"] = "not-the-password"
-    os.environ["TEST_EWS_HELPDESK"] = "helpdesk-pw"
-    wrong = ews_mailbox("mb-wrong", ALICE, password_env="TEST_EWS_WRONG")
-    denied = ews_mailbox("mb-denied", ALICE, user="helpdesk", password_env="TEST_EWS_HELPDESK")
-    foreign = ews_mailbox(
-        "mb-foreign",
-        "bob@northwind.example",
-        user="helpdesk",
-        password_env="TEST_EWS_HELPDESK",
-        access=EwsAccess.DELEGATE,
+    sim.add_token(OAUTH_TOKEN, "svc-tidings")
+    alice.delegates.add("svc-tidings")
+    for n in range(3):
+        alice.deliver("Inbox", sample_message(n))
+    oauth = profile(
+        sim,
+        auth=AuthMethod.XOAUTH2,
+        token_provider="tests.integration.test_ews_connector:bearer_token",
     )
-    try:
-        async with ConnectorHarness.up(tmp_path / "data", {"exchange": profile(sim)}, FAST) as h:
-            for config in (wrong, denied, foreign):
+    mailboxes = [
+        ews_mailbox("mb-wrong", ALICE, password_env="TEST_EWS_WRONG"),
+        ews_mailbox("mb-denied", ALICE, user="helpdesk", password_env="TEST_EWS_HELPDESK"),
+        ews_mailbox(
+            "mb-foreign",
+            "bob@northwind.example",
+            user="helpdesk",
+            password_env="TEST_EWS_HELPDESK",
+            access=EwsAccess.DELEGATE,
+        ),
+        msgspec.structs.replace(
+            ews_mailbox("mb-oauth", ALICE, access=EwsAccess.DELEGATE, include_sent=False),
+            server_profile="exchange-oauth",
+        ),
+        msgspec.structs.replace(
+            ews_mailbox("mb-busy", ALICE, include_sent=False, get_item_batch=10),
+            server_profile="busy",
+        ),
+    ]
+    throttled = metrics.CONNECTOR_THROTTLED.labels("ews")._value.get()
+    waited = metrics.CONNECTOR_THROTTLE_WAIT_SECONDS.labels("ews")._value.get()
+    with EwsSimulator() as busy:
+        busy.add_user("svc-tidings", SERVICE_PASSWORD, impersonator=True)
+        crowded = busy.add_mailbox(ALICE)
+        for n in range(30):
+            crowded.deliver("Inbox", sample_message(n))
+        busy.throttle(3, backoff_ms=200, operations={"SyncFolderItems", "GetItem"})
+        profiles = {"exchange": profile(sim), "exchange-oauth": oauth, "busy": profile(busy)}
+        async with ConnectorHarness.up(tmp_path / "data", profiles, FAST) as h:
+            for config in mailboxes:
                 await h.add_mailbox(config)
             async with h.runtime():
                 seen = {
@@ -273,9 +282,9 @@ async def test_wrong_credentials_and_refused_impersonation_are_permanent(
                     "mb-wrong",
                     lambda s: any(x.state == SyncState.DISABLED for x in s),
                 )
-    finally:
-        os.environ.pop("TEST_EWS_WRONG", None)
-        os.environ.pop("TEST_EWS_HELPDESK", None)
+                oauth_events = await h.wait_for(MAIL_CHANGES, "mb-oauth", lambda e: len(e) == 3)
+                busy_events = await h.wait_for(MAIL_CHANGES, "mb-busy", lambda e: len(e) == 30)
+                busy_problems = await h.errors("mb-busy")
     assert [e.code for e in seen["mb-wrong"]] == [errors.AUTHENTICATION_FAILED]
     assert [e.code for e in seen["mb-denied"]] == [errors.FORBIDDEN]
     assert [e.code for e in seen["mb-foreign"]] == [errors.FORBIDDEN]
@@ -285,30 +294,17 @@ async def test_wrong_credentials_and_refused_impersonation_are_permanent(
         assert "helpdesk-pw" not in found[0].message
     assert "svc-tidings" in seen["mb-wrong"][0].message
     assert status[-1].last_error_code == errors.AUTHENTICATION_FAILED
-
-
-async def test_oauth_bearer_and_delegate_access(
-    sim: EwsSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # oauthlib refuses to send a token over http; the simulator is http on loopback.
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-    box = sim.add_mailbox(ALICE)
-    sim.add_token(OAUTH_TOKEN, "svc-tidings")
-    box.delegates.add("svc-tidings")
-    for n in range(3):
-        box.deliver("Inbox", sample_message(n))
-    oauth = profile(
-        sim,
-        auth=AuthMethod.XOAUTH2,
-        token_provider="tests.integration.test_ews_connector:bearer_token",
+    # OAuth: bearer token, delegate access (no impersonation header).
+    assert {e.folder for e in oauth_events} == {"Inbox"}
+    assert ("svc-tidings", None) in {(r.user, r.impersonated) for r in sim.requests}
+    # Throttling: three busy answers waited out for their 200 ms hints, nothing lost.
+    assert busy.busy_answers == 3
+    assert metrics.CONNECTOR_THROTTLED.labels("ews")._value.get() - throttled == 3
+    assert metrics.CONNECTOR_THROTTLE_WAIT_SECONDS.labels("ews")._value.get() - waited == (
+        pytest.approx(0.6)
     )
-    config = ews_mailbox("mb-alice", ALICE, access=EwsAccess.DELEGATE, include_sent=False)
-    async with ConnectorHarness.up(tmp_path / "data", {"exchange": oauth}, FAST) as h:
-        await h.add_mailbox(config)
-        async with h.runtime():
-            events = await h.wait_for(MAIL_CHANGES, "mb-alice", lambda e: len(e) == 3)
-    assert {e.folder for e in events} == {"Inbox"}
-    assert {(r.user, r.impersonated) for r in sim.requests} == {("svc-tidings", None)}
+    assert len({e.item_id for e in busy_events}) == 30
+    assert busy_problems == []
 
 
 async def test_send_and_save_copy(sim: EwsSimulator) -> None:

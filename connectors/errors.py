@@ -58,6 +58,7 @@ TIMEOUT = "Timeout"
 SERVER_BUSY = "ServerBusy"
 PROTOCOL_ERROR = "ProtocolError"
 RETRIES_EXHAUSTED = "RetriesExhausted"
+INTERNAL_ERROR = "InternalError"  # an unexpected exception in tidings itself (a bug)
 
 
 def from_os_error(exc: OSError, server: str) -> ConnectorError:

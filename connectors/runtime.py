@@ -529,8 +529,8 @@ class ConnectorRuntime:
                         )
                     result = await source.sync_pass(self._progress_reporter(tracker, started))
                     await self._serve_tracks(owned, source)
-                except (ConnectorError, OSError) as exc:
-                    failure = _as_connector_error(exc)
+                except Exception as exc:  # an unexpected one too: retried, never silent
+                    failure = _as_connector_error(exc, config.mailbox_id)
                     delay = None if failure.permanent else retries.failed()
                     if delay is None:
                         final = _final(failure, retries)
@@ -753,10 +753,22 @@ def _refusal(owned: _Owned) -> str | None:
     return None
 
 
-def _as_connector_error(exc: ConnectorError | OSError) -> ConnectorError:
+def _as_connector_error(exc: Exception, mailbox_id: str) -> ConnectorError:
+    """A failure of a sync pass as a ConnectorError. An OSError is a transient read
+    failure; any other unexpected exception (a bug, a library's surprise) is a
+    transient InternalError, logged with its traceback, so the mailbox retries on
+    its policy and, if it keeps failing, stops with an alert instead of its task
+    ending unseen."""
     if isinstance(exc, ConnectorError):
         return exc
-    return errors.transient("ReadFailed", f"reading the mailbox failed: {exc.strerror or exc}")
+    if isinstance(exc, OSError):
+        return errors.transient("ReadFailed", f"reading the mailbox failed: {exc.strerror or exc}")
+    log.error(
+        "mailbox %s: unexpected %s in a sync pass", mailbox_id, type(exc).__name__, exc_info=exc
+    )
+    return errors.transient(
+        errors.INTERNAL_ERROR, f"unexpected {type(exc).__name__} in tidings: {str(exc)[:200]}"
+    )
 
 
 def _final(failure: ConnectorError, retries: RetryTracker) -> ConnectorError:

@@ -31,6 +31,7 @@ from connectors.imap_session import (
     tls_context,
 )
 from connectors.retry import RetryTracker, retry_delay
+from connectors.runtime import _as_connector_error
 from connectors.source import PassResult, fold_counters
 from schemas.errors import DecodeError, Severity
 from schemas.mailbox import (
@@ -695,3 +696,13 @@ def test_a_position_with_an_unknown_tag_is_a_decode_error() -> None:
     )
     with pytest.raises(DecodeError):
         CURSOR_CODEC.decode(data, "tidings.connector.cursors", 0, 12)
+
+
+def test_an_unexpected_exception_in_a_pass_is_a_transient_internal_error() -> None:
+    failure = _as_connector_error(TypeError("EWSDateTime is not JSON serializable"), "mb-1")
+    assert (failure.code, failure.permanent) == (errors.INTERNAL_ERROR, False)
+    assert "TypeError" in str(failure)
+    lost = _as_connector_error(ConnectionResetError(104, "reset by peer"), "mb-1")
+    assert (lost.code, lost.permanent) == ("ReadFailed", False)
+    known = errors.permanent(errors.AUTHENTICATION_FAILED, "wrong password")
+    assert _as_connector_error(known, "mb-1") is known

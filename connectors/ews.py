@@ -171,7 +171,8 @@ class EwsMailbox:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the mailbox's thread pool, holding a slot of the profile's
-        gate; ErrorServerBusy waited out (at most MAX_BUSY_RETRIES times in a row)."""
+        gate; ErrorServerBusy waited out (at most MAX_BUSY_RETRIES times in a row) and
+        reported to the gate, which lowers the profile's concurrency."""
         if self.executor is None:
             self.executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix=f"ews-{self.config.mailbox_id}"
@@ -193,6 +194,7 @@ class EwsMailbox:
             busy += 1
             wait = failure.back_off_s or DEFAULT_BACKOFF_S * 2 ** (busy - 1)
             metrics.CONNECTOR_THROTTLED.labels(PROTOCOL).inc()
+            self.gate.throttled()  # the profile's concurrency shrinks (AIMD)
             if busy > MAX_BUSY_RETRIES or wait > MAX_BACKOFF_S:
                 raise errors.transient(
                     errors.SERVER_BUSY,

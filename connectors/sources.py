@@ -147,7 +147,7 @@ def open_ews(
         cursors,
         kit.emitter,
         kit.store,
-        gate=kit.gates.gate(config.server_profile or "", limit),
+        gate=kit.gates.gate(config.server_profile or "", limit, profile.polling),
         claim_check=kit.claim_check,
         secret=secret_provider(config, profile),
         max_batch_items=kit.settings.max_batch_items,

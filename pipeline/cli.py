@@ -483,7 +483,7 @@ def mailbox_list(ctx: Context) -> None:
 
     \b
     state is pending-approval, approved, tested, enabled or disabled; an
-    enabled mailbox no connector has reported on yet shows "not run". The last
+    enabled mailbox no connector has reported on yet shows "(not run yet)". The last
     column is the last error, or for a disabled mailbox why it is disabled.
     `tidings mailbox show ID` has the details.
     """
@@ -525,13 +525,13 @@ def mailbox_list(ctx: Context) -> None:
 
 
 def _list_state(config: Any, status: Any) -> str:
-    """The state column of `mailbox list`: "not run" for an enabled mailbox no connector
-    reported on yet (its incoming status), else the mailbox's state."""
+    """The state column of `mailbox list`: the mailbox's state, and for an enabled one no
+    connector has reported on yet, that it has not run."""
     from pipeline.mailboxes import mailbox_state
     from schemas.mailbox import SyncState
 
     state = mailbox_state(config, status)
-    return "not run" if state == SyncState.ENABLED and status is None else state.value
+    return "enabled (not run yet)" if state == SyncState.ENABLED and status is None else state.value
 
 
 @mailbox.command("reconcile")

@@ -29,8 +29,10 @@ class Workspace:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.env = {
-            key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")
+        self.env = {  # no COLUMNS: tables get the CLI's width for pipes, whoever runs the tests
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("TIDINGS_") and key not in ("COLUMNS", "LINES")
         }
         self.env["TIDINGS_DATA_DIR"] = str(data_dir)
         self.env["PYTHONUNBUFFERED"] = "1"

@@ -119,7 +119,7 @@ async def test_idle_mailboxes_back_off_and_push_or_sync_still_pick_mail_up_at_on
             assert runtime.lag.current is None
             assert metrics.CONNECTOR_BACKPRESSURE._value.get() == 0
             # ... then end offsets minus what the group committed.
-            ends = await commit_start(h, ADAPTIVE.processors_group_id)
+            ends = await commit_start(h, runtime.lag.group)
             await until(lambda: runtime.lag.current == ends, f"lag {ends}")
             assert ends == 4  # four change events, none processed
     assert metrics.CONNECTOR_PROCESSOR_LAG._value.get() == -1  # stopped: unknown again

@@ -439,7 +439,14 @@ def test_mailbox_add_then_list_and_invalid_definitions(ws: Workspace, tmp_path: 
     listing = ws.cli("mailbox", "list")
     rows = table_rows(listing.stdout)
     assert [row[0] for row in rows if row[0]] == ["mb-x"], listing.stdout
-    assert rows[0][:6] == ["mb-x", "user:x", "x@example.com", "all", "not run", "never"]
+    assert rows[0][:6] == [
+        "mb-x",
+        "user:x",
+        "x@example.com",
+        "all",
+        "enabled (not run yet)",
+        "never",
+    ]
     assert "mb-bad" not in listing.stdout
     assert "no mailboxes yet" not in listing.stdout
 

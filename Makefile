@@ -11,8 +11,14 @@ SYSTEM_STAMP := $(VENV)/.system-packages
 demo: setup
 	$(BIN)/tidings demo
 
+# Unit and integration tests spread over TEST_WORKERS processes (they mostly wait on
+# brokers, mail servers and subprocesses), one test file per worker at a time; the
+# fault suite, which kills and restarts processes on a clock, runs alone after them.
+TEST_WORKERS ?= 3
+
 test: setup check
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile tests/unit tests/integration
+	$(BIN)/pytest -q tests/faults
 
 check: lint typecheck
 
@@ -27,7 +33,7 @@ unit: setup
 	$(BIN)/pytest -q tests/unit
 
 integration: setup
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile tests/integration
 
 faults: setup
 	$(BIN)/pytest -q tests/faults

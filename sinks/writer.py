@@ -154,10 +154,11 @@ class ClickHouseSink:
         await consumer.start()
         try:
             while not stop.is_set():
-                fetched = await consumer.getmany(timeout_ms=100)
+                # while an insert is in flight, look again soon: its end frees the next
+                fetched = await consumer.getmany(timeout_ms=100 if self._flight is None else 5)
                 for tp, messages in fetched.items():
                     await self._take(tp, messages)
-                await self._flush()
+                await self._flush(caught_up=not fetched)
             await self._drain(retries=3)
         finally:
             if self._flight is not None and self._flight.task is not None:
@@ -191,8 +192,10 @@ class ClickHouseSink:
             and (batch.count == 0 or age >= self.settings.batch_max_age_s)
         )
 
-    async def _flush(self) -> None:
-        """Settle the insert in flight; then, when none is, start one for the due batches.
+    async def _flush(self, caught_up: bool = False) -> None:
+        """Settle the insert in flight; then, when none is, start one for the due batches:
+        full or old ones, or every one when the last fetch brought nothing (`caught_up`:
+        no more rows would join them by waiting).
 
         One insert is in flight at a time, on the store's thread, while this loop
         goes on fetching and decoding; its partitions' offsets are committed once
@@ -204,7 +207,7 @@ class ClickHouseSink:
         if self._flight is not None and not await self._settle(wait=False):
             self._apply_backpressure(failed=self._failures > 0)
             return
-        due = self._take_due(due_only=True)
+        due = self._take_due(due_only=not caught_up)
         if due:
             self._flight = _Flight(due)
             self._flight.task = asyncio.create_task(self._insert_all(due))

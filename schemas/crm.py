@@ -71,6 +71,11 @@ class ReasonCode(StrEnum):
     UNSUPPORTED_ITEM = "UnsupportedItem"
     FORWARDED = "Forwarded"
     FORWARD_UNATTRIBUTED = "ForwardUnattributed"
+    # appointments, contacts and tasks (processors/act.py)
+    TRACKED_CATEGORY = "TrackedCategory"  # carries the mailbox's tracked category
+    NOT_TRACKED = "NotTracked"  # neither the category nor a manual track
+    ACT_DISABLED = "ActDisabled"  # the mailbox does not sync appointments/contacts/tasks
+    NOT_ORGANIZER = "NotOrganizer"  # an attendee's delete: the meeting stays in the CRM
 
 
 class CorrelationMethod(StrEnum):
@@ -100,6 +105,11 @@ class PartyRole(StrEnum):
     TO = "to"
     CC = "cc"
     BCC = "bcc"
+    # appointments (crm.act): the organizer and the attendees by their role
+    ORGANIZER = "organizer"
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    RESOURCE = "resource"
 
 
 class ActivityParty(msgspec.Struct, frozen=True, kw_only=True, gc=False):

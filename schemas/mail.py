@@ -7,6 +7,7 @@ from enum import StrEnum
 
 import msgspec
 
+from schemas.act import ActPayload
 from schemas.base import Record
 from schemas.mailbox import FolderRole
 
@@ -57,6 +58,9 @@ class MailItemChanged(Record, frozen=True, kw_only=True):
     accounted for). `manual_track` marks the created event a connector sends
     for a manual tracking request: the item as a sync emits it, under an event
     id of its own (derived from the request), so it is not taken for a replay.
+    For appointments, contacts and tasks (`item_type` other than email) `act`
+    carries the item (schemas/act.py) on created and updated events; deleted
+    events carry only the ids.
     Keyed by `mailbox_id` on mail.changes.
     """
 
@@ -79,6 +83,7 @@ class MailItemChanged(Record, frozen=True, kw_only=True):
     unreadable_code: str | None = None
     unreadable_reason: str | None = None
     manual_track: ManualTrack | None = None
+    act: ActPayload | None = None  # an appointment, contact or task (schemas/act.py)
 
     @property
     def item_key(self) -> str:

@@ -410,6 +410,11 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     version's EWSMaxConcurrency, 10 on 2010 and 27 later; never above it nor the
     profile's max_connections). SyncFolderItems returns at most `sync_page`
     changes per call (1-512) and GetItem reads `get_item_batch` items per call.
+
+    `streaming` listens for EWS streaming notifications on the synced folders
+    between passes (Exchange 2010 SP1 and later): a change wakes the mailbox at
+    once; when the server refuses or the stream fails, the mailbox polls and
+    tries streaming again after `streaming_retry_s`.
     """
 
     server_url: str | None = None
@@ -422,6 +427,8 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_concurrency: int | None = None
     sync_page: int = 512
     get_item_batch: int = 100
+    streaming: bool = True
+    streaming_retry_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.sync_page <= 512:
@@ -437,6 +444,33 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         limit = ews_max_concurrency(self.version)
         wanted = self.max_concurrency or limit
         return max(1, min(wanted, limit, max_connections))
+
+
+class ActSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Appointments, contacts and tasks of an Exchange (EWS) or Microsoft 365 (Graph)
+    mailbox (docs/act.md).
+
+    When `enabled`, the connector also reads the mailbox's calendar, contacts and
+    tasks (each switchable) and the processors turn the items that carry
+    `tracked_category` (or were tracked by hand) into CRM records on crm.act.
+    Folder names None mean the well-known default folder (EWS Calendar / Contacts /
+    Tasks; Graph the default calendar, the default contact folder and the default
+    To Do list); otherwise a top-level folder's display name (EWS) or the calendar /
+    contact folder / To Do list's display name (Graph).
+    """
+
+    enabled: bool = True
+    tracked_category: str = "Tracked to CRM"
+    appointments: bool = True
+    contacts: bool = True
+    tasks: bool = True
+    calendar_folder: str | None = None
+    contacts_folder: str | None = None
+    tasks_folder: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tracked_category.strip():
+            raise ValueError("act tracked_category must not be empty")
 
 
 class MailboxConfig(Record, frozen=True, kw_only=True):
@@ -476,6 +510,7 @@ class MailboxConfig(Record, frozen=True, kw_only=True):
     graph: GraphSettings | None = None
     ews: EwsSettings | None = None
     outgoing: OutgoingSettings | None = None
+    act: ActSettings | None = None  # appointments, contacts, tasks (EWS, Graph)
     process_email_from: datetime | None = None
     test: MailboxTest | None = None
     disabled: MailboxDisabled | None = None

@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 
+from schemas.act import ActRecord
 from schemas.codec import Codec
 from schemas.crm import Activity, CrmRecord, PromotionDecision
 from schemas.errors import SyncError
@@ -182,6 +183,17 @@ OUTGOING_STATUS = TopicSpec(
     "Message-ID, tracking token, attempt and last error. Same partition count as "
     "outgoing.mail; the sender rebuilds its view from it at start.",
 )
+CRM_ACT = TopicSpec(
+    "crm.act",
+    "record id",
+    ActRecord,
+    Cleanup.COMPACT,
+    "processors (Exchange → CRM)",
+    "sinks, CRM → Exchange writer, data teams",
+    "Appointments, contacts and tasks tracked in mailboxes (docs/act.md): one record per "
+    "meeting (id from its iCalendar UID), per contact and per task; the latest change "
+    "wins; a tombstone deletes the record.",
+)
 DLQ: TopicSpec[Any] = TopicSpec(
     "dlq",
     "original key",
@@ -206,6 +218,7 @@ TOPICS: tuple[TopicSpec[Any], ...] = (
     MAILBOX_STATUS,
     OUTGOING_MAIL,
     OUTGOING_STATUS,
+    CRM_ACT,
     DLQ,
 )
 

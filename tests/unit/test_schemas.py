@@ -14,6 +14,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import dlq
+from schemas.act import (
+    ActRecord,
+    ActSource,
+    ActType,
+    Appointment,
+    Attendee,
+    AttendeeRole,
+    OccurrenceChange,
+    Recurrence,
+    ResponseStatus,
+    appointment_record_id,
+)
 from schemas.base import RecordRef
 from schemas.codec import decode_key, encode_key
 from schemas.crm import (
@@ -245,6 +257,38 @@ SAMPLES: dict[type[Any], Any] = {
         accepted=["dana@contoso.example"],
         copied_to_sent=True,
         worker="w-1",
+        updated_at=T1,
+    ),
+    ActRecord: ActRecord(
+        record_id=appointment_record_id("040000008200E00074C5B7101A82E008000000001"),
+        record_type=ActType.APPOINTMENT,
+        version=1_772_355_930_123,
+        payload=Appointment(
+            ical_uid="040000008200E00074C5B7101A82E008000000001",
+            subject="Weekly review",
+            start=T0,
+            end=T1,
+            time_zone="W. Europe Standard Time",
+            location="Room 4",
+            organizer=Attendee(address="alice@nw.example", name="Alice"),
+            attendees=[
+                Attendee(
+                    address="dana@contoso.example",
+                    role=AttendeeRole.OPTIONAL,
+                    response=ResponseStatus.ACCEPTED,
+                )
+            ],
+            recurrence=Recurrence(rrule="FREQ=WEEKLY;BYDAY=MO", start_date=T0.date(), count=10),
+            exceptions=[OccurrenceChange(original_start=T0, cancelled=True)],
+            categories=["Tracked to CRM"],
+            change_time=T1,
+            change_key="ck-2",
+        ),
+        owner=RecordRef("user", "alice"),
+        parties=[SENDER],
+        source=ActSource(mailbox_id="mb-alice", folder="Calendar", item_id="AAMk1"),
+        mailboxes=["mb-alice"],
+        change_time=T1,
         updated_at=T1,
     ),
     TrackRequest: TrackRequest(

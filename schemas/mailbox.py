@@ -9,6 +9,7 @@ from enum import StrEnum
 
 import msgspec
 
+from schemas.act_sync import ActSyncSettings
 from schemas.base import Record, RecordRef
 from schemas.secret import SecretRef
 
@@ -467,6 +468,9 @@ class ActSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class MailboxConfig(Record, frozen=True, kw_only=True):
+    crm_to_exchange: ActSyncSettings = msgspec.field(default_factory=ActSyncSettings)
+    """CRM records written to the mailbox, and the two-way rules once linked
+    (schemas/act_sync.py)."""
     """One mailbox: its owner (a user or a queue), where it lives and how its mail is filtered.
 
     `auto_create` makes tidings create a contact or lead (published on

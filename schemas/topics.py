@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar, cast
 import msgspec
 
 from schemas.act import ActRecord
+from schemas.act_changes import ActLink, CrmActChange
 from schemas.codec import Codec
 from schemas.crm import Activity, CrmRecord, PromotionDecision
 from schemas.errors import SyncError
@@ -204,6 +205,28 @@ DLQ: TopicSpec[Any] = TopicSpec(
     "Original bytes of undecodable messages, with headers naming topic, partition, offset, error.",
 )
 
+CRM_ACT_CHANGES = TopicSpec(
+    "crm.act.changes",
+    "record id",
+    CrmActChange,
+    Cleanup.COMPACT,
+    "CRM (change feed)",
+    "CRM → Exchange writer (connectors)",
+    "The CRM's versions of appointments, contacts and tasks to write into mailboxes "
+    "(docs/act.md); the latest wins; `deleted` marks a deleted record.",
+)
+ACT_LINKS = TopicSpec(
+    "act.links",
+    "record id|mailbox id (partition of its crm.act.changes record)",
+    ActLink,
+    Cleanup.COMPACT,
+    "CRM → Exchange writer (connectors)",
+    "CRM → Exchange writer, Exchange → CRM path",
+    "Links between CRM records and mailbox items, written after the server confirmed: "
+    "item id, ChangeKey, both change times, per-field hashes as last synced; a tombstone "
+    "drops a link. Same partition count as crm.act.changes.",
+)
+
 TOPICS: tuple[TopicSpec[Any], ...] = (
     MAILBOX_CONFIG,
     SERVER_PROFILES,
@@ -219,6 +242,8 @@ TOPICS: tuple[TopicSpec[Any], ...] = (
     OUTGOING_MAIL,
     OUTGOING_STATUS,
     CRM_ACT,
+    CRM_ACT_CHANGES,
+    ACT_LINKS,
     DLQ,
 )
 

@@ -26,6 +26,8 @@ from schemas.act import (
     ResponseStatus,
     appointment_record_id,
 )
+from schemas.act_changes import ActLink, CrmActChange, link_key
+from schemas.act_sync import Side
 from schemas.base import RecordRef
 from schemas.codec import decode_key, encode_key
 from schemas.crm import (
@@ -297,6 +299,34 @@ SAMPLES: dict[type[Any], Any] = {
         message_id="m1@x.example",
         requested_by="alice",
         requested_at=T1,
+    ),
+    CrmActChange: CrmActChange(
+        record_id="crm-appt-1",
+        record_type=ActType.APPOINTMENT,
+        owner=RecordRef("user", "alice"),
+        payload=Appointment(
+            ical_uid="crm-appt-1@crm.example",
+            subject="Quarterly review",
+            start=T0,
+            end=T1,
+            attendees=[Attendee(address="dana@contoso.example")],
+            recurrence=Recurrence(rrule="FREQ=WEEKLY;BYDAY=MO", start_date=T0.date(), count=4),
+        ),
+        crm_change_time=T1,
+        regarding=RecordRef("account", "contoso"),
+    ),
+    ActLink: ActLink(
+        record_id="crm-appt-1",
+        mailbox_id="mb-alice",
+        record_type=ActType.APPOINTMENT,
+        item_id="AAMk1",
+        change_key="CQAAAB1",
+        ical_uid="crm-appt-1@crm.example",
+        crm_change_time=T1,
+        exchange_change_time=T1,
+        synced={"subject": "0123456789abcdef01234567"},
+        origin=Side.CRM,
+        updated_at=T1,
     ),
 }
 
@@ -720,3 +750,22 @@ def test_dead_letter_struct_round_trips_through_msgspec() -> None:
         4,
     )
     assert msgspec.json.decode(msgspec.json.encode(letter), type=dlq.DeadLetter) == letter
+
+
+def test_a_crm_act_change_without_payload_must_be_a_delete() -> None:
+    with pytest.raises(ValueError, match="deleted"):
+        CrmActChange(
+            record_id="r",
+            record_type=ActType.TASK,
+            owner=RecordRef("user", "alice"),
+            crm_change_time=T0,
+        )
+    gone = CrmActChange(
+        record_id="r",
+        record_type=ActType.TASK,
+        owner=RecordRef("user", "alice"),
+        deleted=True,
+        crm_change_time=T0,
+    )
+    assert gone.payload is None
+    assert link_key("r", "mb-alice") == "r|mb-alice"

@@ -23,7 +23,9 @@ hint (counted in tidings_connector_throttled_total) and retried; a hint too long
 to wait in a pass becomes a transient ServerBusy for the runtime's retry clock.
 HTTP 401 is a permanent AuthenticationFailed; network failures are transient.
 
-Push: EWS streaming notifications are not used yet; `wait_for_change` polls.
+Push: between passes `wait_for_change` listens to EWS streaming notifications on
+the synced folders (connectors/ews_push.py) unless the settings turn `streaming`
+off; while streaming fails the mailbox polls.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from connectors.ews_items import (
     unpack_known,
     vanished,
 )
+from connectors.ews_push import EwsPush
 from connectors.gate import ServerGate
 from connectors.source import (
     BatchCallback,
@@ -144,6 +147,7 @@ class EwsMailbox:
         self.folders: list[EwsFolder] | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.counters = MailboxCounters()
+        self.push = EwsPush(config.mailbox_id, self.where, retry_s=self.settings.streaming_retry_s)
 
     # -- calls -----------------------------------------------------------------
 
@@ -216,6 +220,7 @@ class EwsMailbox:
     async def close(self) -> None:
         """Drop the account and stop the worker threads (they finish their request)."""
         self._reset()
+        await self.push.close()
         executor, self.executor = self.executor, None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
@@ -481,9 +486,17 @@ class EwsMailbox:
 
     # -- waiting, listing, finding ---------------------------------------------
 
-    async def wait_for_change(self, timeout_s: float) -> None:
-        """Poll: sleep until the next pass (EWS streaming notifications are not used yet)."""
-        await asyncio.sleep(timeout_s)
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        """Until a streaming notification (True) or `timeout_s` (False); a plain sleep
+        when streaming is off, or before the first pass connected."""
+        client, folders = self.client, self.folders
+        if not self.settings.streaming or client is None or folders is None:
+            await asyncio.sleep(timeout_s)
+            return False
+        pushed = await self.push.wait(client.account, [f.folder for f in folders], timeout_s)
+        if pushed:
+            metrics.CONNECTOR_PUSH_WAKEUPS.labels(PROTOCOL).inc()
+        return pushed
 
     async def list_server_items(self) -> ServerListing:
         """Item ids per folder (received within "process email from"), for reconciliation."""

@@ -262,6 +262,35 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         return f"worker-{self.web_port}" if self.web_port else "default"
 
 
+class GraphNotificationsConfig(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    """Microsoft Graph change notifications (the push path of Graph mailboxes).
+
+    Off by default: Graph delivers notifications only to a public HTTPS URL.
+    When `enabled`, the connectors process serves a webhook on `host`:`port`
+    (behind a reverse proxy that terminates TLS) and subscribes each Graph
+    mailbox's synced folders with `public_url` as the notificationUrl (https,
+    or http on loopback for tests). Subscriptions ask for `lifetime_minutes`
+    (Graph caps message subscriptions at 10080) and are renewed once
+    `renew_fraction` of the lifetime Graph granted has passed. A subscription
+    that cannot be made leaves the mailbox polling its delta, tried again after
+    `retry_s`.
+    """
+
+    enabled: bool = False
+    public_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8443
+    lifetime_minutes: Annotated[int, msgspec.Meta(ge=1, le=10080)] = 4230
+    renew_fraction: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.75
+    retry_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.public_url:
+            raise ValueError("connectors.graph_notifications.enabled needs public_url")
+
+
 class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The connector runtime: polling, batching, acknowledgements, message size.
 
@@ -294,6 +323,9 @@ class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_event_bytes: int = 1_000_000
     preview_chars: int = 2000
     worker_name: str | None = None
+    graph_notifications: GraphNotificationsConfig = msgspec.field(
+        default_factory=GraphNotificationsConfig
+    )
 
 
 class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -411,6 +411,11 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     version's EWSMaxConcurrency, 10 on 2010 and 27 later; never above it nor the
     profile's max_connections). SyncFolderItems returns at most `sync_page`
     changes per call (1-512) and GetItem reads `get_item_batch` items per call.
+
+    `streaming` listens for EWS streaming notifications on the synced folders
+    between passes (Exchange 2010 SP1 and later): a change wakes the mailbox at
+    once; when the server refuses or the stream fails, the mailbox polls and
+    tries streaming again after `streaming_retry_s`.
     """
 
     server_url: str | None = None
@@ -423,6 +428,8 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_concurrency: int | None = None
     sync_page: int = 512
     get_item_batch: int = 100
+    streaming: bool = True
+    streaming_retry_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.sync_page <= 512:

@@ -74,8 +74,26 @@ CONNECTOR_IMAP_COMMANDS = Counter(
 )
 CONNECTOR_PUSH_WAKEUPS = Counter(
     "tidings_connector_push_wakeups_total",
-    "Times a server push (IMAP IDLE) woke a mailbox before its poll was due.",
+    "Times a server push (IMAP IDLE, EWS streaming, Graph notification) woke a mailbox "
+    "before its poll was due.",
     ["protocol"],
+)
+CONNECTOR_PUSH_FAILURES = Counter(
+    "tidings_connector_push_failures_total",
+    "Times a push channel (EWS streaming, Graph subscription) failed and its mailbox "
+    "fell back to polling until the next attempt.",
+    ["protocol"],
+)
+CONNECTOR_PUSH_NOTIFICATIONS = Counter(
+    "tidings_connector_push_notifications_total",
+    "Graph change notifications received by the webhook, by verdict (accepted, "
+    "bad_client_state, unknown_subscription, validation).",
+    ["verdict"],
+)
+CONNECTOR_PUSH_SUBSCRIPTIONS = Counter(
+    "tidings_connector_push_subscriptions_total",
+    "Push subscriptions made, by protocol and action (created, renewed, deleted).",
+    ["protocol", "action"],
 )
 CONNECTOR_CLAIM_CHECKS = Counter(
     "tidings_connector_claim_checks_total",

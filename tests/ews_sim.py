@@ -224,6 +224,7 @@ class SimMailbox:
                 created_seq=target.seq,
             )
             target.items[item.item_id] = item
+            self.sim.streaming.notify(self, target, item, "NewMailEvent", "CreatedEvent")
             return item
 
     def _find(self, item_id: str) -> tuple[SimFolder, SimItem]:
@@ -248,6 +249,7 @@ class SimMailbox:
             if is_read is not None:
                 item.is_read = is_read
                 item.read_seq = folder.seq
+            self.sim.streaming.notify(self, folder, item, "ModifiedEvent")
             return item
 
     def delete(self, item_id: str) -> None:
@@ -256,6 +258,7 @@ class SimMailbox:
             folder, item = self._find(item_id)
             folder.seq += 1
             item.deleted_seq = folder.seq
+            self.sim.streaming.notify(self, folder, item, "DeletedEvent")
 
     def move(self, item_id: str, target: str) -> SimItem:
         """Move an item: deleted from its folder, created (new id) in `target`."""
@@ -300,6 +303,7 @@ class EwsSimulator:
         self._counter = itertools.count(1)
         self._server = _Server((host, port), _Handler)
         self._server.sim = self
+        self.streaming = StreamingState(self)
         self._thread: threading.Thread | None = None
 
     # -- setup -------------------------------------------------------------------
@@ -841,6 +845,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(404, b"not found", "text/plain")
             return
         user = self.server.sim.authenticate(self.headers.get("Authorization"))
+        if user is not None and b"GetStreamingEvents" in body[:4096]:
+            stream_events(self, user, body)
+            return
         if user is None:
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="127.0.0.1"')
@@ -888,6 +895,221 @@ def sample_message(
     if size > len(body):
         body += "x" * (size - len(body)) + "\r\n"
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+# -- streaming notifications (Subscribe / GetStreamingEvents / Unsubscribe) -------
+#
+# A streaming subscription covers folders and event types; deliver / update /
+# delete queue an event for every subscription covering the folder. One
+# GetStreamingEvents request is answered as a chunked stream of SOAP envelopes,
+# as Exchange does: a Notifications message when events are queued, a
+# ConnectionStatus OK keep-alive every `keepalive_s`, ConnectionStatus Closed
+# after ConnectionTimeout minutes. Knobs: `refuse(code)` (Subscribe answers that
+# error), `expire()` (every subscription is forgotten: open streams end with
+# ErrorSubscriptionNotFound, as after the server's 30 minutes without a client).
+
+
+@dataclass
+class SimSubscription:
+    """One streaming subscription: its mailbox, folders, event types, queued events."""
+
+    subscription_id: str
+    address: str
+    folder_ids: set[str]
+    event_types: set[str]
+    events: list[str] = field(default_factory=list)
+
+
+class StreamingState:
+    """The simulator's streaming subscriptions (guarded by the simulator's lock)."""
+
+    def __init__(self, sim: EwsSimulator) -> None:
+        self.sim = sim
+        self.subscriptions: dict[str, SimSubscription] = {}
+        self.changed = threading.Condition(sim.lock)
+        self.refused: str | None = None
+        self.keepalive_s = 5.0
+        self.open_streams = 0
+        self.unsubscribed: list[str] = []
+
+    def refuse(self, code: str | None = "ErrorInvalidRequest") -> None:
+        """Subscribe answers `code` from now on (None: accepted again)."""
+        with self.sim.lock:
+            self.refused = code
+
+    def expire(self) -> None:
+        """Forget every subscription (open streams end with ErrorSubscriptionNotFound)."""
+        with self.changed:
+            self.subscriptions.clear()
+            self.changed.notify_all()
+
+    def notify(self, box: SimMailbox, folder: SimFolder, item: SimItem, *event_types: str) -> None:
+        """Queue events of `item` in `folder` for the subscriptions covering it."""
+        with self.changed:
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for sub in self.subscriptions.values():
+                if sub.address != box.address or folder.folder_id not in sub.folder_ids:
+                    continue
+                for kind in event_types:
+                    if kind in sub.event_types:
+                        sub.events.append(
+                            f"<t:{kind}><t:TimeStamp>{stamp}</t:TimeStamp>"
+                            f'<t:ItemId Id="{item.item_id}" ChangeKey="{item.change_key}"/>'
+                            f'<t:ParentFolderId Id="{folder.folder_id}" ChangeKey="AQAAAA=="/>'
+                            f"</t:{kind}>"
+                        )
+            self.changed.notify_all()
+
+
+def _subscribe(ctx: _Context, request: etree._Element) -> str:
+    state = ctx.sim.streaming
+    spec = request.find(_m("StreamingSubscriptionRequest"))
+    if spec is None:
+        raise ResponseError("ErrorInvalidSubscriptionRequest", "Only streaming is simulated.")
+    if state.refused is not None:
+        raise ResponseError(state.refused, "Streaming notifications are not available.")
+    box: SimMailbox | None = None
+    folder_ids: set[str] = set()
+    for elem in spec.iterfind(f"{_t('FolderIds')}/*"):
+        box, folder = ctx.folder(elem)
+        folder_ids.add(folder.folder_id)
+    if box is None:
+        box = ctx.mailbox_for(None)
+        folder_ids = set(box.folders)
+    types = {e.text or "" for e in spec.iterfind(f"{_t('EventTypes')}/{_t('EventType')}")}
+    sub = SimSubscription(ctx.sim.new_id("", box.address)[:32], box.address, folder_ids, types)
+    state.subscriptions[sub.subscription_id] = sub
+    return _success("Subscribe", f"<m:SubscriptionId>{sub.subscription_id}</m:SubscriptionId>")
+
+
+def _unsubscribe(ctx: _Context, request: etree._Element) -> str:
+    state = ctx.sim.streaming
+    subscription = request.findtext(_m("SubscriptionId")) or ""
+    if state.subscriptions.pop(subscription, None) is None:
+        raise ResponseError("ErrorSubscriptionNotFound", "The subscription was not found.")
+    state.unsubscribed.append(subscription)
+    state.changed.notify_all()
+    return _success("Unsubscribe", "")
+
+
+def _subscribe_answer(ctx: _Context, request: etree._Element) -> str:
+    try:
+        return _subscribe(ctx, request)
+    except ResponseError as error:
+        return _error("Subscribe", error)
+
+
+def _unsubscribe_answer(ctx: _Context, request: etree._Element) -> str:
+    try:
+        return _unsubscribe(ctx, request)
+    except ResponseError as error:
+        return _error("Unsubscribe", error)
+
+
+_OPERATIONS["Subscribe"] = _subscribe_answer
+_OPERATIONS["Unsubscribe"] = _unsubscribe_answer
+
+
+def _stream_document(inner: str) -> bytes:
+    return (
+        f'{_HEAD}<m:GetStreamingEventsResponse xmlns:m="{M}" xmlns:t="{T}">'
+        f"<m:ResponseMessages>{inner}</m:ResponseMessages></m:GetStreamingEventsResponse>{_TAIL}"
+    ).encode()
+
+
+def _stream_message(body: str, status: str | None = None) -> bytes:
+    connection = f"<m:ConnectionStatus>{status}</m:ConnectionStatus>" if status else ""
+    return _stream_document(
+        '<m:GetStreamingEventsResponseMessage ResponseClass="Success">'
+        f"<m:ResponseCode>NoError</m:ResponseCode>{body}{connection}"
+        "</m:GetStreamingEventsResponseMessage>"
+    )
+
+
+def _stream_error(subscription: str) -> bytes:
+    return _stream_document(
+        '<m:GetStreamingEventsResponseMessage ResponseClass="Error">'
+        "<m:MessageText>The specified subscription was not found.</m:MessageText>"
+        "<m:ResponseCode>ErrorSubscriptionNotFound</m:ResponseCode>"
+        "<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>"
+        f"<m:ErrorSubscriptionIds><m:SubscriptionId>{subscription}</m:SubscriptionId>"
+        "</m:ErrorSubscriptionIds></m:GetStreamingEventsResponseMessage>"
+    )
+
+
+def _take_events(
+    state: StreamingState, ids: list[str]
+) -> tuple[str | None, list[tuple[str, list[str]]]]:
+    """A subscription of `ids` the server no longer knows, else the queued events
+    (waiting up to a keep-alive interval for some)."""
+    with state.changed:
+        for attempt in range(2):
+            missing = next((i for i in ids if i not in state.subscriptions), None)
+            if missing is not None:
+                return missing, []
+            pending = [(i, state.subscriptions[i].events) for i in ids]
+            if any(events for _, events in pending):
+                for i in ids:
+                    state.subscriptions[i].events = []
+                return None, [(i, events) for i, events in pending if events]
+            if attempt == 0:
+                state.changed.wait(state.keepalive_s)
+        return None, []
+
+
+def stream_events(handler: _Handler, user: str, body: bytes) -> None:
+    """Answer one GetStreamingEvents request as a chunked stream (see the section doc)."""
+    sim = handler.server.sim
+    state = sim.streaming
+    try:
+        request = etree.fromstring(body).find(f"{{{SOAP}}}Body")
+        call = request[0] if request is not None and len(request) else None
+    except etree.XMLSyntaxError:
+        call = None
+    if call is None:
+        handler._send(500, _fault("ErrorSchemaValidation", "Not a request."), "text/xml")
+        return
+    ids = [e.text or "" for e in call.iterfind(f"{_m('SubscriptionIds')}/{_t('SubscriptionId')}")]
+    minutes = int(call.findtext(_m("ConnectionTimeout")) or "30")
+    with sim.lock:
+        sim.requests.append(RequestRecord("GetStreamingEvents", user, None))
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/xml; charset=utf-8")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+
+    def chunk(data: bytes) -> None:
+        handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        handler.wfile.flush()
+
+    deadline = datetime.now(UTC).timestamp() + minutes * 60
+    with sim.lock:
+        state.open_streams += 1
+    try:
+        while True:
+            missing, pending = _take_events(state, ids)
+            if missing is not None:
+                chunk(_stream_error(missing))
+                break
+            if pending:
+                notes = "".join(
+                    f"<m:Notification><t:SubscriptionId>{i}</t:SubscriptionId>"
+                    f"{''.join(events)}</m:Notification>"
+                    for i, events in pending
+                )
+                chunk(_stream_message(f"<m:Notifications>{notes}</m:Notifications>", "OK"))
+            elif datetime.now(UTC).timestamp() >= deadline:
+                chunk(_stream_message("", "Closed"))
+                break
+            else:
+                chunk(_stream_message("", "OK"))
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+    except OSError:
+        handler.close_connection = True
+    finally:
+        with sim.lock:
+            state.open_streams -= 1
 
 
 def main(argv: list[str]) -> None:

@@ -42,6 +42,7 @@ from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
+from connectors.ews_act import act_event
 from connectors.ews_client import (
     EwsClient,
     EwsFolder,
@@ -145,6 +146,7 @@ class EwsMailbox:
                 self.positions[cursor.folder] = cursor.position
         self.client: EwsClient | None = None
         self.folders: list[EwsFolder] | None = None
+        self.act_folders: list[EwsFolder] | None = None  # appointments, contacts, tasks
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.counters = MailboxCounters()
         self.push = EwsPush(config.mailbox_id, self.where, retry_s=self.settings.streaming_retry_s)
@@ -216,6 +218,7 @@ class EwsMailbox:
     def _reset(self) -> None:
         self.client = None
         self.folders = None
+        self.act_folders = None
 
     async def close(self) -> None:
         """Drop the account and stop the worker threads (they finish their request)."""
@@ -232,7 +235,7 @@ class EwsMailbox:
         result = PassResult()
         try:
             client = await self._connect()
-            for folder in await self._folders(client):
+            for folder in [*await self._folders(client), *await self._act(client)]:
                 await self._sync_folder(client, folder, result, on_batch)
         except (ConnectorError, asyncio.CancelledError):
             self._reset()
@@ -330,6 +333,8 @@ class EwsMailbox:
         result: PassResult,
     ) -> list[MailItemChanged]:
         """The events of one page, `known` updated to match; GetItem batches run at once."""
+        if folder.act is not None:
+            return await self._act_page_events(client, folder, plan, known, result)
         limit = self.profile.max_message_bytes
         small = [c for c in plan.fetch_new if page.sizes.get(c.item_id, 0) <= limit]
         large = [c for c in plan.fetch_new if page.sizes.get(c.item_id, 0) > limit]
@@ -377,6 +382,66 @@ class EwsMailbox:
     def _before_window(self, message: EwsMessage) -> bool:
         since = self.config.process_email_from
         return since is not None and message.received is not None and message.received < since
+
+    # -- appointments, contacts, tasks (docs/act.md) -----------------------------
+
+    async def _act(self, client: EwsClient) -> list[EwsFolder]:
+        """The Calendar / Contacts / Tasks folders, when the mailbox syncs them."""
+        act = self.config.act
+        if act is None or not act.enabled:
+            return []
+        if self.act_folders is None:
+            self.act_folders = await self._run(client.act_folders, act)
+        return self.act_folders
+
+    async def _act_page_events(
+        self,
+        client: EwsClient,
+        folder: EwsFolder,
+        plan: PagePlan,
+        known: dict[str, str],
+        result: PassResult,
+    ) -> list[MailItemChanged]:
+        """A page of an ACT folder: new and changed items read whole (GetItem batches,
+        at once) and mapped to payloads (connectors/ews_act.py); `known` updated."""
+        assert folder.act is not None
+        mailbox_id, kind = self.config.mailbox_id, folder.act
+        todo = [*plan.fetch_new, *plan.fetch_changed]
+        step = self.settings.get_item_batch
+        chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
+        answers = await asyncio.gather(
+            *(
+                self._run(client.get_act_items, [(c.item_id, c.change_key) for c in chunk])
+                for chunk in chunks
+            )
+        )
+        observed = utc_now()
+        changed = {c.item_id for c in plan.fetch_changed}
+        events: list[MailItemChanged] = []
+        for chunk, answer in zip(chunks, answers, strict=True):
+            for change, got in zip(chunk, answer, strict=True):
+                how = ChangeKind.UPDATED if change.item_id in changed else ChangeKind.CREATED
+                if isinstance(got, tuple) and got[1] == "ErrorItemNotFound":
+                    result.pending -= int(how == ChangeKind.CREATED)  # gone meanwhile
+                    continue
+                if isinstance(got, tuple):
+                    code, _, detail = got[1].partition(": ")
+                    why = (code, detail or f"GetItem answered {code} for this item")
+                    event = act_event(
+                        mailbox_id, folder.name, change.item_id, kind, how, observed,
+                        version=change.change_key, unreadable=why,
+                    )  # fmt: skip
+                else:
+                    event = act_event(
+                        mailbox_id, folder.name, change.item_id, kind, how, observed, got,
+                        version=got.change_key or change.change_key,
+                    )  # fmt: skip
+                events.append(event)
+                known[change.item_id] = change_key_hash(change.change_key)
+        events.extend(self._deleted(folder, plan.deleted))
+        for item in plan.deleted:
+            known.pop(item, None)
+        return events
 
     async def _created(
         self, folder: EwsFolder, message: EwsMessage, full: bool, observed: Any
@@ -444,6 +509,10 @@ class EwsMailbox:
 
     def _deleted(self, folder: EwsFolder, items: Sequence[str]) -> list[MailItemChanged]:
         now = utc_now()
+        if folder.act is not None:
+            mailbox_id, kind = self.config.mailbox_id, folder.act
+            deleted = ChangeKind.DELETED
+            return [act_event(mailbox_id, folder.name, i, kind, deleted, now) for i in items]
         return [
             deleted_event(self.config.mailbox_id, folder.name, item, now, folder.role)
             for item in items

@@ -38,8 +38,11 @@ from oauthlib.oauth2 import OAuth2Token
 
 from connectors import errors
 from connectors.errors import ConnectorError
+from connectors.ews_act import UnsupportedItem, modified_occurrence_ids, to_payload
 from connectors.ews_items import EwsMessage, SyncChange, SyncKind
+from schemas.act import ActPayload, ActType
 from schemas.mailbox import (
+    ActSettings,
     EwsAccess,
     EwsAuth,
     EwsSettings,
@@ -106,6 +109,7 @@ class EwsFolder:
     name: str
     role: FolderRole
     folder: Any
+    act: ActType | None = None  # an appointments / contacts / tasks folder (ews_act.py)
 
 
 def endpoint(config: MailboxConfig, profile: ServerProfile, settings: EwsSettings) -> str:
@@ -295,6 +299,56 @@ class EwsClient:
             message.send_and_save()
         else:
             message.send()
+
+    # -- appointments, contacts, tasks (connectors/ews_act.py maps them) ----------
+
+    def act_folders(self, act: ActSettings) -> list[EwsFolder]:
+        """The Calendar, Contacts and Tasks folders `act` enables: the distinguished
+        folder, or the top-level folder named in the settings (permanent MailboxMissing
+        when the mailbox has no such folder)."""
+        chosen: list[EwsFolder] = []
+        for kind, on, name, default in (
+            (ActType.APPOINTMENT, act.appointments, act.calendar_folder, "calendar"),
+            (ActType.CONTACT, act.contacts, act.contacts_folder, "contacts"),
+            (ActType.TASK, act.tasks, act.tasks_folder, "tasks"),
+        ):
+            if not on:
+                continue
+            folder = self._find_path(name) if name else getattr(self.account, default)
+            label = name or folder.name or default.title()
+            chosen.append(EwsFolder(label, FolderRole.OTHER, folder, kind))
+        return chosen
+
+    def get_act_items(self, ids: Sequence[tuple[str, str]]) -> list[ActPayload | tuple[str, str]]:
+        """GetItem (all properties) for appointments, contacts or tasks: each a payload,
+        or (id, EWS error code or "UnsupportedItem") for an item that could not be read
+        or mapped. A series master's modified occurrences are read too (one more
+        GetItem) for their subject and location."""
+        fetched = list(
+            self.account.fetch(
+                [ItemId(id=i, changekey=ck or None) for i, ck in ids], chunk_size=len(ids) or 1
+            )
+        )
+        occurrence_ids = modified_occurrence_ids(i for i in fetched if not isinstance(i, Exception))
+        details: dict[str, Any] = {}
+        if occurrence_ids:
+            for got in self.account.fetch(
+                [ItemId(id=i) for i in occurrence_ids],
+                only_fields=["subject", "location"],
+                chunk_size=len(occurrence_ids),
+            ):
+                if not isinstance(got, Exception):
+                    details[got.id] = got
+        out: list[ActPayload | tuple[str, str]] = []
+        for (item_id, _), item in zip(ids, fetched, strict=True):
+            if isinstance(item, Exception):
+                out.append((item_id, type(item).__name__))
+                continue
+            try:
+                out.append(to_payload(item, details))
+            except UnsupportedItem as exc:
+                out.append((item_id, f"UnsupportedItem: {exc}"))
+        return out
 
     def close(self) -> None:
         """Nothing to release per account: exchangelib pools HTTP sessions per endpoint

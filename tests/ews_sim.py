@@ -64,6 +64,9 @@ DISTINGUISHED = {
     "sentitems": ("Sent Items", "msgfolderroot"),
     "deleteditems": ("Deleted Items", "msgfolderroot"),
     "drafts": ("Drafts", "msgfolderroot"),
+    "calendar": ("Calendar", "msgfolderroot"),
+    "contacts": ("Contacts", "msgfolderroot"),
+    "tasks": ("Tasks", "msgfolderroot"),
 }
 
 _HEAD = (
@@ -559,6 +562,8 @@ def _folder_xml(box: SimMailbox, folder: SimFolder) -> str:
     live = folder.live()
     unread = sum(1 for i in live if not i.is_read)
     klass = "" if folder.distinguished == "root" else "<t:FolderClass>IPF.Note</t:FolderClass>"
+    if folder.distinguished in _ACT_FOLDER_CLASSES:
+        klass = f"<t:FolderClass>{_ACT_FOLDER_CLASSES[folder.distinguished]}</t:FolderClass>"
     return (
         f'<t:Folder><t:FolderId Id="{folder.folder_id}" '
         f'ChangeKey="AQAAABYAAAA{folder.seq}"/>{parent}'
@@ -618,6 +623,8 @@ def _requested_fields(shape: etree._Element | None) -> list[str]:
 
 def _item_xml(item: SimItem, folder: SimFolder, fields: Iterable[str]) -> str:
     """A t:Message with the requested properties, in the schema's element order."""
+    if isinstance(item, SimActItem):
+        return item.xml()
     wanted = set(fields)
     parts = [f'<t:Message><t:ItemId Id="{item.item_id}" ChangeKey="{item.change_key}"/>']
     for uri, render in _ITEM_FIELDS:
@@ -823,6 +830,287 @@ _OPERATIONS: dict[str, Callable[[_Context, Any], str]] = {
     "GetItem": _get_item,
     "CreateItem": _create_item,
 }
+
+
+# -- appointments, contacts, tasks (Exchange → CRM) ------------------------------
+#
+# Calendar, Contacts and Tasks are distinguished folders; their items are
+# `SimActItem`s holding their properties (`props`), rendered as t:CalendarItem,
+# t:Contact or t:Task with the documented elements whatever shape is asked for
+# (SyncFolderItems Create/Update, GetItem). A recurring series is one master
+# item with t:Recurrence, t:ModifiedOccurrences (each occurrence also an item
+# GetItem can read, kept in a hidden folder no sync lists, as Exchange keeps
+# exceptions out of SyncFolderItems) and t:DeletedOccurrences.
+#   item = add_calendar_item(box, uid="040000...", subject="Review", start=..., end=...,
+#                            organizer=("alice@x", "Alice"), required=[("bob@x", "Bob")],
+#                            categories=["Tracked to CRM"], recurrence=weekly(...))
+#   update_act_item(box, item.item_id, subject="New")   # an Update, new ChangeKey
+
+_ACT_FOLDER_CLASSES = {
+    "calendar": "IPF.Appointment",
+    "contacts": "IPF.Contact",
+    "tasks": "IPF.Task",
+}
+_ACT_ELEMENTS = {"calendar": "CalendarItem", "contacts": "Contact", "tasks": "Task"}
+Person = tuple[str, str]  # (address, display name)
+
+
+def _ews_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class SimActItem(SimItem):
+    """An appointment, contact or task: its EWS element name and properties."""
+
+    element: str = "CalendarItem"
+    props: dict[str, Any] = field(default_factory=dict)
+    modified_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def xml(self) -> str:
+        render = {"CalendarItem": _calendar_xml, "Contact": _contact_xml, "Task": _task_xml}
+        inner = render[self.element](self)
+        return (
+            f'<t:{self.element}><t:ItemId Id="{self.item_id}" ChangeKey="{self.change_key}"/>'
+            f"{inner}</t:{self.element}>"
+        )
+
+
+def _text(name: str, value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    return f"<t:{name}>{escape(str(value))}</t:{name}>"
+
+
+def _item_common(item: SimActItem) -> str:
+    props = item.props
+    body = props.get("body", "")
+    parts = [
+        _text("Subject", props.get("subject", "")),
+        _text("Sensitivity", props.get("sensitivity", "Normal")),
+        f'<t:Body BodyType="Text">{escape(body)}</t:Body>' if body else "",
+        f"<t:Categories>{_strings(item.categories)}</t:Categories>" if item.categories else "",
+        _text("Importance", props.get("importance")),
+        _text("LastModifiedTime", _ews_time(item.modified_at)),
+    ]
+    return "".join(parts)
+
+
+def _mailbox_xml(person: Person) -> str:
+    address, name = person
+    return (
+        f"<t:Mailbox><t:Name>{escape(name)}</t:Name><t:EmailAddress>{escape(address)}"
+        "</t:EmailAddress><t:RoutingType>SMTP</t:RoutingType></t:Mailbox>"
+    )
+
+
+def _attendees_xml(name: str, people: list[tuple[str, str, str]]) -> str:
+    if not people:
+        return ""
+    inner = "".join(
+        f"<t:Attendee>{_mailbox_xml((a, n))}<t:ResponseType>{r}</t:ResponseType></t:Attendee>"
+        for a, n, r in people
+    )
+    return f"<t:{name}>{inner}</t:{name}>"
+
+
+def weekly(days: str, start: str, *, count: int | None = None, end: str | None = None) -> str:
+    """A t:Recurrence: weekly on `days` ("Monday Wednesday") from `start` (YYYY-MM-DD),
+    `count` occurrences, until `end`, or without end."""
+    pattern = (
+        f"<t:WeeklyRecurrence><t:Interval>1</t:Interval><t:DaysOfWeek>{days}</t:DaysOfWeek>"
+        "<t:FirstDayOfWeek>Monday</t:FirstDayOfWeek></t:WeeklyRecurrence>"
+    )
+    if count is not None:
+        bound = (
+            f"<t:NumberedRecurrence><t:StartDate>{start}</t:StartDate>"
+            f"<t:NumberOfOccurrences>{count}</t:NumberOfOccurrences></t:NumberedRecurrence>"
+        )
+    elif end is not None:
+        bound = (
+            f"<t:EndDateRecurrence><t:StartDate>{start}</t:StartDate>"
+            f"<t:EndDate>{end}</t:EndDate></t:EndDateRecurrence>"
+        )
+    else:
+        bound = f"<t:NoEndRecurrence><t:StartDate>{start}</t:StartDate></t:NoEndRecurrence>"
+    return f"<t:Recurrence>{pattern}{bound}</t:Recurrence>"
+
+
+def _calendar_xml(item: SimActItem) -> str:
+    props = item.props
+    organizer = props.get("organizer")
+    modified = "".join(
+        f'<t:Occurrence><t:ItemId Id="{occ_id}" ChangeKey="CQAAAA{occ_id[-6:]}"/>'
+        f"<t:Start>{_ews_time(start)}</t:Start><t:End>{_ews_time(end)}</t:End>"
+        f"<t:OriginalStart>{_ews_time(original)}</t:OriginalStart></t:Occurrence>"
+        for occ_id, start, end, original in props.get("modified", [])
+    )
+    deleted = "".join(
+        f"<t:DeletedOccurrence><t:Start>{_ews_time(start)}</t:Start></t:DeletedOccurrence>"
+        for start in props.get("deleted", [])
+    )
+    recurrence = props.get("recurrence", "")
+    kind = props.get("calendar_item_type") or ("RecurringMaster" if recurrence else "Single")
+    return "".join(
+        [
+            _item_common(item),
+            _text("UID", props.get("uid")),
+            _text("Start", _ews_time(props["start"])),
+            _text("End", _ews_time(props["end"])),
+            _text("IsAllDayEvent", "true" if props.get("all_day") else "false"),
+            _text("LegacyFreeBusyStatus", props.get("show_as", "Busy")),
+            _text("Location", props.get("location", "")),
+            _text("IsMeeting", "true" if props.get("required") else "false"),
+            _text("IsCancelled", "true" if props.get("cancelled") else "false"),
+            _text("IsRecurring", "true" if recurrence else "false"),
+            _text("CalendarItemType", kind),
+            f"<t:Organizer>{_mailbox_xml(organizer)}</t:Organizer>" if organizer else "",
+            _attendees_xml("RequiredAttendees", props.get("required", [])),
+            _attendees_xml("OptionalAttendees", props.get("optional", [])),
+            _attendees_xml("Resources", props.get("resources", [])),
+            recurrence,
+            f"<t:ModifiedOccurrences>{modified}</t:ModifiedOccurrences>" if modified else "",
+            f"<t:DeletedOccurrences>{deleted}</t:DeletedOccurrences>" if deleted else "",
+        ]
+    )
+
+
+def _contact_xml(item: SimActItem) -> str:
+    props = item.props
+    emails = "".join(
+        f'<t:Entry Key="EmailAddress{n}">{escape(a)}</t:Entry>'
+        for n, a in enumerate(props.get("emails", []), start=1)
+    )
+    phones = "".join(
+        f'<t:Entry Key="{k}">{escape(v)}</t:Entry>' for k, v in props.get("phones", {}).items()
+    )
+    addresses = "".join(
+        f'<t:Entry Key="{k}"><t:Street>{escape(a.get("street", ""))}</t:Street>'
+        f"<t:City>{escape(a.get('city', ''))}</t:City>"
+        f"<t:CountryOrRegion>{escape(a.get('country', ''))}</t:CountryOrRegion>"
+        f"<t:PostalCode>{escape(a.get('postal_code', ''))}</t:PostalCode></t:Entry>"
+        for k, a in props.get("addresses", {}).items()
+    )
+    return "".join(
+        [
+            _item_common(item),
+            _text("DisplayName", props.get("display_name")),
+            _text("GivenName", props.get("given_name")),
+            _text("CompanyName", props.get("company")),
+            f"<t:EmailAddresses>{emails}</t:EmailAddresses>" if emails else "",
+            f"<t:PhysicalAddresses>{addresses}</t:PhysicalAddresses>" if addresses else "",
+            f"<t:PhoneNumbers>{phones}</t:PhoneNumbers>" if phones else "",
+            _text("JobTitle", props.get("job_title")),
+            _text("MiddleName", props.get("middle_name")),
+            _text("Surname", props.get("surname")),
+        ]
+    )
+
+
+def _task_xml(item: SimActItem) -> str:
+    props = item.props
+    stamp = {k: _ews_time(props[k]) if props.get(k) else None for k in ("start", "due", "done")}
+    return "".join(
+        [
+            _item_common(item),
+            _text("CompleteDate", stamp["done"]),
+            _text("DueDate", stamp["due"]),
+            _text("PercentComplete", props.get("percent_complete", 0)),
+            _text("StartDate", stamp["start"]),
+            _text("Status", props.get("status", "NotStarted")),
+        ]
+    )
+
+
+def add_act_item(
+    box: SimMailbox,
+    folder: str,
+    categories: Iterable[str] = (),
+    **props: Any,
+) -> SimActItem:
+    """Put an item with `props` into `folder` ("calendar", "contacts", "tasks" or a
+    folder of one of those classes): a Create for synced clients."""
+    with box.sim.lock:
+        target = box.folder(folder)
+        element = _ACT_ELEMENTS.get(target.distinguished or "", props.pop("element", ""))
+        target.seq += 1
+        item = SimActItem(
+            item_id=box.sim.new_id("AAMk", box.address),
+            mime=b"",
+            received=datetime.now(UTC),
+            subject=str(props.get("subject", "")),
+            categories=list(categories),
+            created_seq=target.seq,
+            element=element,
+            props=dict(props),
+        )
+        target.items[item.item_id] = item
+        return item
+
+
+def add_calendar_item(
+    box: SimMailbox,
+    *,
+    categories: Iterable[str] = (),
+    modified: Iterable[tuple[datetime, datetime, datetime, dict[str, Any]]] = (),
+    **props: Any,
+) -> SimActItem:
+    """A calendar item (props: uid, subject, start, end, location, body, organizer
+    (address, name), required / optional / resources [(address, name, ResponseType)],
+    recurrence (see `weekly`), deleted [original starts], all_day, cancelled).
+    `modified` lists changed occurrences of a series: (new start, new end, original
+    start, their own props such as subject or location)."""
+    occurrences = []
+    with box.sim.lock:
+        hidden = _occurrence_folder(box)
+        for start, end, original, own in modified:
+            occ = SimActItem(
+                item_id=box.sim.new_id("AAMk", box.address),
+                mime=b"",
+                received=datetime.now(UTC),
+                element="CalendarItem",
+                props={
+                    **props,
+                    "recurrence": "",
+                    "deleted": [],
+                    **own,
+                    "start": start,
+                    "end": end,
+                    "calendar_item_type": "Exception",
+                },
+            )
+            hidden.items[occ.item_id] = occ
+            occurrences.append((occ.item_id, start, end, original))
+        return add_act_item(box, "calendar", categories, modified=occurrences, **props)
+
+
+def _occurrence_folder(box: SimMailbox) -> SimFolder:
+    """The hidden folder holding a mailbox's changed occurrences (no parent: no
+    FindFolder or SyncFolderItems reaches it; GetItem does)."""
+    for folder in box.folders.values():
+        if folder.name == "(occurrences)":
+            return folder
+    folder = SimFolder(box.sim.new_id("AQMk", box.address), "(occurrences)", None)
+    box.folders[folder.folder_id] = folder
+    return folder
+
+
+def update_act_item(
+    box: SimMailbox, item_id: str, *, categories: list[str] | None = None, **props: Any
+) -> SimActItem:
+    """Change an item's properties (and categories): an Update with a new ChangeKey
+    and LastModifiedTime."""
+    with box.sim.lock:
+        folder, item = box._find(item_id)
+        assert isinstance(item, SimActItem)
+        folder.seq += 1
+        item.version += 1
+        item.changed_seq = folder.seq
+        item.modified_at = max(datetime.now(UTC), item.modified_at)
+        item.props.update(props)
+        if categories is not None:
+            item.categories = list(categories)
+        return item
 
 
 class _Server(http.server.ThreadingHTTPServer):

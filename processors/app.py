@@ -3,6 +3,9 @@ stages (changes.handle_change, engine.DecisionEngine) to them.
 
 Two agents:
   parse_changes  mail.changes (by mailbox)   → mail.parsed (by thread key),
+                 or, for appointments, contacts and tasks, crm.act and a decision
+                 (processors/act.py; table `act-items` per item key on the mailbox's
+                 partition: what was tracked, for deletes and untracking),
                  or a final decision (+ sync error) for deletions and unreadable items,
                  or nothing for flags-only updates; claim-checked messages are read
                  from the blob store (in a worker thread) before the pure stage
@@ -53,6 +56,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from processors.act import ActMemory, handle_act, is_act
 from processors.changes import StageOutput, handle_change, needs_blob, read_blob
 from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine
@@ -69,6 +73,7 @@ from schemas.dlq import DeadLetterFlood, FloodGuard, dead_letter_headers
 from schemas.errors import DecodeError, SyncError
 from schemas.mail import MailItemChanged, ParsedEmail
 from schemas.topics import (
+    CRM_ACT,
     CRM_ACTIVITIES,
     CRM_RECORDS,
     DLQ,
@@ -81,6 +86,7 @@ from schemas.topics import (
 )
 
 log = logging.getLogger(__name__)
+_ACT_MEMORY: Codec[ActMemory] = Codec(ActMemory)
 
 
 class ProcessorApp:
@@ -145,10 +151,12 @@ class ProcessorApp:
                 CRM_RECORDS,
                 SYNC_ERRORS,
                 DLQ,
+                CRM_ACT,
             )
         }
         self.tracked = self._table("tracked")
         self.held = self._table("held")
+        self.act_items = self._table("act-items")
         self.directory = Directory()
         self.mailboxes = Mailboxes()
         correlation = self.settings.correlation
@@ -268,6 +276,9 @@ class ProcessorApp:
         self.agents = (parse_changes, decide, run_views, expire_held, metrics_page, health_page)
 
     async def _on_change(self, change: MailItemChanged) -> None:
+        if is_act(change):
+            await self._on_act(change)
+            return
         blob = (
             await asyncio.to_thread(read_blob, change.blob_ref, self.blobs.get)
             if needs_blob(change) and change.blob_ref is not None
@@ -277,6 +288,37 @@ class ProcessorApp:
         mailbox = self.mailboxes.get(change.mailbox_id)
         out = handle_change(change, mailbox, self.settings, now, blob, self.mailboxes.by_address)
         await self._emit_stage(out)
+
+    async def _on_act(self, change: MailItemChanged) -> None:
+        """An appointment, contact or task: the pure stage, then its record or tombstone
+        on crm.act, its decision, and what to remember of the item."""
+        stored = self.act_items.get(change.item_key)
+        memory = _ACT_MEMORY.decode(stored) if stored else None
+        out = handle_act(
+            change,
+            self.mailboxes.get(change.mailbox_id),
+            memory,
+            self.directory.resolve,
+            utc_now(),
+            leave_ambiguous=self.settings.leave_ambiguous_recipients_unresolved,
+        )
+        if out.record is not None:
+            await self._send(CRM_ACT.suffix, out.record.record_id, out.record, codec(CRM_ACT))
+        if out.tombstone is not None:
+            sent: Any = await self.app.producer.send(
+                self.topics[CRM_ACT.suffix].get_topic_name(),
+                encode_key(out.tombstone),
+                None,
+                None,
+                None,
+                None,
+            )
+            sent.add_done_callback(self._check_sent)
+        await self._send_decision(out.decision)
+        if out.memory is not None:
+            self.act_items[change.item_key] = _ACT_MEMORY.encode(out.memory)
+        elif stored:
+            del self.act_items[change.item_key]
 
     async def _emit_stage(self, out: StageOutput) -> None:
         """Publish what the parse stage decided; an empty output (a flags-only update:

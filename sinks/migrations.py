@@ -189,6 +189,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) ENGINE = ReplacingMergeTree(updated_at) ORDER BY activity_id""",
         ),
     ),
+    Migration(
+        6,
+        "act_records: appointments, contacts and tasks tracked from mailboxes (crm.act)",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.act_records (
+                record_id String,
+                record_type LowCardinality(String),
+                version Int64,
+                subject String,
+                start_at Nullable({TS}),
+                end_at Nullable({TS}),
+                location String,
+                organizer String,
+                attendees Array(String),
+                recurrence String,
+                exceptions UInt32,
+                is_cancelled UInt8,
+                categories Array(String),
+                owner String,
+                party_records Array(String),
+                mailbox_id String,
+                item_id String,
+                origin LowCardinality(String),
+                change_time Nullable({TS}),
+                payload String,
+                updated_at {TS}
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY record_id""",
+        ),
+    ),
 )
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from schemas.act import ActRecord, Appointment, Contact
 from schemas.base import RecordRef
 from schemas.crm import Activity, PartyRole, PromotionDecision
 from schemas.errors import SyncError
@@ -53,6 +56,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "activity_id", "mailbox_id", "status", "message_id", "attempt", "tracking_token",
         "error_code", "error_message", "next_attempt_at", "sent_at", "accepted", "refused",
         "copied_to_sent", "worker", "updated_at",
+    ),
+    "act_records": (
+        "record_id", "record_type", "version", "subject", "start_at", "end_at", "location",
+        "organizer", "attendees", "recurrence", "exceptions", "is_cancelled", "categories",
+        "owner", "party_records", "mailbox_id", "item_id", "origin", "change_time", "payload",
+        "updated_at",
     ),
 }  # fmt: skip
 
@@ -238,3 +247,54 @@ def outgoing_status_row(status: OutgoingStatus) -> Row:
         status.worker or "",
         status.updated_at,
     )
+
+
+def act_record_row(record: ActRecord) -> Row:
+    """The act_records row of one appointment, contact or task (the highest `version`
+    wins). `subject` is a contact's display name; `payload` the whole item as JSON;
+    `party_records` every CRM record its organizer and attendees resolved to."""
+    payload = record.payload
+    start = end = None
+    location = organizer = recurrence = ""
+    attendees: tuple[str, ...] = ()
+    exceptions = cancelled = 0
+    if isinstance(payload, Appointment):
+        subject = payload.subject
+        start, end, location = payload.start, payload.end, payload.location
+        organizer = payload.organizer.address if payload.organizer else ""
+        attendees = tuple(a.address for a in payload.attendees)
+        recurrence = payload.recurrence.full_rrule() if payload.recurrence else ""
+        exceptions, cancelled = len(payload.exceptions), int(payload.is_cancelled)
+    elif isinstance(payload, Contact):
+        subject = payload.display_name or " ".join(
+            p for p in (payload.given_name, payload.surname) if p
+        )
+    else:
+        subject, start, end = payload.subject, payload.start, payload.due
+    source = record.source
+    return (
+        record.record_id,
+        record.record_type.value,
+        record.version,
+        subject,
+        start,
+        end,
+        location,
+        organizer,
+        attendees,
+        recurrence,
+        exceptions,
+        cancelled,
+        tuple(payload.categories),
+        _ref(record.owner),
+        tuple(sorted({str(r) for p in record.parties for r in p.records})),
+        source.mailbox_id if source else "",
+        source.item_id if source else "",
+        record.origin,
+        record.change_time,
+        _PAYLOAD_JSON.encode(payload).decode(),
+        record.updated_at,
+    )
+
+
+_PAYLOAD_JSON = msgspec.json.Encoder()

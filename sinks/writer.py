@@ -28,6 +28,7 @@ from schemas.config import KafkaConfig, SinkConfig
 from schemas.dlq import FloodGuard, dead_letter_headers
 from schemas.errors import DecodeError
 from schemas.topics import (
+    CRM_ACT,
     CRM_ACTIVITIES,
     DLQ,
     MAILBOX_STATUS,
@@ -39,6 +40,7 @@ from schemas.topics import (
 )
 from sinks.rows import (
     Row,
+    act_record_row,
     activity_rows,
     decision_row,
     error_row,
@@ -75,6 +77,7 @@ def routes(prefix: str) -> dict[str, _Route]:
             lambda v: {"mailbox_status": [status_row(v)], "poll_stats": poll_stats_rows(v)},
         ),
         (OUTGOING_STATUS, lambda v: {"outgoing_status": [outgoing_status_row(v)]}),
+        (CRM_ACT, lambda v: {"act_records": [act_record_row(v)]}),
     ]
     return {spec.name(prefix): _Route(codec(spec), to_rows) for spec, to_rows in table}
 

@@ -1,0 +1,302 @@
+"""Exchange → CRM for appointments, contacts and tasks: a change event becomes a CRM
+record on crm.act (or a tombstone, or nothing) and always a decision.
+
+Pure: a `MailItemChanged` whose `item_type` is not email, the mailbox's configuration,
+what this stage remembered of the item (`ActMemory`, from a table keyed by item key on
+the mailbox's partition of mail.changes) and a party resolver in; an `ActOutput` out.
+
+Tracking rule (Dynamics server-side sync): an item is tracked while it carries the
+mailbox's tracked category ("Tracked to CRM" by default, `ActSettings.tracked_category`,
+compared case-insensitively), and for good once a manual track (`tidings track`) marked
+it. A tracked item's created and updated events write its record; an item that loses
+its category is no longer synced, but its CRM record stays (Dynamics keeps it; remove
+it in the CRM). Every event gets a `PromotionDecision`: promoted (TrackedCategory or
+ManualTrack), skipped (NotTracked, ActDisabled, MailboxUnknown), removed (ItemDeleted,
+NotOrganizer) or errored (Unreadable).
+
+Records: an appointment's id comes from its iCalendar UID, so the organizer's copy and
+every attendee's copy are one record (schemas/act.py explains); a recurring series is
+one record holding its recurrence and exceptions. The organizer resolves like an
+email's sender (the first record in Dynamics' order: user, contact, account, lead,
+others), attendees like recipients (every match, none when ambiguous and the setting
+says so). The owner is the owner of the mailbox the version came from; `version` is the
+change time in milliseconds, so whichever copy changed last wins in the sinks.
+
+Deletes: a contact or a task belongs to the mailbox it came from, so its delete is a
+tombstone. A meeting is shared: the organizer's delete cancels the record (a new
+version with `is_cancelled`), an attendee's delete changes nothing (NotOrganizer).
+Only items this stage tracked are affected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from schemas.act import (
+    ActPayload,
+    ActRecord,
+    ActSource,
+    ActType,
+    Appointment,
+    AttendeeRole,
+    act_type,
+    record_id_for,
+    version_of,
+)
+from schemas.base import RecordRef
+from schemas.crm import (
+    MANUAL_DECISION_VERSION,
+    REMOVED_DECISION_VERSION,
+    ActivityParty,
+    DecisionStatus,
+    PartyRole,
+    PromotionDecision,
+    ReasonCode,
+)
+from schemas.mail import ChangeKind, ItemType, MailItemChanged
+from schemas.mailbox import MailboxConfig
+
+Resolver = Callable[[str], list[RecordRef]]
+"""The CRM records an address belongs to, in Dynamics' order (Directory.resolve)."""
+
+ROLES = {
+    AttendeeRole.REQUIRED: PartyRole.REQUIRED,
+    AttendeeRole.OPTIONAL: PartyRole.OPTIONAL,
+    AttendeeRole.RESOURCE: PartyRole.RESOURCE,
+}
+
+
+class ActMemory(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What the stage keeps per item (table `act_items`, key: item key).
+
+    `record` is the last record written for the item (None: never tracked, or no
+    longer); `manual` says a manual track marked it; `decisions` counts the
+    decisions made for it (their version).
+    """
+
+    record: ActRecord | None = None
+    manual: bool = False
+    decisions: int = 0
+
+
+@dataclass(frozen=True)
+class ActOutput:
+    """What to publish for one event: a record or a tombstone (its record id) on
+    crm.act, the decision, and the memory to keep (None: forget the item)."""
+
+    decision: PromotionDecision
+    record: ActRecord | None = None
+    tombstone: str | None = None
+    memory: ActMemory | None = None
+
+
+def is_act(change: MailItemChanged) -> bool:
+    """True for appointments, contacts and tasks (they take this stage, not email's)."""
+    return change.item_type != ItemType.EMAIL
+
+
+def is_tracked(payload: ActPayload, category: str) -> bool:
+    """True when the item carries the tracked category (case-insensitive)."""
+    wanted = category.strip().casefold()
+    return any(c.strip().casefold() == wanted for c in payload.categories)
+
+
+def resolve_parties(
+    payload: ActPayload, resolve: Resolver, leave_ambiguous: bool
+) -> list[ActivityParty]:
+    """The organizer (first match, like an email's sender) and the attendees (every
+    match, like recipients; none when ambiguous and `leave_ambiguous`)."""
+    if not isinstance(payload, Appointment):
+        return []
+    parties: list[ActivityParty] = []
+    if payload.organizer is not None:
+        org = payload.organizer
+        parties.append(
+            ActivityParty(
+                role=PartyRole.ORGANIZER,
+                address=org.address,
+                name=org.name,
+                records=resolve(org.address)[:1],
+            )
+        )
+    for person in payload.attendees:
+        records = resolve(person.address)
+        if len(records) > 1 and leave_ambiguous:
+            records = []
+        parties.append(
+            ActivityParty(
+                role=ROLES[person.role], address=person.address, name=person.name, records=records
+            )
+        )
+    return parties
+
+
+def is_organizer_copy(payload: ActPayload, mailbox: MailboxConfig) -> bool:
+    """True when the mailbox is the meeting's organizer's (or it has no organizer)."""
+    if not isinstance(payload, Appointment) or payload.organizer is None:
+        return True
+    return payload.organizer.address == mailbox.email_address.strip().lower()
+
+
+def handle_act(
+    change: MailItemChanged,
+    mailbox: MailboxConfig | None,
+    memory: ActMemory | None,
+    resolve: Resolver,
+    now: datetime,
+    *,
+    leave_ambiguous: bool = False,
+) -> ActOutput:
+    """The outcome of one appointment / contact / task event (module doc)."""
+    memory = memory or ActMemory()
+    count = memory.decisions + 1
+    if mailbox is None:
+        return _skip(change, ReasonCode.MAILBOX_UNKNOWN, "the mailbox is not configured", now)
+    settings = mailbox.act
+    if settings is None or not settings.enabled:
+        why = "the mailbox does not sync appointments, contacts and tasks"
+        return _skip(change, ReasonCode.ACT_DISABLED, why, now, memory, count)
+    if change.change == ChangeKind.DELETED:
+        return _deleted(change, mailbox, memory, now)
+    if change.act is None:
+        code = change.unreadable_code or "NoPayload"
+        why = change.unreadable_reason or "the event carries no item"
+        decision = _decision(
+            change, DecisionStatus.ERRORED, ReasonCode.UNREADABLE, f"{code}: {why}", now, count
+        )
+        return ActOutput(decision=decision, memory=msgspec.structs.replace(memory, decisions=count))
+    manual = memory.manual or change.manual_track is not None
+    payload = change.act
+    if not (manual or is_tracked(payload, settings.tracked_category)):
+        why = f"not marked {settings.tracked_category!r} and not tracked by hand"
+        if memory.record is not None:
+            why += "; the category was removed, so the CRM record stays as it was"
+        return _skip(change, ReasonCode.NOT_TRACKED, why, now, ActMemory(decisions=count), count)
+    record = build_record(change, mailbox, payload, resolve, now, leave_ambiguous)
+    if manual:
+        reason, count = ReasonCode.MANUAL_TRACK, max(count, MANUAL_DECISION_VERSION + 1)
+        explanation = (
+            change.manual_track.describe()
+            if change.manual_track
+            else "tracked by hand earlier; kept in step"
+        )
+    else:
+        reason = ReasonCode.TRACKED_CATEGORY
+        explanation = f"carries the category {settings.tracked_category!r}"
+    decision = _decision(change, DecisionStatus.PROMOTED, reason, explanation, now, count)
+    decision = msgspec.structs.replace(decision, activity_id=record.record_id)
+    return ActOutput(
+        decision=decision,
+        record=record,
+        memory=ActMemory(record=record, manual=manual, decisions=count),
+    )
+
+
+def build_record(
+    change: MailItemChanged,
+    mailbox: MailboxConfig,
+    payload: ActPayload,
+    resolve: Resolver,
+    now: datetime,
+    leave_ambiguous: bool = False,
+) -> ActRecord:
+    """The CRM record a tracked item's event writes."""
+    changed_at = payload.change_time or change.server_time or change.observed_at
+    return ActRecord(
+        record_id=record_id_for(payload, mailbox.mailbox_id, change.item_id),
+        record_type=act_type(payload),
+        version=version_of(changed_at),
+        payload=payload,
+        owner=mailbox.owner,
+        parties=resolve_parties(payload, resolve, leave_ambiguous),
+        source=ActSource(
+            mailbox_id=mailbox.mailbox_id, folder=change.folder, item_id=change.item_id
+        ),
+        mailboxes=[mailbox.mailbox_id],
+        origin="exchange",
+        change_time=changed_at,
+        updated_at=now,
+    )
+
+
+def _deleted(
+    change: MailItemChanged, mailbox: MailboxConfig, memory: ActMemory, now: datetime
+) -> ActOutput:
+    record = memory.record
+    removed = DecisionStatus.REMOVED
+    if record is None:
+        why = "the item left the mailbox; it was not tracked, so nothing changes in the CRM"
+        decision = _decision(change, removed, ReasonCode.ITEM_DELETED, why, now)
+        return ActOutput(decision=decision)
+    if record.record_type != ActType.APPOINTMENT:
+        why = f"the {record.record_type} was deleted in the mailbox it belongs to; record deleted"
+        decision = _decision(change, removed, ReasonCode.ITEM_DELETED, why, now)
+        return ActOutput(
+            decision=msgspec.structs.replace(decision, activity_id=record.record_id),
+            tombstone=record.record_id,
+        )
+    if not is_organizer_copy(record.payload, mailbox):
+        why = "an attendee removed the meeting from the calendar; the CRM appointment stays"
+        decision = _decision(change, removed, ReasonCode.NOT_ORGANIZER, why, now)
+        return ActOutput(decision=msgspec.structs.replace(decision, activity_id=record.record_id))
+    assert isinstance(record.payload, Appointment)
+    cancelled = ActRecord(
+        record_id=record.record_id,
+        record_type=record.record_type,
+        version=max(record.version + 1, version_of(now)),
+        payload=msgspec.structs.replace(record.payload, is_cancelled=True, change_time=now),
+        owner=record.owner,
+        parties=record.parties,
+        regarding=record.regarding,
+        source=record.source,
+        mailboxes=record.mailboxes,
+        origin="exchange",
+        change_time=now,
+        updated_at=now,
+    )
+    why = "the organizer deleted the meeting; the CRM appointment is cancelled"
+    decision = _decision(change, removed, ReasonCode.ITEM_DELETED, why, now)
+    return ActOutput(
+        decision=msgspec.structs.replace(decision, activity_id=record.record_id),
+        record=cancelled,
+    )
+
+
+def _skip(
+    change: MailItemChanged,
+    reason: ReasonCode,
+    explanation: str,
+    now: datetime,
+    memory: ActMemory | None = None,
+    count: int = 1,
+) -> ActOutput:
+    decision = _decision(change, DecisionStatus.SKIPPED, reason, explanation, now, count)
+    return ActOutput(decision=decision, memory=memory)
+
+
+def _decision(
+    change: MailItemChanged,
+    status: DecisionStatus,
+    reason: ReasonCode,
+    explanation: str,
+    now: datetime,
+    version: int = 1,
+) -> PromotionDecision:
+    if status == DecisionStatus.REMOVED:
+        version = REMOVED_DECISION_VERSION
+    return PromotionDecision(
+        item_key=change.item_key,
+        mailbox_id=change.mailbox_id,
+        folder=change.folder,
+        item_id=change.item_id,
+        event_id=change.event_id,
+        status=status,
+        reason=reason,
+        explanation=explanation,
+        version=version,
+        decided_at=now,
+    )

@@ -17,7 +17,9 @@ enumeration no longer lists is deleted, and a notice says so on sync.errors.
 Requests go through GraphClient (connectors/graph_client.py): at most four at
 once per mailbox, throttling waited out, tokens from msal
 (connectors/graph_auth.py). A pass holds one slot of the server profile's gate.
-Change notifications are not used yet: the delta is polled (see docs/graph.md).
+Between passes `wait_for_change` waits for Graph change notifications when the
+process serves the webhook (connectors/graph_push.py); else, or while
+subscribing fails, the delta is polled (see docs/graph.md).
 `send_mime` sends a message as the mailbox (POST sendMail).
 """
 
@@ -34,7 +36,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from connectors import errors
+from connectors import errors, graph_push
 from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
@@ -66,6 +68,7 @@ from connectors.source import (
     item_event,
 )
 from connectors.tracking import header_message_id
+from schemas import metrics
 from schemas.base import utc_now
 from schemas.errors import ErrorScope, Severity, SyncError
 from schemas.ids import error_id
@@ -169,13 +172,17 @@ class GraphMailbox:
                 self.positions[cursor.folder] = cursor.position
         self.folders: list[GraphFolder] | None = None
         self.counters = MailboxCounters()
+        self.push: graph_push.GraphPush | None = None
 
     @property
     def user_path(self) -> str:
         return f"/users/{quote(self.user, safe='@')}"
 
     async def close(self) -> None:
-        """Close the HTTP connections."""
+        """Delete the notification subscriptions and close the HTTP connections."""
+        push, self.push = self.push, None
+        if push is not None:
+            await push.close()
         await self.client.close()
 
     # -- folders ---------------------------------------------------------------
@@ -569,9 +576,21 @@ class GraphMailbox:
 
     # -- waiting, finding, listing ---------------------------------------------
 
-    async def wait_for_change(self, timeout_s: float) -> None:
-        """Polling: sleep until the next pass (change notifications: docs/graph.md)."""
-        await asyncio.sleep(timeout_s)
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        """Until a change notification (True) or `timeout_s` (False); a plain sleep
+        when the process serves no webhook or no pass has listed the folders yet."""
+        hub, folders = graph_push.current(), self.folders
+        if hub is None or folders is None:
+            await asyncio.sleep(timeout_s)
+            return False
+        if self.push is None or self.push.hub is not hub:
+            self.push = graph_push.GraphPush(
+                self.client, self.user_path, self.config.mailbox_id, hub
+            )
+        pushed = await self.push.wait([f.folder_id for f in folders], timeout_s)
+        if pushed:
+            metrics.CONNECTOR_PUSH_WAKEUPS.labels(PROTOCOL).inc()
+        return pushed
 
     async def find_message(self, message_id: str) -> list[MailItemChanged]:
         """The created event a sync emits for every message of the synced folders whose

@@ -11,10 +11,11 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 
+from connectors import graph_push
 from connectors.claimcheck import ClaimCheck
 from connectors.outgoing_sender import OutgoingSender
 from connectors.runtime import ConnectorRuntime
@@ -88,6 +89,31 @@ async def _connectors(config: TidingsConfig, stop: asyncio.Event, endpoint: Endp
     )
     endpoint.health = lambda: {"ok": True, "mailboxes": runtime.owned_mailboxes}
     await endpoint.start()
+    async with _graph_webhook(config):
+        await _connectors_and_sender(config, stop, runtime)
+
+
+@contextlib.asynccontextmanager
+async def _graph_webhook(config: TidingsConfig) -> AsyncIterator[None]:
+    """Serve the Graph change-notification webhook while the block runs, when
+    connectors.graph_notifications is enabled (Graph mailboxes then subscribe)."""
+    settings = config.connectors.graph_notifications
+    if not settings.enabled:
+        yield
+        return
+    hub = graph_push.NotificationHub(settings)
+    await hub.start()
+    graph_push.install(hub)
+    try:
+        yield
+    finally:
+        graph_push.install(None)
+        await hub.stop()
+
+
+async def _connectors_and_sender(
+    config: TidingsConfig, stop: asyncio.Event, runtime: ConnectorRuntime
+) -> None:
     if not config.outgoing.enabled:
         await runtime.run(stop)
         return

@@ -1216,14 +1216,19 @@ class StreamingState:
         self.subscriptions: dict[str, SimSubscription] = {}
         self.changed = threading.Condition(sim.lock)
         self.refused: str | None = None
+        self.refused_for: set[str] | None = None
         self.keepalive_s = 5.0
         self.open_streams = 0
         self.unsubscribed: list[str] = []
 
-    def refuse(self, code: str | None = "ErrorInvalidRequest") -> None:
-        """Subscribe answers `code` from now on (None: accepted again)."""
+    def refuse(
+        self, code: str | None = "ErrorInvalidRequest", addresses: set[str] | None = None
+    ) -> None:
+        """Subscribe answers `code` from now on (None: accepted again), for the
+        mailboxes in `addresses` (None: every one)."""
         with self.sim.lock:
             self.refused = code
+            self.refused_for = addresses
 
     def expire(self) -> None:
         """Forget every subscription (open streams end with ErrorSubscriptionNotFound)."""
@@ -1254,8 +1259,6 @@ def _subscribe(ctx: _Context, request: etree._Element) -> str:
     spec = request.find(_m("StreamingSubscriptionRequest"))
     if spec is None:
         raise ResponseError("ErrorInvalidSubscriptionRequest", "Only streaming is simulated.")
-    if state.refused is not None:
-        raise ResponseError(state.refused, "Streaming notifications are not available.")
     box: SimMailbox | None = None
     folder_ids: set[str] = set()
     for elem in spec.iterfind(f"{_t('FolderIds')}/*"):
@@ -1264,6 +1267,10 @@ def _subscribe(ctx: _Context, request: etree._Element) -> str:
     if box is None:
         box = ctx.mailbox_for(None)
         folder_ids = set(box.folders)
+    if state.refused is not None and (
+        state.refused_for is None or box.address in state.refused_for
+    ):
+        raise ResponseError(state.refused, "Streaming notifications are not available.")
     types = {e.text or "" for e in spec.iterfind(f"{_t('EventTypes')}/{_t('EventType')}")}
     sub = SimSubscription(ctx.sim.new_id("", box.address)[:32], box.address, folder_ids, types)
     state.subscriptions[sub.subscription_id] = sub

@@ -254,6 +254,7 @@ class GraphSimulator:
         self.port = 0
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self.subscriptions = SubscriptionState(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -367,6 +368,7 @@ class GraphSimulator:
             + f"-{n}"
         )
         seq = box.touch(target.id, item_id)
+        self.subscriptions.changed(box, target.id, item_id, "created")
         box.messages[item_id] = SimMessage(
             id=item_id,
             folder_id=target.id,
@@ -398,11 +400,13 @@ class GraphSimulator:
             message.flagged = flagged
         seq = box.touch(message.folder_id, item_id)
         message.change_key = f"CQAAAB{seq:08d}"
+        self.subscriptions.changed(box, message.folder_id, item_id, "updated")
 
     def delete_message(self, upn: str, item_id: str) -> None:
         box = self.mailboxes[upn.lower()]
         message = box.messages.pop(item_id)
         box.touch(message.folder_id, item_id)
+        self.subscriptions.changed(box, message.folder_id, item_id, "deleted")
 
     def expire_delta_tokens(self, upn: str) -> None:
         """Every delta and skip token of the mailbox now answers 410 (sync state gone)."""
@@ -516,6 +520,8 @@ class GraphSimulator:
             body = await request.read()
             if request.method == "POST" and path == "/$batch":
                 answer = await self._batch(grant, body)
+            elif path.split("/")[1] == "subscriptions":
+                answer = await self.subscriptions.call(grant, request.method, path, body)
             else:
                 answer = await self._call(
                     grant,
@@ -873,6 +879,197 @@ def sample_message(n: int, user: str, size: int = 0, subject: str = "Graph hello
         text += ("lorem ipsum " * (size // 12 + 1))[: size - len(text)] + "\n"
     mail.set_content(text)
     return mail.as_bytes()
+
+
+# -- change notifications: /subscriptions -------------------------------------------
+#
+# As documented for Graph v1.0: POST /subscriptions (changeType, notificationUrl,
+# resource "users/{user}/mailFolders('{id}')/messages", expirationDateTime,
+# clientState) first POSTs `?validationToken=...` to the notificationUrl and
+# expects it echoed as text/plain within 10 s (else 400 ValidationError); the
+# granted expirationDateTime is capped at `max_lifetime_s` (Graph: 10080 minutes
+# for messages). PATCH /subscriptions/{id} renews, DELETE removes, GET lists; an
+# expired subscription is gone (404). A message created, updated or deleted in a
+# subscribed folder POSTs {"value": [notification]} to the notificationUrl (http
+# or https; the simulator trusts any certificate). Knobs: `refuse(status, code)`
+# (POST /subscriptions answers that), `max_lifetime_s`; records: `renewals`,
+# `deliveries` (url, status) and `validations`.
+
+
+@dataclass
+class SimSubscription:
+    id: str
+    upn: str
+    folder_id: str
+    change_types: set[str]
+    url: str
+    client_state: str | None
+    expires: dt.datetime
+    resource: str
+
+
+class SubscriptionState:
+    """The simulator's change-notification subscriptions."""
+
+    def __init__(self, sim: GraphSimulator) -> None:
+        self.sim = sim
+        self.items: dict[str, SimSubscription] = {}
+        self.max_lifetime_s = 10080 * 60.0
+        self.refused: tuple[int, str] | None = None
+        self.refused_for: set[str] | None = None
+        self.renewals = 0
+        self.validations = 0
+        self.deliveries: list[tuple[str, int]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def refuse(
+        self, status: int | None = 403, code: str = "ExtensionError", upns: set[str] | None = None
+    ) -> None:
+        """POST /subscriptions answers `status` `code` from now on (None: accepted), for
+        the users in `upns` (None: every one)."""
+        self.refused = None if status is None else (status, code)
+        self.refused_for = upns
+
+    def live(self) -> list[SimSubscription]:
+        now = dt.datetime.now(dt.UTC)
+        for key in [k for k, v in self.items.items() if v.expires <= now]:
+            del self.items[key]
+        return list(self.items.values())
+
+    def _granted(self, requested: str | None) -> dt.datetime:
+        cap = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.max_lifetime_s)
+        if not requested:
+            return cap
+        asked = dt.datetime.fromisoformat(requested.rstrip("Z").split(".")[0] + "+00:00")
+        return min(asked, cap)
+
+    def _resource(self, sub: SimSubscription) -> dict[str, Any]:
+        return {
+            "id": sub.id,
+            "resource": sub.resource,
+            "changeType": ",".join(sorted(sub.change_types)),
+            "notificationUrl": sub.url,
+            "clientState": sub.client_state,
+            "expirationDateTime": sub.expires.strftime("%Y-%m-%dT%H:%M:%S.%f0Z"),
+        }
+
+    async def call(self, grant: Grant, method: str, path: str, body: bytes) -> Answer:
+        """One /subscriptions request."""
+        parts = path.strip("/").split("/")
+        self.sim.requests[f"subscriptions-{method.lower()}"] += 1
+        if method == "POST" and len(parts) == 1:
+            return await self._create(grant, body)
+        if method == "GET" and len(parts) == 1:
+            return Answer(200, {"value": [self._resource(s) for s in self.live()]})
+        live = {s.id: s for s in self.live()}
+        sub = live.get(parts[1]) if len(parts) == 2 else None
+        if sub is None:
+            return graph_error(404, "ResourceNotFound", "The object was not found.")
+        if method == "PATCH":
+            try:
+                requested = json.loads(body).get("expirationDateTime")
+            except (ValueError, AttributeError):
+                return graph_error(400, "InvalidRequest", "Cannot read the request body.")
+            sub.expires = self._granted(requested)
+            self.renewals += 1
+            return Answer(200, self._resource(sub))
+        if method == "DELETE":
+            del self.items[sub.id]
+            return Answer(204)
+        if method == "GET":
+            return Answer(200, self._resource(sub))
+        return graph_error(405, "MethodNotAllowed", "Method not allowed.")
+
+    async def _create(self, grant: Grant, body: bytes) -> Answer:
+        try:
+            spec = json.loads(body)
+            url = str(spec["notificationUrl"])
+            resource = str(spec["resource"]).strip("/")
+            types = {t.strip() for t in str(spec["changeType"]).split(",") if t.strip()}
+        except (ValueError, KeyError, TypeError):
+            return graph_error(400, "InvalidRequest", "Cannot read the subscription request.")
+        parts = resource.split("/")
+        box = self.sim.mailboxes.get(parts[1].lower()) if len(parts) == 4 else None
+        folder_key = parts[2].removeprefix("mailFolders('").removesuffix("')") if box else ""
+        folder = box.folder(folder_key) if box is not None else None
+        if box is None or folder is None or parts[0].lower() != "users" or parts[3] != "messages":
+            return graph_error(400, "InvalidRequest", f"Unsupported resource {resource!r}.")
+        if grant.user is not None and self.sim.mailboxes.get(grant.user) is not box:
+            return graph_error(403, "ErrorAccessDenied", "Access is denied.")
+        if self.refused is not None and (self.refused_for is None or box.upn in self.refused_for):
+            return graph_error(self.refused[0], self.refused[1], "Subscriptions are refused.")
+        if not await self._validate(url):
+            return graph_error(
+                400,
+                "ValidationError",
+                "Subscription validation request failed. Notification endpoint must respond "
+                "with 200 OK to validation request.",
+            )
+        sub = SimSubscription(
+            id=secrets.token_hex(16),
+            upn=box.upn,
+            folder_id=folder.id,
+            change_types=types,
+            url=url,
+            client_state=spec.get("clientState"),
+            expires=self._granted(spec.get("expirationDateTime")),
+            resource=resource,
+        )
+        self.items[sub.id] = sub
+        return Answer(201, self._resource(sub))
+
+    async def _validate(self, url: str) -> bool:
+        import aiohttp
+
+        token = "Validation: " + secrets.token_urlsafe(12)
+        target = url + ("&" if "?" in url else "?") + "validationToken=" + urllib.parse.quote(token)
+        self.validations += 1
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                session.post(target, data=b"", ssl=False) as response,
+            ):
+                return response.status == 200 and await response.text() == token
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    def changed(self, box: SimMailbox, folder_id: str, item_id: str, change: str) -> None:
+        """Notify the subscriptions on `folder_id` of `change` (from a running loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for sub in self.live():
+            if sub.upn != box.upn or sub.folder_id != folder_id or change not in sub.change_types:
+                continue
+            note = {
+                "subscriptionId": sub.id,
+                "subscriptionExpirationDateTime": self._resource(sub)["expirationDateTime"],
+                "changeType": change,
+                "resource": f"Users/{box.user_id}/Messages/{item_id}",
+                "resourceData": {
+                    "@odata.type": "#Microsoft.Graph.Message",
+                    "@odata.id": f"Users/{box.user_id}/Messages/{item_id}",
+                    "id": item_id,
+                },
+                "clientState": sub.client_state,
+                "tenantId": TENANT,
+            }
+            task = loop.create_task(self._deliver(sub.url, {"value": [note]}))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
+        import aiohttp
+
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                session.post(url, json=payload, ssl=False) as response,
+            ):
+                self.deliveries.append((url, response.status))
+        except (aiohttp.ClientError, TimeoutError):
+            self.deliveries.append((url, 0))
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -72,6 +72,84 @@ def payload_fields(payload: ActPayload) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k not in NEVER_MERGED and k != "type"}
 
 
+SYNC_FIELDS: dict[str, tuple[str, ...]] = {
+    "appointment": (
+        "subject",
+        "body",
+        "start",
+        "end",
+        "all_day",
+        "location",
+        "organizer",
+        "attendees",
+        "recurrence",
+        "exceptions",
+        "categories",
+    ),
+    "contact": (
+        "given_name",
+        "surname",
+        "display_name",
+        "emails",
+        "phones",
+        "company",
+        "job_title",
+        "department",
+        "notes",
+        "categories",
+    ),
+    "task": ("subject", "body", "due", "status", "importance", "categories"),
+}
+"""The fields two-way sync merges, per kind: what both Exchange and Microsoft 365
+store and give back unchanged (time zones, response states, free/busy and other
+server-kept properties are left to the server)."""
+
+
+def sync_fields(kind: str, payload: ActPayload) -> dict[str, Any]:
+    """The merged fields of a payload in a canonical form, so the same item read back
+    from either server compares equal: attendees without their response state and
+    sorted by address, addresses lower-cased, the recurrence rule with its parts in
+    a fixed order (INTERVAL=1 spelled out) and without its time zone, exceptions
+    in start order."""
+    fields = payload_fields(payload)
+    out: dict[str, Any] = {name: fields.get(name) for name in SYNC_FIELDS.get(kind, ())}
+    if "attendees" in out:
+        attendees = [
+            {"address": str(a["address"]).lower(), "name": a.get("name", ""), "role": a["role"]}
+            for a in out["attendees"] or []
+        ]
+        out["attendees"] = sorted(attendees, key=lambda a: a["address"])
+    if out.get("organizer"):
+        out["organizer"] = str(out["organizer"]["address"]).lower()
+    if out.get("recurrence"):
+        rec = dict(out["recurrence"])
+        rec["rrule"] = canonical_rrule(rec["rrule"])
+        rec.pop("time_zone", None)
+        rec.pop("first_day_of_week", None)
+        out["recurrence"] = rec
+    if "exceptions" in out:
+        out["exceptions"] = sorted(out["exceptions"] or [], key=lambda e: e["original_start"])
+    if "emails" in out:
+        out["emails"] = [str(e).lower() for e in out["emails"] or []]
+    return out
+
+
+_RRULE_ORDER = ("FREQ", "INTERVAL", "BYDAY", "BYMONTHDAY", "BYMONTH", "BYSETPOS", "WKST")
+
+
+def canonical_rrule(rrule: str) -> str:
+    """An RRULE pattern with its parts in a fixed order, INTERVAL spelled out, BYDAY
+    days in week order; unknown parts kept after them, sorted."""
+    parts = dict(p.split("=", 1) for p in rrule.upper().split(";") if "=" in p)
+    parts.setdefault("INTERVAL", "1")
+    if "BYDAY" in parts:
+        week = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+        days = parts["BYDAY"].split(",")
+        parts["BYDAY"] = ",".join(sorted(days, key=lambda d: (week.index(d[-2:]), d)))
+    order = [k for k in _RRULE_ORDER if k in parts] + sorted(set(parts) - set(_RRULE_ORDER))
+    return ";".join(f"{k}={parts[k]}" for k in order)
+
+
 def with_fields(payload: ActPayload, fields: Mapping[str, Any]) -> ActPayload:
     """`payload` with `fields` (JSON-able values, as `payload_fields` gives) replaced."""
     raw = msgspec.to_builtins(payload)

@@ -77,6 +77,9 @@ class ActLink(Record, frozen=True, kw_only=True):
     synced: dict[str, str] = msgspec.field(default_factory=dict)
     origin: Side = Side.CRM
     organizer: bool = True
+    deleted: bool = False
+    """The record was deleted (in the CRM, or the item in the mailbox): nothing is
+    written for it again, and replayed older versions cannot resurrect it."""
     updated_at: datetime
 
 

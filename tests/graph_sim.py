@@ -213,6 +213,7 @@ class SimMailbox:
     in_flight: int = 0
     max_in_flight: int = 0
     over_limit: int = 0
+    act_items: dict[str, dict[str, Any]] = field(default_factory=dict)  # ACT writes
 
     def folder(self, key: str) -> SimFolder | None:
         if key in self.folders:
@@ -251,6 +252,8 @@ class GraphSimulator:
         self.requests: Counter[str] = Counter()
         self.token_requests: Counter[str] = Counter()
         self.sent: list[bytes] = []
+        self.act_invitations: list[tuple[str, str]] = []  # ACT writes: (address, subject)
+        self.act_cancellations: list[tuple[str, str]] = []
         self.port = 0
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -648,6 +651,9 @@ class GraphSimulator:
         body: bytes,
     ) -> Answer:
         select = set(query["$select"].split(",")) if "$select" in query else None
+        act = act_write_route(self, box, method, rest, query, body)
+        if act is not None:
+            return act
         if method == "POST" and rest == ["sendMail"]:
             self.requests["sendMail"] += 1
             return self._send_mail(box, headers, body)
@@ -879,6 +885,244 @@ def sample_message(n: int, user: str, size: int = 0, subject: str = "Graph hello
         text += ("lorem ipsum " * (size // 12 + 1))[: size - len(text)] + "\n"
     mail.set_content(text)
     return mail.as_bytes()
+
+
+# -- ACT writes: events, contacts, To Do tasks (CRM → Exchange writer) -------------
+#
+# What connectors/act_graph_write.py calls, as documented for Graph v1.0:
+# POST /events (transactionId makes a retried create return the first event),
+# GET / PATCH / DELETE /events/{id}, POST /events/{id}/cancel (organizer only:
+# attendees are sent a cancellation, recorded in `sim.act_cancellations`),
+# GET /events/{id}/instances?startDateTime=&endDateTime= (a series expanded by its
+# pattern; PATCH of an occurrence makes it an exception, DELETE cancels it);
+# POST / GET / PATCH / DELETE /contacts[/{id}]; GET /todo/lists (one default list)
+# and POST / GET / PATCH / DELETE /todo/lists/{list}/tasks[/{id}]. Items live in
+# `SimMailbox.act_items` (id → resource, with `@kind` and private `_` keys);
+# `act_edit` changes one as a user would in Outlook. Invitations are recorded in
+# `sim.act_invitations` (address, subject) when an event with attendees is created.
+
+_ACT_LIST_ID = "AAMkDefaultTasks"
+_ACT_KINDS = {"events": "event", "contacts": "contact"}
+
+
+def _act_stamp(moment: dt.datetime | None = None) -> str:
+    return (moment or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _act_public(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if not k.startswith("_") and k != "@kind"}
+
+
+def _act_touch(item: dict[str, Any], at: dt.datetime | None = None) -> None:
+    item["_version"] = int(item.get("_version", 0)) + 1
+    item["changeKey"] = f"EQAAAB{item['_version']:06d}{item['id'][-6:]}"
+    item["lastModifiedDateTime"] = _act_stamp(at)
+    if item.get("@kind") == "task":
+        item["@odata.etag"] = f'W/"{item["changeKey"]}"'
+
+
+def _act_new(
+    sim: GraphSimulator, box: SimMailbox, kind: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    item_id = (
+        f"AAMk{kind[:2]}"
+        + hashlib.blake2b(f"{box.upn}/{next(sim._ids)}".encode(), digest_size=12).hexdigest()
+    )
+    item = {**body, "id": item_id, "@kind": kind, "createdDateTime": _act_stamp()}
+    if kind == "event":
+        item["iCalUId"] = "040000008200E00074C5B7101A82E008" + item_id[-16:].upper()
+        item["organizer"] = {"emailAddress": {"address": box.upn, "name": box.upn}}
+        item["isOrganizer"] = True
+        item["type"] = "seriesMaster" if body.get("recurrence") else "singleInstance"
+        item["_occurrences"] = {}
+    _act_touch(item)
+    box.act_items[item_id] = item
+    return item
+
+
+def _act_occurrences(master: dict[str, Any]) -> list[dict[str, Any]]:
+    """The occurrences of a series master: pattern expanded, exceptions applied."""
+    from dateutil import rrule as du_rrule
+
+    pattern, span = master["recurrence"]["pattern"], master["recurrence"]["range"]
+    start = dt.datetime.fromisoformat(master["start"]["dateTime"][:19])
+    end = dt.datetime.fromisoformat(master["end"]["dateTime"][:19])
+    days = {
+        "monday": 0,
+        "tuesday": 1,
+        "wednesday": 2,
+        "thursday": 3,
+        "friday": 4,
+        "saturday": 5,
+        "sunday": 6,
+    }
+    freq = {
+        "daily": du_rrule.DAILY,
+        "weekly": du_rrule.WEEKLY,
+        "absoluteMonthly": du_rrule.MONTHLY,
+        "relativeMonthly": du_rrule.MONTHLY,
+        "absoluteYearly": du_rrule.YEARLY,
+    }[pattern["type"]]
+    kwargs: dict[str, Any] = {"interval": int(pattern.get("interval", 1))}
+    if pattern["type"] in ("weekly", "relativeMonthly"):
+        kwargs["byweekday"] = [days[d] for d in pattern.get("daysOfWeek", [])]
+    if pattern["type"] == "relativeMonthly":
+        index = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": -1}
+        kwargs["bysetpos"] = index[pattern.get("index", "first")]
+    if pattern["type"] in ("absoluteMonthly", "absoluteYearly"):
+        kwargs["bymonthday"] = int(pattern["dayOfMonth"])
+    if pattern["type"] == "absoluteYearly":
+        kwargs["bymonth"] = int(pattern["month"])
+    if span["type"] == "numbered":
+        kwargs["count"] = int(span["numberOfOccurrences"])
+    elif span["type"] == "endDate":
+        kwargs["until"] = dt.datetime.fromisoformat(span["endDate"]) + dt.timedelta(days=1)
+    else:
+        kwargs["count"] = 500
+    first = dt.datetime.combine(dt.date.fromisoformat(span["startDate"]), start.time())
+    out = []
+    for moment in du_rrule.rrule(freq, dtstart=first, **kwargs):
+        key = moment.strftime("%Y%m%dT%H%M%S")
+        change = master["_occurrences"].get(key, {})
+        if change is None:
+            continue  # cancelled
+        occurrence = {
+            **_act_public(master),
+            "id": f"{master['id']}_OID_{key}",
+            "seriesMasterId": master["id"],
+            "type": "exception" if change else "occurrence",
+            "originalStart": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "start": {"dateTime": moment.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"},
+            "end": {
+                "dateTime": (moment + (end - start)).strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+                "timeZone": "UTC",
+            },
+            "recurrence": None,
+        }
+        occurrence.update(change)
+        out.append(occurrence)
+    return out
+
+
+def act_write_route(
+    sim: GraphSimulator,
+    box: SimMailbox,
+    method: str,
+    rest: list[str],
+    query: dict[str, str],
+    body: bytes,
+) -> Answer | None:
+    """The answer to an ACT write (or the reads the writer needs); None: not one."""
+    if rest == ["todo", "lists"] and method == "GET":
+        sim.requests["act"] += 1
+        return Answer(
+            200,
+            {
+                "value": [
+                    {"id": _ACT_LIST_ID, "displayName": "Tasks", "wellknownListName": "defaultList"}
+                ]
+            },
+        )
+    if rest[:3] == ["todo", "lists", _ACT_LIST_ID] and rest[3:4] == ["tasks"]:
+        kind, tail = "task", rest[4:]
+    elif rest and rest[0] in _ACT_KINDS:
+        kind, tail = _ACT_KINDS[rest[0]], rest[1:]
+    else:
+        return None
+    if tail[:1] == ["delta"] or (kind == "event" and not tail and method == "GET"):
+        return None  # reads of whole folders belong to the reading side
+    sim.requests["act"] += 1
+    payload: dict[str, Any] = json.loads(body) if body else {}
+    if not tail:
+        if method != "POST":
+            return graph_error(405, "MethodNotAllowed", "Method not allowed.")
+        transaction = payload.get("transactionId")
+        if transaction:
+            for item in box.act_items.values():
+                if item.get("transactionId") == transaction:
+                    return Answer(201, _act_public(item))
+        item = _act_new(sim, box, kind, payload)
+        if kind == "event":
+            for attendee in payload.get("attendees") or []:
+                sim.act_invitations.append((attendee["emailAddress"]["address"], item["subject"]))
+        return Answer(201, _act_public(item))
+    return _act_item_route(sim, box, kind, method, tail, query, payload)
+
+
+def _act_item_route(
+    sim: GraphSimulator,
+    box: SimMailbox,
+    kind: str,
+    method: str,
+    tail: list[str],
+    query: dict[str, str],
+    payload: dict[str, Any],
+) -> Answer:
+    missing = graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
+    item_id = tail[0]
+    master_id, _, occurrence_key = item_id.partition("_OID_")
+    item = box.act_items.get(master_id)
+    if item is None or item["@kind"] != kind:
+        return missing
+    if occurrence_key:
+        occurrences = {o["id"]: o for o in _act_occurrences(item)}
+        if item_id not in occurrences:
+            return missing
+        if method == "GET":
+            return Answer(200, occurrences[item_id])
+        if method == "DELETE":
+            item["_occurrences"][occurrence_key] = None
+        elif method == "PATCH":
+            item["_occurrences"][occurrence_key] = {
+                **(item["_occurrences"].get(occurrence_key) or {}),
+                **payload,
+            }
+        else:
+            return graph_error(405, "MethodNotAllowed", "Method not allowed.")
+        _act_touch(item)
+        if method == "DELETE":
+            return Answer(204)
+        return Answer(200, {o["id"]: o for o in _act_occurrences(item)}[item_id])
+    if tail[1:] == ["instances"] and method == "GET":
+        if not item.get("recurrence"):
+            return Answer(200, {"value": []})
+        low = query.get("startDateTime", "0000")
+        high = query.get("endDateTime", "9999")
+        found = [o for o in _act_occurrences(item) if low <= o["originalStart"] < high]
+        return Answer(200, {"value": found})
+    if tail[1:] == ["cancel"] and method == "POST":
+        if kind != "event" or not item.get("isOrganizer"):
+            return graph_error(400, "ErrorAccessDenied", "Only the organizer can cancel.")
+        for attendee in item.get("attendees") or []:
+            sim.act_cancellations.append((attendee["emailAddress"]["address"], item["subject"]))
+        del box.act_items[master_id]
+        return Answer(202)
+    if tail[1:]:
+        return graph_error(400, "BadRequest", f"Unsupported segment {'/'.join(tail)!r}.")
+    if method == "GET":
+        return Answer(200, _act_public(item))
+    if method == "PATCH":
+        item.update(payload)
+        if "recurrence" in payload:
+            item["_occurrences"] = {}
+            item["type"] = "seriesMaster" if payload["recurrence"] else "singleInstance"
+        _act_touch(item)
+        return Answer(200, _act_public(item))
+    if method == "DELETE":
+        del box.act_items[master_id]
+        return Answer(204)
+    return graph_error(405, "MethodNotAllowed", "Method not allowed.")
+
+
+def act_edit(
+    sim: GraphSimulator, upn: str, item_id: str, at: dt.datetime | None = None, **changes: Any
+) -> dict[str, Any]:
+    """Change an event, contact or task as its user would in Outlook (new changeKey,
+    lastModifiedDateTime `at`, default now)."""
+    item = sim.mailboxes[upn.lower()].act_items[item_id]
+    item.update(changes)
+    _act_touch(item, at)
+    return _act_public(item)
 
 
 # -- change notifications: /subscriptions -------------------------------------------

@@ -276,8 +276,18 @@ class ActWriter:
     # -- lifecycle ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set."""
+        """Run until `stop` is set. Without a crm.act.changes topic (a deployment
+        created before it existed) the writer idles with a warning instead of
+        stopping the connectors; partition counts that differ stop it with an alert."""
         config_partitions = await self._check_layout()
+        if config_partitions == 0:
+            log.warning(
+                "act writer idle: topic %s does not exist (create the topics to write CRM "
+                "appointments, contacts and tasks into mailboxes)",
+                self.changes_topic,
+            )
+            await stop.wait()
+            return
         self._producer = AIOKafkaProducer(**self.kafka.producer_options(linger_ms=0))
         await self._producer.start()
         self._emitter = Emitter(self._producer, self.prefix, self.ack_timeout_s)
@@ -319,7 +329,9 @@ class ActWriter:
             await admin.close()
         counts = {d["topic"]: len(d.get("partitions") or []) for d in described}
         changes, links = counts.get(self.changes_topic, 0), counts.get(self.links_topic, 0)
-        if not changes or changes != links:
+        if not changes:
+            return 0
+        if changes != links:
             raise ActLayoutError(
                 f"{self.changes_topic} has {changes} partitions but {self.links_topic} has "
                 f"{links}; create them alike"

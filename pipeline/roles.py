@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import msgspec
 
 from connectors import graph_push
+from connectors.act_writer import ActWriter
 from connectors.claimcheck import ClaimCheck
 from connectors.outgoing_sender import OutgoingSender
 from connectors.runtime import ConnectorRuntime
@@ -114,8 +115,18 @@ async def _graph_webhook(config: TidingsConfig) -> AsyncIterator[None]:
 async def _connectors_and_sender(
     config: TidingsConfig, stop: asyncio.Event, runtime: ConnectorRuntime
 ) -> None:
+    # CRM → Exchange appointments, contacts and tasks (docs/act.md): a group of its own.
+    act_writer = ActWriter(
+        config.kafka,
+        config.topic_prefix,
+        config.server_profiles,
+        group_id=f"{config.connectors.group_id}-act-writer",
+        ack_timeout_s=config.connectors.ack_timeout_s,
+        worker=runtime.worker,
+        gates=runtime.gates,
+    )
     if not config.outgoing.enabled:
-        await runtime.run(stop)
+        await _together(runtime.run(stop), act_writer.run(stop), stop)
         return
     # The outgoing sender shares the process, and the server connection limits.
     sender = OutgoingSender(
@@ -128,7 +139,9 @@ async def _connectors_and_sender(
         worker=runtime.worker,
         gates=runtime.gates,
     )
-    await _together(runtime.run(stop), sender.run(stop), stop)
+    await _together(
+        _together(runtime.run(stop), sender.run(stop), stop), act_writer.run(stop), stop
+    )
 
 
 async def _together(first: Awaitable[None], second: Awaitable[None], stop: asyncio.Event) -> None:

@@ -3,7 +3,7 @@ filter), and the mailbox user's part in it. Pure.
 
 Defaults (schemas/act_sync.py), after Dynamics 365 server-side synchronization, where
 a user's records sync to the user's own mailbox:
-- the mailbox must be enabled and approved, an Exchange (EWS) or Microsoft 365 (Graph)
+- the mailbox must be enabled and approved, a Microsoft 365 (Graph; EWS not yet)
   mailbox, with `act` settings enabled, CRM → Exchange enabled and the record's kind
   switched on;
 - an appointment goes to its organizer's mailbox (organizer address = mailbox
@@ -23,7 +23,8 @@ from schemas.act_changes import CrmActChange
 from schemas.act_sync import SyncFilter
 from schemas.mailbox import MailboxConfig, Protocol
 
-WRITABLE = frozenset({Protocol.EWS, Protocol.GRAPH})
+WRITABLE = frozenset({Protocol.GRAPH})
+"""Protocols the writer writes to (EWS writes are not built yet)."""
 
 
 def kind_enabled(config: MailboxConfig, kind: ActType) -> bool:

@@ -255,7 +255,7 @@ def test_exchange_delete_rules(kind: str, role: Role, action: str) -> None:
 
 
 def mailbox(
-    mailbox_id: str, user: str, *, protocol: Protocol = Protocol.EWS, **sync: Any
+    mailbox_id: str, user: str, *, protocol: Protocol = Protocol.GRAPH, **sync: Any
 ) -> MailboxConfig:
     return MailboxConfig(
         mailbox_id=mailbox_id,

@@ -1,4 +1,5 @@
-"""The outgoing sender: outgoing.mail → SMTP, with each email's status on
+"""The outgoing sender: outgoing.mail → SMTP, EWS or Graph (whichever the mailbox
+uses: connectors/outgoing_transport.py), with each email's status on
 outgoing.status (the state machine and the no-resend rule are in
 connectors/outgoing.py).
 
@@ -34,12 +35,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from connectors import smtp
-from connectors.auth import secret_provider
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry, ServerGate
-from connectors.imap_session import SecretProvider
 from connectors.outgoing import (
     Action,
     TokenCounters,
@@ -53,7 +51,14 @@ from connectors.outgoing import (
     subject_for,
     user_number,
 )
-from connectors.sent_copy import copy_to_sent, find_in_sent
+from connectors.outgoing_transport import (
+    Choice,
+    SendTransport,
+    choose,
+    imap_access,
+    open_transport,
+)
+from connectors.sent_copy import copy_to_sent
 from schemas import metrics
 from schemas.base import utc_now
 from schemas.codec import encode_key
@@ -62,7 +67,7 @@ from schemas.dlq import FloodGuard
 from schemas.errors import DecodeError, ErrorScope, Severity, StopAndAlert, SyncError
 from schemas.errors import OutgoingErrorCode as Code
 from schemas.ids import error_id
-from schemas.mailbox import Credentials, MailboxConfig, Protocol, ServerProfile
+from schemas.mailbox import MailboxConfig, ServerProfile
 from schemas.outgoing import OutgoingEmail, OutgoingStatus, SendStatus
 from schemas.topics import MAILBOX_CONFIG, OUTGOING_MAIL, OUTGOING_STATUS, codec
 
@@ -445,11 +450,10 @@ class OutgoingSender:
     async def _attempt(
         self, item: _Item, status: OutgoingStatus, config: MailboxConfig, attempt: int
     ) -> tuple[OutgoingStatus, float | None]:
-        """One SMTP attempt; the status it left and the delay before the next one
-        (None: the email is sent or failed)."""
+        """One attempt through the mailbox's transport; the status it left and the
+        delay before the next one (None: the email is sent or failed)."""
         email = item.email
-        assert config.outgoing is not None
-        profile = self.profiles[config.outgoing.server_profile]
+        transport = self._transport(config)
         date = utc_now()
         subject = subject_for(email, status.tracking_token, self.correlation)
         data = build_message(email, status.message_id, subject, date)
@@ -459,18 +463,8 @@ class OutgoingSender:
             item.critical = True
             await self._publish(item, sending)
 
-        gate = self.gates.gate(config.outgoing.server_profile, profile.max_connections)
         try:
-            async with gate.slot():
-                delivery = await smtp.send(
-                    profile,
-                    _smtp_login(config, profile),
-                    email.sender.address,
-                    envelope_recipients(email),
-                    data,
-                    before_data,
-                    self.settings.send_timeout_s,
-                )
+            delivery = await transport.send(email, data, before_data, self.settings.send_timeout_s)
         except ConnectorError as exc:
             current = sending if item.critical else status
             return await self._after_failure(item, current, attempt, exc, config)
@@ -483,6 +477,7 @@ class OutgoingSender:
                 utc_now(),
                 accepted=delivery.accepted,
                 refused=sorted(delivery.refused),
+                copied_to_sent=delivery.saved_copy,
             ),
         )
         item.critical = False
@@ -497,7 +492,7 @@ class OutgoingSender:
                 f"activity {email.activity_id} was sent, but the server refused {refused}",
                 Severity.NOTICE,
             )
-        if _wants_copy(config):
+        if _wants_copy(config) and not delivery.saved_copy:
             await self._copy(item, sent, config)
         return sent, None
 
@@ -566,7 +561,8 @@ class OutgoingSender:
         where = (
             "its Message-ID is not in the mailbox's Sent folder"
             if found is not None
-            else "the mailbox has no IMAP Sent folder to check"
+            else "the mailbox's Sent folder could not be checked (no IMAP Sent folder, "
+            "or the server did not answer)"
         )
         message = (
             f"activity {status.activity_id} may or may not have been delivered: "
@@ -579,15 +575,14 @@ class OutgoingSender:
         )
 
     async def _look_in_sent(self, config: MailboxConfig | None, message_id: str) -> bool | None:
-        """Whether the Sent folder holds `message_id`; None when it cannot be checked."""
-        imap = _imap_access(config, self.profiles)
-        if imap is None or config is None:
+        """Whether the Sent folder holds `message_id` (Sent Items for EWS and Graph,
+        the IMAP Sent folder for SMTP); None when it cannot be checked."""
+        if config is None or not isinstance(choose(config, self.profiles), Choice):
             return None
-        profile, username, secret = imap
+        transport = self._transport(config)
         for attempt in range(1, self.settings.max_retries + 2):
             try:
-                async with self._imap_gate(config, profile).slot():
-                    return await find_in_sent(profile, config, username, secret, message_id)
+                return await transport.already_sent(message_id)
             except (ConnectorError, OSError) as exc:
                 delay = retry_delay(attempt, self.settings)
                 log.warning("Sent folder of %s not readable: %s", config.mailbox_id, exc)
@@ -598,7 +593,7 @@ class OutgoingSender:
 
     async def _copy(self, item: _Item, sent: OutgoingStatus, config: MailboxConfig) -> None:
         """Append the sent email to the Sent folder (unless there) and record it."""
-        imap = _imap_access(config, self.profiles)
+        imap = imap_access(config, self.profiles)
         if imap is None:
             await self._report(
                 item,
@@ -692,6 +687,13 @@ class OutgoingSender:
         user = user_number(config, self.correlation.token_user_digits)
         return self._tokens.issue(item.partition, user)
 
+    def _transport(self, config: MailboxConfig) -> SendTransport:
+        """How `config` sends (its choice checked by `_unusable` before any attempt)."""
+        choice = choose(config, self.profiles)
+        if isinstance(choice, ConnectorError):
+            raise choice
+        return open_transport(config, choice, self.profiles, self.gates)
+
     def _imap_gate(self, config: MailboxConfig, profile: ServerProfile) -> ServerGate:
         """The connection gate of the mailbox's IMAP profile (shared with its reader)."""
         return self.gates.gate(config.server_profile or "", profile.max_connections)
@@ -728,22 +730,9 @@ def _unusable(
             f"mailbox {mailbox} is {state}, so it sends no email",
             Severity.PERMANENT,
         )
-    outgoing = config.outgoing
-    if outgoing is None:
-        return ConnectorError(
-            str(Code.NOT_CONFIGURED),
-            f"mailbox {mailbox} has no outgoing settings (outgoing.server_profile)",
-            Severity.PERMANENT,
-        )
-    profile = profiles.get(outgoing.server_profile)
-    if profile is None or profile.protocol != Protocol.SMTP:
-        known = ", ".join(sorted(n for n, p in profiles.items() if p.protocol == Protocol.SMTP))
-        return ConnectorError(
-            str(Code.NOT_CONFIGURED),
-            f"mailbox {mailbox} sends through profile {outgoing.server_profile!r}, which is "
-            f"not an smtp profile (smtp profiles: {known or 'none'})",
-            Severity.PERMANENT,
-        )
+    choice = choose(config, profiles)
+    if isinstance(choice, ConnectorError):
+        return choice
     if not envelope_recipients(email):
         return ConnectorError(
             str(Code.NO_RECIPIENTS),
@@ -751,34 +740,6 @@ def _unusable(
             Severity.PERMANENT,
         )
     return None
-
-
-def _smtp_login(config: MailboxConfig, profile: ServerProfile) -> smtp.Login | None:
-    """Who to log in to SMTP as: the outgoing credentials (AUTH required), else the
-    mailbox's (used when the server offers AUTH)."""
-    assert config.outgoing is not None
-    credentials = config.outgoing.credentials or config.credentials
-    if credentials is None:
-        return None
-    as_mailbox = _replace_credentials(config, credentials)
-    required = config.outgoing.credentials is not None
-    return smtp.Login(credentials.username, secret_provider(as_mailbox, profile), required)
-
-
-def _replace_credentials(config: MailboxConfig, credentials: Credentials) -> MailboxConfig:
-    return msgspec.structs.replace(config, credentials=credentials)
-
-
-def _imap_access(
-    config: MailboxConfig | None, profiles: dict[str, ServerProfile]
-) -> tuple[ServerProfile, str, SecretProvider] | None:
-    """The IMAP profile, user and secret of a mailbox, or None when it has no IMAP."""
-    if config is None or config.protocol != Protocol.IMAP or config.credentials is None:
-        return None
-    profile = profiles.get(config.server_profile or "")
-    if profile is None or profile.protocol != Protocol.IMAP:
-        return None
-    return profile, config.credentials.username, secret_provider(config, profile)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

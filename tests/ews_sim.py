@@ -1356,9 +1356,16 @@ def stream_events(handler: _Handler, user: str, body: bytes) -> None:
     """Answer one GetStreamingEvents request as a chunked stream (see the section doc)."""
     sim = handler.server.sim
     state = sim.streaming
+    impersonated: str | None = None
     try:
-        request = etree.fromstring(body).find(f"{{{SOAP}}}Body")
+        envelope = etree.fromstring(body)
+        request = envelope.find(f"{{{SOAP}}}Body")
         call = request[0] if request is not None and len(request) else None
+        address = envelope.findtext(
+            f"{{{SOAP}}}Header/{_t('ExchangeImpersonation')}/{_t('ConnectingSID')}"
+            f"/{_t('PrimarySmtpAddress')}"
+        )
+        impersonated = address.strip().lower() if address else None
     except etree.XMLSyntaxError:
         call = None
     if call is None:
@@ -1367,7 +1374,7 @@ def stream_events(handler: _Handler, user: str, body: bytes) -> None:
     ids = [e.text or "" for e in call.iterfind(f"{_m('SubscriptionIds')}/{_t('SubscriptionId')}")]
     minutes = int(call.findtext(_m("ConnectionTimeout")) or "30")
     with sim.lock:
-        sim.requests.append(RequestRecord("GetStreamingEvents", user, None))
+        sim.requests.append(RequestRecord("GetStreamingEvents", user, impersonated))
     handler.send_response(200)
     handler.send_header("Content-Type", "text/xml; charset=utf-8")
     handler.send_header("Transfer-Encoding", "chunked")

@@ -277,6 +277,9 @@ class GraphPush:
             if created:
                 self.wake.clear()
                 return True  # catch what arrived before the subscriptions began
+            if not self.subscriptions:  # no folder to watch
+                await asyncio.sleep(left)
+                return False
             due = min(
                 renew_at(s.since, s.expires, self.settings.renew_fraction)
                 for s in self.subscriptions.values()

@@ -42,6 +42,7 @@ from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.gate import ServerGate
+from connectors.graph_act_sync import GraphActSync
 from connectors.graph_auth import GraphTokens
 from connectors.graph_client import DeltaExpired, GraphClient, error_code, failure
 from connectors.graph_items import (
@@ -173,6 +174,7 @@ class GraphMailbox:
         self.folders: list[GraphFolder] | None = None
         self.counters = MailboxCounters()
         self.push: graph_push.GraphPush | None = None
+        self.act_sync: GraphActSync | None = None
 
     @property
     def user_path(self) -> str:
@@ -240,6 +242,7 @@ class GraphMailbox:
             try:
                 for folder in await self._folders():
                     await self._sync_folder(folder, result, on_batch)
+                await self._sync_act(result, on_batch)
             except (ConnectorError, asyncio.CancelledError):
                 await self.client.close()
                 raise
@@ -249,6 +252,29 @@ class GraphMailbox:
         self.counters = fold_counters(self.counters, result)
         result.counters = self.counters
         return result
+
+    async def _sync_act(self, result: PassResult, on_batch: BatchCallback | None) -> None:
+        """Calendar, contacts and To Do tasks, when the mailbox syncs them
+        (connectors/graph_act_sync.py; docs/act.md)."""
+        act = self.config.act
+        if act is None or not act.enabled:
+            return
+        if self.act_sync is None:
+            self.act_sync = GraphActSync(
+                self.client, self.user_path, self.config.mailbox_id, act, self.positions,
+                self._save_act, self._emit_act, self._notice, self.page_size,
+            )  # fmt: skip
+        before = (result.created, result.updated, result.deleted)
+        await self.act_sync.run(result)
+        if on_batch is not None and (result.created, result.updated, result.deleted) != before:
+            await on_batch(result)
+
+    async def _save_act(self, folder: str, position: GraphFolderPosition) -> None:
+        await self.store.save(self.config.mailbox_id, folder, position, self.partition, utc_now())
+        self.positions[folder] = position
+
+    async def _emit_act(self, events: Sequence[MailItemChanged]) -> None:
+        await self._emit(events, PassResult())
 
     def _delta_url(self, folder: GraphFolder) -> str:
         return (

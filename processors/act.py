@@ -26,6 +26,17 @@ Deletes: a contact or a task belongs to the mailbox it came from, so its delete 
 tombstone. A meeting is shared: the organizer's delete cancels the record (a new
 version with `is_cancelled`), an attendee's delete changes nothing (NotOrganizer).
 Only items this stage tracked are affected.
+
+Identity with the CRM → Exchange direction: an item the CRM → Exchange writer
+created (or merged) is linked on act.links to the CRM record it came from, and
+that record's id wins over the one computed from the item (else the meeting the
+CRM created would come back as a second record). The lookup (`LinkLookup`, built
+by the processors from a view of act.links: `ActLinkIndex`) is an argument, so the
+stage stays pure: by the mailbox and item id first, then, for an appointment, by
+its iCalendar UID (an attendee's copy of a linked meeting). A link marked deleted
+(the record was deleted in the CRM) stops the item's sync: NotTracked, nothing
+written. An item tracked before its link was known moves to the linked id, and
+the record it had is tombstoned.
 """
 
 from __future__ import annotations
@@ -44,9 +55,11 @@ from schemas.act import (
     Appointment,
     AttendeeRole,
     act_type,
+    normalize_uid,
     record_id_for,
     version_of,
 )
+from schemas.act_changes import ActLink
 from schemas.base import RecordRef
 from schemas.crm import (
     MANUAL_DECISION_VERSION,
@@ -62,6 +75,57 @@ from schemas.mailbox import MailboxConfig
 
 Resolver = Callable[[str], list[RecordRef]]
 """The CRM records an address belongs to, in Dynamics' order (Directory.resolve)."""
+
+
+@dataclass(frozen=True)
+class LinkedRecord:
+    """The CRM record a mailbox item is linked to, and whether it was deleted."""
+
+    record_id: str
+    deleted: bool = False
+
+
+LinkLookup = Callable[[str, str, str], LinkedRecord | None]
+"""(mailbox id, item id, iCalendar UID or "") → the linked CRM record, if any."""
+
+
+class ActLinkIndex:
+    """act.links (compacted) as lookups: (mailbox, item) → record and, for
+    appointments, normalized iCalendar UID → record. Pure, in memory; the
+    processors feed it from a CompactedView and pass `lookup` to `handle_act`."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, ActLink] = {}
+        self._by_item: dict[tuple[str, str], LinkedRecord] = {}
+        self._by_uid: dict[str, LinkedRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def apply(self, key: str, link: ActLink | None) -> None:
+        """Take one act.links record (None: a tombstone dropping the link)."""
+        old = self._by_key.pop(key, None)
+        if old is not None:
+            self._by_item.pop((old.mailbox_id, old.item_id), None)
+            uid = normalize_uid(old.ical_uid)
+            if uid and self._by_uid.get(uid, LinkedRecord("")).record_id == old.record_id:
+                self._by_uid.pop(uid, None)
+        if link is None:
+            return
+        self._by_key[key] = link
+        linked = LinkedRecord(link.record_id, link.deleted)
+        self._by_item[(link.mailbox_id, link.item_id)] = linked
+        uid = normalize_uid(link.ical_uid)
+        if uid and link.record_type == ActType.APPOINTMENT:
+            self._by_uid[uid] = linked
+
+    def lookup(self, mailbox_id: str, item_id: str, ical_uid: str = "") -> LinkedRecord | None:
+        """The linked record of an item: by mailbox and item id, else by UID."""
+        found = self._by_item.get((mailbox_id, item_id))
+        if found is None and ical_uid:
+            found = self._by_uid.get(normalize_uid(ical_uid))
+        return found
+
 
 ROLES = {
     AttendeeRole.REQUIRED: PartyRole.REQUIRED,
@@ -150,8 +214,10 @@ def handle_act(
     now: datetime,
     *,
     leave_ambiguous: bool = False,
+    links: LinkLookup | None = None,
 ) -> ActOutput:
-    """The outcome of one appointment / contact / task event (module doc)."""
+    """The outcome of one appointment / contact / task event (module doc); `links`
+    finds the CRM record an item is linked to (None: no links known)."""
     memory = memory or ActMemory()
     count = memory.decisions + 1
     if mailbox is None:
@@ -176,7 +242,20 @@ def handle_act(
         if memory.record is not None:
             why += "; the category was removed, so the CRM record stays as it was"
         return _skip(change, ReasonCode.NOT_TRACKED, why, now, ActMemory(decisions=count), count)
-    record = build_record(change, mailbox, payload, resolve, now, leave_ambiguous)
+    uid = payload.ical_uid if isinstance(payload, Appointment) else ""
+    linked = links(mailbox.mailbox_id, change.item_id, uid) if links is not None else None
+    if linked is not None and linked.deleted:
+        why = (
+            f"linked to CRM record {linked.record_id}, which was deleted in the CRM; "
+            "the item is no longer synced"
+        )
+        return _skip(change, ReasonCode.NOT_TRACKED, why, now, ActMemory(decisions=count), count)
+    record = build_record(
+        change, mailbox, payload, resolve, now, leave_ambiguous,
+        record_id=linked.record_id if linked is not None else None,
+    )  # fmt: skip
+    moved = memory.record.record_id if memory.record is not None else None
+    tombstone = moved if moved is not None and moved != record.record_id else None
     if manual:
         reason, count = ReasonCode.MANUAL_TRACK, max(count, MANUAL_DECISION_VERSION + 1)
         explanation = (
@@ -187,11 +266,16 @@ def handle_act(
     else:
         reason = ReasonCode.TRACKED_CATEGORY
         explanation = f"carries the category {settings.tracked_category!r}"
+    if linked is not None:
+        explanation += f"; linked to CRM record {linked.record_id}"
+    if tombstone is not None:
+        explanation += f" (its earlier record {tombstone} is deleted)"
     decision = _decision(change, DecisionStatus.PROMOTED, reason, explanation, now, count)
     decision = msgspec.structs.replace(decision, activity_id=record.record_id)
     return ActOutput(
         decision=decision,
         record=record,
+        tombstone=tombstone,
         memory=ActMemory(record=record, manual=manual, decisions=count),
     )
 
@@ -203,11 +287,14 @@ def build_record(
     resolve: Resolver,
     now: datetime,
     leave_ambiguous: bool = False,
+    *,
+    record_id: str | None = None,
 ) -> ActRecord:
-    """The CRM record a tracked item's event writes."""
+    """The CRM record a tracked item's event writes; `record_id` (a linked CRM
+    record's) replaces the id computed from the item."""
     changed_at = payload.change_time or change.server_time or change.observed_at
     return ActRecord(
-        record_id=record_id_for(payload, mailbox.mailbox_id, change.item_id),
+        record_id=record_id or record_id_for(payload, mailbox.mailbox_id, change.item_id),
         record_type=act_type(payload),
         version=version_of(changed_at),
         payload=payload,

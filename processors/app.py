@@ -56,7 +56,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processors.act import ActMemory, handle_act, is_act
+from processors.act import ActLinkIndex, ActMemory, handle_act, is_act
 from processors.changes import StageOutput, handle_change, needs_blob, read_blob
 from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine
@@ -73,6 +73,7 @@ from schemas.dlq import DeadLetterFlood, FloodGuard, dead_letter_headers
 from schemas.errors import DecodeError, SyncError
 from schemas.mail import MailItemChanged, ParsedEmail
 from schemas.topics import (
+    ACT_LINKS,
     CRM_ACT,
     CRM_ACTIVITIES,
     CRM_RECORDS,
@@ -157,6 +158,7 @@ class ProcessorApp:
         self.tracked = self._table("tracked")
         self.held = self._table("held")
         self.act_items = self._table("act-items")
+        self.act_links = ActLinkIndex()  # CRM → Exchange links: item → CRM record id
         self.directory = Directory()
         self.mailboxes = Mailboxes()
         correlation = self.settings.correlation
@@ -176,6 +178,13 @@ class ProcessorApp:
                 codec(CRM_ACTIVITIES),
                 self.activity_index.apply,
                 checkpoint=self.index_store,
+            ),
+            CompactedView(
+                kafka,
+                ACT_LINKS.name(prefix),
+                codec(ACT_LINKS),
+                self.act_links.apply,
+                optional=True,
             ),
         ]
         self.state = TableState(self.tracked, self.held)
@@ -301,6 +310,7 @@ class ProcessorApp:
             self.directory.resolve,
             utc_now(),
             leave_ambiguous=self.settings.leave_ambiguous_recipients_unresolved,
+            links=self.act_links.lookup,
         )
         if out.record is not None:
             await self._send(CRM_ACT.suffix, out.record.record_id, out.record, codec(CRM_ACT))

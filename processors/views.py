@@ -46,8 +46,13 @@ class CompactedView:
         codec: Codec[Any],
         apply: Apply,
         checkpoint: IndexStore | None = None,
+        *,
+        optional: bool = False,
     ) -> None:
+        """`optional`: the topic may not exist (yet); the view is then ready (and
+        empty) at once and takes the topic's records once it appears."""
         self.kafka = kafka
+        self.optional = optional
         self.topic = topic
         self.codec = codec
         self.apply = apply
@@ -85,8 +90,11 @@ class CompactedView:
         while not partitions:
             await consumer.topics()  # refreshes metadata
             partitions = consumer.partitions_for_topic(self.topic) or set()
+            if not partitions and self.optional and not self.ready.is_set():
+                log.info("view %s: no such topic yet; empty until it appears", self.topic)
+                self.ready.set()
             if not partitions:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(5.0 if self.ready.is_set() else 0.5)
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         saved = self.checkpoint.offsets(self.topic) if self.checkpoint is not None else {}

@@ -652,6 +652,8 @@ class GraphSimulator:
     ) -> Answer:
         select = set(query["$select"].split(",")) if "$select" in query else None
         act = act_write_route(self, box, method, rest, query, body)
+        if act is None:
+            act = act_read_route(self, box, method, rest, query, headers)
         if act is not None:
             return act
         if method == "POST" and rest == ["sendMail"]:
@@ -1123,6 +1125,265 @@ def act_edit(
     item.update(changes)
     _act_touch(item, at)
     return _act_public(item)
+
+
+# -- ACT reads: calendarView, contacts and To Do tasks deltas (Exchange → CRM) ------
+#
+# What connectors/graph_act_sync.py reads, as documented for Graph v1.0, over the
+# same `SimMailbox.act_items` the write section keeps:
+# GET /calendarView/delta?startDateTime=&endDateTime= (the window's instances:
+# single instances, and the occurrence / exception rows of each series with
+# `seriesMasterId`; never the master), GET /contacts/delta, GET
+# /todo/lists/{list}/tasks/delta; pages by `Prefer: odata.maxpagesize`, rounds
+# ended by `@odata.deltaLink`; a later round lists what was added or changed and
+# `@removed` for what left (deleted, or out of the window). Delta state is kept
+# server-side by token; `expire_act_deltas` forgets it (410 syncStateNotFound).
+# GET /events/{id} and /events/{id}/instances are the write section's. Helpers
+# build items as Outlook users would: `act_add_event` (an organizer's or an
+# attendee's copy, by `organizer`), `act_weekly`, `act_add_item` (contact or
+# task), `act_change_occurrence`, `act_cancel_occurrence`, `act_delete`.
+
+
+@dataclass
+class _ActReads:
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    serial: int = 0
+
+    def keep(self, state: dict[str, Any]) -> str:
+        self.serial += 1
+        token = f"act{self.serial:06d}{secrets.token_hex(4)}"
+        self.tokens[token] = state
+        return token
+
+
+def _act_reads(sim: GraphSimulator) -> _ActReads:
+    reads = sim.__dict__.get("_act_reads")
+    if reads is None:
+        reads = sim.__dict__["_act_reads"] = _ActReads()
+    return reads
+
+
+def expire_act_deltas(sim: GraphSimulator) -> None:
+    """Forget every ACT delta state (the next round from a kept link answers 410)."""
+    _act_reads(sim).tokens.clear()
+
+
+def _act_when(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")[:25]).astimezone(dt.UTC)
+
+
+def _act_view(box: SimMailbox, kind: str, low: str, high: str) -> dict[str, dict[str, Any]]:
+    """The resources a delta of `kind` lists now, by id."""
+    if kind != "calendar":
+        return {i: _act_public(x) for i, x in box.act_items.items() if x.get("@kind") == kind}
+    lo, hi = _act_when(low), _act_when(high)
+    view: dict[str, dict[str, Any]] = {}
+    for item_id, item in box.act_items.items():
+        if item.get("@kind") != "event":
+            continue
+        if item.get("recurrence"):
+            for occurrence in _act_occurrences(item):
+                start = _act_when(occurrence["start"]["dateTime"][:19] + "Z")
+                if lo <= start < hi:
+                    view[occurrence["id"]] = occurrence
+            continue
+        start = _act_when(item["start"]["dateTime"][:19] + "Z")
+        end = _act_when(item["end"]["dateTime"][:19] + "Z")
+        if start < hi and end > lo:
+            view[item_id] = _act_public(item)
+    return view
+
+
+def act_read_route(
+    sim: GraphSimulator,
+    box: SimMailbox,
+    method: str,
+    rest: list[str],
+    query: dict[str, str],
+    headers: dict[str, str],
+) -> Answer | None:
+    """The answer to an ACT delta request; None: not one."""
+    if method != "GET":
+        return None
+    if rest == ["calendarView", "delta"]:
+        kind = "calendar"
+    elif rest == ["contacts", "delta"]:
+        kind = "contact"
+    elif rest == ["todo", "lists", _ACT_LIST_ID, "tasks", "delta"]:
+        kind = "task"
+    else:
+        return None
+    sim.requests["act-delta"] += 1
+    reads = _act_reads(sim)
+    prefer = {k.lower(): v for k, v in headers.items()}.get("prefer", "")
+    page_size = 10
+    for part in prefer.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "odata.maxpagesize" and value.isdigit():
+            page_size = max(1, int(value))
+    token = query.get("$skiptoken") or query.get("$deltatoken")
+    if token is not None:
+        state = reads.tokens.pop(token, None) if "$skiptoken" in query else reads.tokens.get(token)
+        if state is None or state["box"] != box.upn or state["kind"] != kind:
+            return graph_error(410, "syncStateNotFound", "The sync state generation is not found.")
+    else:
+        if kind == "calendar" and not (query.get("startDateTime") and query.get("endDateTime")):
+            return graph_error(
+                400, "ErrorInvalidParameter", "startDateTime and endDateTime are required."
+            )
+        state = {
+            "box": box.upn,
+            "kind": kind,
+            "low": query.get("startDateTime", ""),
+            "high": query.get("endDateTime", ""),
+            "seen": {},
+        }
+    if "rows" not in state:  # a round starts: what changed since `seen`
+        view = _act_view(box, kind, state["low"], state["high"])
+        signatures = {i: json.dumps(r, sort_keys=True) for i, r in view.items()}
+        rows = [r for i, r in view.items() if state["seen"].get(i) != signatures[i]]
+        rows += [
+            {"id": i, "@removed": {"reason": "deleted"}} for i in state["seen"] if i not in view
+        ]
+        state = {**state, "rows": rows, "next_seen": signatures}
+    page, left = state["rows"][:page_size], state["rows"][page_size:]
+    base = {"calendar": "calendarView/delta", "contact": "contacts/delta"}.get(
+        kind, f"todo/lists/{_ACT_LIST_ID}/tasks/delta"
+    )
+    url = f"{sim.base_url}/v1.0/users/{box.upn}/{base}"
+    answer: dict[str, Any] = {"value": page}
+    if left:
+        answer["@odata.nextLink"] = f"{url}?$skiptoken={reads.keep({**state, 'rows': left})}"
+    else:
+        done = {k: v for k, v in state.items() if k not in ("rows", "next_seen")}
+        done["seen"] = state["next_seen"]
+        answer["@odata.deltaLink"] = f"{url}?$deltatoken={reads.keep(done)}"
+    return Answer(200, answer, {"Preference-Applied": f"odata.maxpagesize={page_size}"})
+
+
+def _act_graph_time(moment: dt.datetime) -> dict[str, str]:
+    return {
+        "dateTime": moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+        "timeZone": "UTC",
+    }
+
+
+def act_weekly(start: dt.datetime, count: int) -> dict[str, Any]:
+    """A Graph patternedRecurrence: weekly on `start`'s weekday, `count` times (UTC)."""
+    day = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    return {
+        "pattern": {
+            "type": "weekly",
+            "interval": 1,
+            "daysOfWeek": [day[start.astimezone(dt.UTC).weekday()]],
+            "firstDayOfWeek": "sunday",
+        },
+        "range": {
+            "type": "numbered",
+            "numberOfOccurrences": count,
+            "startDate": start.astimezone(dt.UTC).date().isoformat(),
+            "recurrenceTimeZone": "UTC",
+        },
+    }
+
+
+def act_add_event(
+    sim: GraphSimulator,
+    upn: str,
+    *,
+    subject: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    categories: Iterable[str] = (),
+    organizer: tuple[str, str] | None = None,
+    attendees: Iterable[tuple[str, str, str, str]] = (),
+    ical_uid: str | None = None,
+    recurrence: dict[str, Any] | None = None,
+    location: str = "",
+    body: str = "",
+) -> dict[str, Any]:
+    """An event in `upn`'s calendar: its own meeting, or (with another `organizer`,
+    address and name) an attendee's copy of one. `attendees` are (address, name,
+    type, response) with Graph's values ("required", "accepted")."""
+    box = sim.mailboxes[upn.lower()]
+    resource: dict[str, Any] = {
+        "subject": subject,
+        "body": {"contentType": "text", "content": body},
+        "start": _act_graph_time(start),
+        "end": _act_graph_time(end),
+        "originalStartTimeZone": "UTC",
+        "isAllDay": False,
+        "isCancelled": False,
+        "showAs": "busy",
+        "sensitivity": "normal",
+        "location": {"displayName": location},
+        "categories": list(categories),
+        "attendees": [
+            {
+                "emailAddress": {"address": a, "name": n},
+                "type": t,
+                "status": {"response": r, "time": "0001-01-01T00:00:00Z"},
+            }
+            for a, n, t, r in attendees
+        ],
+        "recurrence": recurrence,
+    }
+    item = _act_new(sim, box, "event", resource)
+    if ical_uid is not None:
+        item["iCalUId"] = ical_uid
+    if organizer is not None and organizer[0].lower() != box.upn:
+        item["organizer"] = {"emailAddress": {"address": organizer[0], "name": organizer[1]}}
+        item["isOrganizer"] = False
+    return _act_public(item)
+
+
+def act_add_item(sim: GraphSimulator, upn: str, kind: str, **resource: Any) -> dict[str, Any]:
+    """A contact (`kind` "contact": givenName, emailAddresses, ...) or a To Do task
+    ("task": title, status, ...) as Outlook would store it."""
+    box = sim.mailboxes[upn.lower()]
+    return _act_public(_act_new(sim, box, kind, resource))
+
+
+def _act_occurrence_key(original_start: dt.datetime) -> str:
+    return original_start.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S")
+
+
+def act_change_occurrence(
+    sim: GraphSimulator,
+    upn: str,
+    master_id: str,
+    original_start: dt.datetime,
+    *,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    **changes: Any,
+) -> None:
+    """Make one occurrence of a series an exception (new times, subject, location...)."""
+    master = sim.mailboxes[upn.lower()].act_items[master_id]
+    key = _act_occurrence_key(original_start)
+    override = dict(master["_occurrences"].get(key) or {}) | changes
+    if start is not None:
+        override["start"] = _act_graph_time(start)
+    if end is not None:
+        override["end"] = _act_graph_time(end)
+    master["_occurrences"][key] = override
+    _act_touch(master)
+
+
+def act_cancel_occurrence(
+    sim: GraphSimulator, upn: str, master_id: str, original_start: dt.datetime, *, attendee: bool
+) -> None:
+    """Cancel one occurrence: the organizer's copy loses it, an attendee's keeps it
+    marked `isCancelled` (until the attendee removes it)."""
+    master = sim.mailboxes[upn.lower()].act_items[master_id]
+    key = _act_occurrence_key(original_start)
+    master["_occurrences"][key] = {"isCancelled": True} if attendee else None
+    _act_touch(master)
+
+
+def act_delete(sim: GraphSimulator, upn: str, item_id: str) -> None:
+    """Delete an event, contact or task as its user would."""
+    del sim.mailboxes[upn.lower()].act_items[item_id]
 
 
 # -- change notifications: /subscriptions -------------------------------------------

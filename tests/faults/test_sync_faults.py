@@ -11,7 +11,8 @@ a restart of dovecot mid-fetch. After
 each wave settles, ClickHouse must hold exactly the ground truth so far: the set of
 activity ids equals the expected one (no loss, no duplicate after FINAL), each
 activity lists exactly the mailboxes that received it, and every item is accounted
-for as promoted or skipped with its expected reason.
+for as promoted, skipped or errored with its expected reason (each errored one also
+as one sync error).
 """
 
 from __future__ import annotations
@@ -60,10 +61,15 @@ class Truth:
     items: int = 0
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
     receivers: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    errors: int = 0  # Malformed items: each is also one sync_errors row
 
-    def deliver(self, message_id: str, mailboxes: list[str], auto_reply: bool) -> None:
+    def deliver(self, message_id: str, mailboxes: list[str], kind: str) -> None:
         self.items += len(mailboxes)
-        if auto_reply:
+        if kind == "malformed":
+            self.decisions["errored", "Malformed"] += len(mailboxes)
+            self.errors += len(mailboxes)
+            return
+        if kind == "auto-reply":
             self.decisions["skipped", "AutoReply"] += len(mailboxes)
             return
         self.decisions["promoted", "AcceptAll"] += 1  # the copy decided first
@@ -71,8 +77,20 @@ class Truth:
         self.receivers[email_activity_id(message_id)].update(mailboxes)
 
 
-def email(n: int, to: list[str], auto_reply: bool) -> tuple[str, bytes]:
-    """Message n (its normalized Message-ID and bytes) from an outside sender to `to`."""
+def email(n: int, to: list[str], kind: str) -> tuple[str, bytes]:
+    """Message n (its normalized Message-ID and bytes) from an outside sender to `to`:
+    a plain order, an auto-reply, or a malformed one (its multipart boundary never
+    appears)."""
+    if kind == "malformed":
+        return f"fault-{n}@contoso.example", (
+            f"From: Sender <sender{n % 97}@contoso.example>\r\n"
+            f"To: {', '.join(f'{user}@northwind.example' for user in to)}\r\n"
+            f"Subject: Scan {n}\r\nMessage-ID: <fault-{n}@contoso.example>\r\n"
+            "MIME-Version: 1.0\r\n"
+            'Content-Type: multipart/mixed; boundary="declared-never-used"\r\n\r\n'
+            "--other-boundary\r\nContent-Type: text/plain\r\n\r\nscan attached\r\n"
+        ).encode()
+    auto_reply = kind == "auto-reply"
     mail = EmailMessage()
     mail["From"] = f"Sender {n % 97} <sender{n % 97}@contoso.example>"
     mail["To"] = ", ".join(f"{user}@northwind.example" for user in to)
@@ -88,16 +106,17 @@ def email(n: int, to: list[str], auto_reply: bool) -> tuple[str, bytes]:
 def wave(first: int, items: int, truth: Truth) -> tuple[dict[str, list[bytes]], int]:
     """Messages from number `first` on making `items` mailbox items, by user, and the
     number of the next message; every tenth goes to two mailboxes (one activity, two
-    receivers), every 25th is an auto-reply (skipped)."""
+    receivers), every 25th is an auto-reply (skipped), every 40th (from the 7th) is
+    malformed (errored)."""
     by_user: dict[str, list[bytes]] = defaultdict(list)
     n, made = first, 0
     while made < items:
         users = [USERS[n % len(USERS)]]
         if n % 10 == 0 and made + 2 <= items:
             users.append(USERS[(n + 1) % len(USERS)])
-        auto_reply = n % 25 == 0
-        message_id, raw = email(n, users, auto_reply)
-        truth.deliver(message_id, [f"mb-{user}" for user in users], auto_reply)
+        kind = "auto-reply" if n % 25 == 0 else "malformed" if n % 40 == 7 else "order"
+        message_id, raw = email(n, users, kind)
+        truth.deliver(message_id, [f"mb-{user}" for user in users], kind)
         for user in users:
             by_user[user].append(raw)
         made += len(users)
@@ -220,10 +239,15 @@ def problems(clickhouse: ClickHouseHTTP, truth: Truth) -> list[str]:
             "SELECT count(), uniqExact(item_key) FROM tidings.promotion_decisions FINAL",
         )
     )
+    malformed = clickhouse.query(
+        "SELECT count() FROM tidings.sync_errors FINAL WHERE code = 'Malformed'"
+    )
     found: list[str] = []
     by_reason = Counter({(str(s), str(r)): int(n) for s, r, n in decisions})
     if by_reason != truth.decisions:
         found.append(f"decisions {dict(by_reason)}, want {dict(truth.decisions)}")
+    if int(malformed[0][0]) != truth.errors:
+        found.append(f"{malformed[0][0]} Malformed errors stored, want {truth.errors}")
     if int(raw[0][0]) != int(raw[0][1]):
         found.append(f"{raw[0][0]} decision rows for {raw[0][1]} items after FINAL")
     stored = {str(a): set(m) for a, m in activities}

@@ -668,7 +668,7 @@ class OutgoingSender:
             attempt=max(status.attempt, 1),
             occurred_at=utc_now(),
         )
-        await self._emitter.emit_error(error, "smtp")
+        await self._emitter.emit_error(error, self._protocol_of(status.mailbox_id))
 
     # -- helpers ---------------------------------------------------------------
 
@@ -686,6 +686,12 @@ class OutgoingSender:
             return None
         user = user_number(config, self.correlation.token_user_digits)
         return self._tokens.issue(item.partition, user)
+
+    def _protocol_of(self, mailbox_id: str) -> str:
+        """The protocol a mailbox sends through, for metric labels ("smtp" when unknown)."""
+        config = self.directory.configs.get(mailbox_id)
+        choice = choose(config, self.profiles) if config is not None else None
+        return str(choice.protocol) if isinstance(choice, Choice) else "smtp"
 
     def _transport(self, config: MailboxConfig) -> SendTransport:
         """How `config` sends (its choice checked by `_unusable` before any attempt)."""

@@ -3,8 +3,8 @@ filter), and the mailbox user's part in it. Pure.
 
 Defaults (schemas/act_sync.py), after Dynamics 365 server-side synchronization, where
 a user's records sync to the user's own mailbox:
-- the mailbox must be enabled and approved, a Microsoft 365 (Graph; EWS not yet)
-  mailbox, with `act` settings enabled, CRM → Exchange enabled and the record's kind
+- the mailbox must be enabled and approved, an Exchange (EWS) or Microsoft 365
+  (Graph) mailbox, with `act` settings enabled, CRM → Exchange enabled and the record's kind
   switched on;
 - an appointment goes to its organizer's mailbox (organizer address = mailbox
   address); one without an organizer to the mailbox of its owner (same user or queue
@@ -23,8 +23,8 @@ from schemas.act_changes import CrmActChange
 from schemas.act_sync import SyncFilter
 from schemas.mailbox import MailboxConfig, Protocol
 
-WRITABLE = frozenset({Protocol.GRAPH})
-"""Protocols the writer writes to (EWS writes are not built yet)."""
+WRITABLE = frozenset({Protocol.GRAPH, Protocol.EWS})
+"""Protocols the writer writes to (Exchange Web Services and Microsoft Graph)."""
 
 
 def kind_enabled(config: MailboxConfig, kind: ActType) -> bool:

@@ -13,8 +13,9 @@ it already created. Server connections are shared with the mailbox readers of th
 same process through the profile gates.
 
 Per change and per mailbox the record belongs in (connectors/act_filters.py):
-- not linked: create the item (Graph `transactionId` makes a retried create
-  return the first item), then publish the link;
+- not linked: create the item (Graph `transactionId`, or the EWS target's link
+  property looked up before CreateItem, makes a retried create return the first
+  item), then publish the link;
 - linked, and the change is one the link already holds (same or older CRM change
   time and the same field hashes: a replay, or the echo of a mailbox change the
   CRM took over): nothing, not even a read;
@@ -30,9 +31,10 @@ Per change and per mailbox the record belongs in (connectors/act_filters.py):
 A link is published only after the server confirmed the write, and the offset is
 committed only after the links of its batch were acknowledged: a crash re-reads
 the change, finds the link (or, for a create whose link was lost, Graph's
-transactionId finds the item) and writes nothing twice. Failures are SyncErrors
-on sync.errors (component "act_writer", scope item); a transient one is retried
-`max_attempts` times with a growing pause, then reported and skipped.
+transactionId or the EWS link property finds the item) and writes nothing twice.
+Failures are SyncErrors on sync.errors (component "act_writer", scope item); a
+transient one is retried `max_attempts` times with a growing pause, then reported
+and skipped.
 """
 
 from __future__ import annotations
@@ -64,11 +66,12 @@ from connectors.act_conflict import (
     sync_fields,
     with_fields,
 )
+from connectors.act_ews_write import EwsActTarget
 from connectors.act_filters import targets
 from connectors.act_graph_write import GraphActTarget, ItemRef, MailboxItem
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
-from connectors.gate import GateRegistry
+from connectors.gate import GateRegistry, ServerGate
 from connectors.graph_auth import GraphTokens
 from connectors.graph_client import GraphClient
 from connectors.outgoing_sender import MailboxDirectory
@@ -126,11 +129,15 @@ class ActTarget(Protocol):
     async def close(self) -> None: ...
 
 
-TargetFactory = Callable[[MailboxConfig, ServerProfile], ActTarget]
+TargetFactory = Callable[[MailboxConfig, ServerProfile, ServerGate], ActTarget]
+"""The writer's access to one mailbox, given its profile and the profile's gate."""
 
 
-def default_target(config: MailboxConfig, profile: ServerProfile) -> ActTarget:
-    """The writer's access to a mailbox: Graph for Microsoft 365 mailboxes."""
+def default_target(config: MailboxConfig, profile: ServerProfile, gate: ServerGate) -> ActTarget:
+    """The writer's access to a mailbox, by its protocol: EWS (connectors/act_ews_write.py)
+    or Microsoft Graph (connectors/act_graph_write.py)."""
+    if config.protocol is MailProtocol.EWS and profile.protocol is MailProtocol.EWS:
+        return EwsActTarget(config, profile, gate)
     if config.protocol is MailProtocol.GRAPH and profile.graph is not None:
         settings = config.graph or GraphSettings()
         user = settings.user or config.email_address
@@ -139,8 +146,8 @@ def default_target(config: MailboxConfig, profile: ServerProfile) -> ActTarget:
         )
     raise errors.permanent(
         errors.CONFIGURATION,
-        f"mailbox {config.mailbox_id}: CRM → Exchange writes need a Microsoft 365 (graph) "
-        f"mailbox with a graph profile; {config.protocol} is not written to",
+        f"mailbox {config.mailbox_id}: CRM → Exchange writes need an ews mailbox with an ews "
+        f"profile, or a graph mailbox with a graph profile; {config.protocol} is not written to",
     )
 
 
@@ -583,7 +590,8 @@ class ActWriter:
                     f"mailbox {config.mailbox_id} names server profile "
                     f"{config.server_profile!r}, which is not configured",
                 )
-            target = self._targets[config.mailbox_id] = self.target_factory(config, profile)
+            gate = self.gates.gate(config.server_profile or "", profile.max_connections)
+            target = self._targets[config.mailbox_id] = self.target_factory(config, profile, gate)
         return target
 
     async def _drop_target(self, mailbox_id: str) -> None:

@@ -307,6 +307,8 @@ class EwsSimulator:
         self._server = _Server((host, port), _Handler)
         self._server.sim = self
         self.streaming = StreamingState(self)
+        self.act_invitations: list[tuple[str, str]] = []  # (attendee, subject): write side
+        self.act_cancellations: list[tuple[str, str]] = []
         self._thread: threading.Thread | None = None
 
     # -- setup -------------------------------------------------------------------
@@ -891,6 +893,7 @@ def _item_common(item: SimActItem) -> str:
         f'<t:Body BodyType="Text">{escape(body)}</t:Body>' if body else "",
         f"<t:Categories>{_strings(item.categories)}</t:Categories>" if item.categories else "",
         _text("Importance", props.get("importance")),
+        _extended_xml(item),
         _text("LastModifiedTime", _ews_time(item.modified_at)),
     ]
     return "".join(parts)
@@ -1000,6 +1003,7 @@ def _contact_xml(item: SimActItem) -> str:
             f"<t:EmailAddresses>{emails}</t:EmailAddresses>" if emails else "",
             f"<t:PhysicalAddresses>{addresses}</t:PhysicalAddresses>" if addresses else "",
             f"<t:PhoneNumbers>{phones}</t:PhoneNumbers>" if phones else "",
+            _text("Department", props.get("department")),
             _text("JobTitle", props.get("job_title")),
             _text("MiddleName", props.get("middle_name")),
             _text("Surname", props.get("surname")),
@@ -1412,6 +1416,611 @@ def stream_events(handler: _Handler, user: str, body: bytes) -> None:
     finally:
         with sim.lock:
             state.open_streams -= 1
+
+
+# -- appointments, contacts, tasks: the WRITE side (CRM → Exchange) ---------------
+#
+# CreateItem of t:CalendarItem / t:Contact / t:Task (into SavedItemFolderId, else the
+# kind's distinguished folder; the organizer is the mailbox, a UID is made when none
+# is given), UpdateItem (t:SetItemField / t:DeleteItemField with FieldURI,
+# IndexedFieldURI or ExtendedFieldURI; ConflictResolution NeverOverwrite refuses an
+# old ChangeKey with ErrorIrresolvableConflict), DeleteItem, and t:ExtendedProperty
+# values kept per item (rendered in t:ExtendedProperty before LastModifiedTime).
+# A series' occurrence is addressed as t:OccurrenceItemId (RecurringMasterId +
+# InstanceIndex, its 1-based place in the pattern, expanded in UTC from the master's
+# start): UpdateItem makes it a modified occurrence (an item in the hidden
+# occurrences folder, listed in the master's ModifiedOccurrences), DeleteItem a
+# DeletedOccurrence; a deleted or out-of-range index answers
+# ErrorCalendarOccurrenceIsDeletedFromRecurrence / ...IndexIsOutOfRecurrenceRange;
+# a new Recurrence drops the exceptions, as Exchange does. Every change of an
+# occurrence is a change (new ChangeKey, LastModifiedTime) of its master.
+# Meeting messages are recorded, not delivered: `sim.act_invitations` gets
+# (attendee, subject) for CreateItem with SendMeetingInvitations and UpdateItem with
+# SendMeetingInvitationsOrCancellations other than SendToNone; `sim.act_cancellations`
+# gets them for DeleteItem with SendMeetingCancellations (a meeting or one occurrence).
+# FindItem (Shallow, IdOnly or more) answers a Restriction IsEqualTo on an
+# ExtendedFieldURI or item:Subject against a constant, or no Restriction (all items).
+#   act_edit(box, item_id, at=when, subject="Outlook subject")   # a user's edit at `when`
+
+_WRITE_ELEMENTS = {"CalendarItem": "calendar", "Contact": "contacts", "Task": "tasks"}
+_SENDS = {"SendToAllAndSaveCopy", "SendOnlyToAll", "SendToChangedAndSaveCopy", "SendOnlyToChanged"}
+_FIELD_PROPS = {
+    "item:Subject": "subject",
+    "item:Body": "body",
+    "item:Importance": "importance",
+    "item:Sensitivity": "sensitivity",
+    "calendar:UID": "uid",
+    "calendar:Start": "start",
+    "calendar:End": "end",
+    "calendar:IsAllDayEvent": "all_day",
+    "calendar:Location": "location",
+    "calendar:LegacyFreeBusyStatus": "show_as",
+    "calendar:RequiredAttendees": "required",
+    "calendar:OptionalAttendees": "optional",
+    "calendar:Resources": "resources",
+    "calendar:Recurrence": "recurrence",
+    "contacts:DisplayName": "display_name",
+    "contacts:GivenName": "given_name",
+    "contacts:MiddleName": "middle_name",
+    "contacts:Surname": "surname",
+    "contacts:CompanyName": "company",
+    "contacts:JobTitle": "job_title",
+    "contacts:Department": "department",
+    "task:DueDate": "due",
+    "task:StartDate": "start",
+    "task:Status": "status",
+    "task:PercentComplete": "percent_complete",
+}
+"""FieldURI → the SimActItem prop it names (item:Categories is the item's own list)."""
+_INDEXED_PROPS = {
+    "contacts:EmailAddress": "emails",
+    "contacts:PhoneNumber": "phones",
+    "contacts:PhysicalAddress": "addresses",
+}
+
+
+def _ext_key(elem: etree._Element) -> str:
+    """The identity of an ExtendedFieldURI: property set (or tag), name or id, type."""
+    ident = elem.get("PropertyName") or elem.get("PropertyId") or elem.get("PropertyTag") or ""
+    space = elem.get("PropertySetId") or elem.get("DistinguishedPropertySetId") or ""
+    return f"{space.lower()}|{ident}|{elem.get('PropertyType', '')}"
+
+
+def _extended_xml(item: SimActItem) -> str:
+    """The item's extended properties as t:ExtendedProperty elements."""
+    out = []
+    for key, value in sorted(item.props.get("extended", {}).items()):
+        space, ident, kind = key.split("|")
+        name_attr = "PropertyName" if not ident.isdigit() else "PropertyId"
+        out.append(
+            f'<t:ExtendedProperty><t:ExtendedFieldURI PropertySetId="{space}" '
+            f'{name_attr}="{escape(ident)}" PropertyType="{kind}"/>'
+            f"<t:Value>{escape(value)}</t:Value></t:ExtendedProperty>"
+        )
+    return "".join(out)
+
+
+def _when(text: str | None) -> datetime | None:
+    """An xs:dateTime (Z, an offset, or none: UTC) or xs:date as an aware UTC datetime."""
+    if not text:
+        return None
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _people(elem: etree._Element) -> list[tuple[str, str, str]]:
+    out = []
+    for attendee in elem.iterfind(_t("Attendee")):
+        address = attendee.findtext(f"{_t('Mailbox')}/{_t('EmailAddress')}") or ""
+        name = attendee.findtext(f"{_t('Mailbox')}/{_t('Name')}") or ""
+        out.append(
+            (address.strip().lower(), name, attendee.findtext(_t("ResponseType")) or "Unknown")
+        )
+    return out
+
+
+def _entries(elem: etree._Element) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for entry in elem.iterfind(_t("Entry")):
+        key = entry.get("Key", "")
+        if len(entry):  # a physical address: sub-elements
+            out[key] = {
+                {"CountryOrRegion": "country", "PostalCode": "postal_code"}.get(
+                    etree.QName(part).localname, etree.QName(part).localname.lower()
+                ): part.text or ""
+                for part in entry
+            }
+        else:
+            out[key] = entry.text or ""
+    return out
+
+
+def _parse_act(elem: etree._Element) -> tuple[dict[str, Any], list[str] | None]:
+    """The props an item element (whole, or the one-field element of a SetItemField)
+    holds, and its categories when it names them. Indexed collections come as
+    {key: value} maps (`_merge_act` folds them in)."""
+    props: dict[str, Any] = {}
+    categories: list[str] | None = None
+    for child in elem:
+        name = etree.QName(child).localname
+        text = child.text or ""
+        if name == "Categories":
+            categories = [s.text or "" for s in child.iterfind(_t("String"))]
+        elif name == "ExtendedProperty":
+            uri = child.find(_t("ExtendedFieldURI"))
+            if uri is not None:
+                props.setdefault("extended", {})[_ext_key(uri)] = child.findtext(_t("Value")) or ""
+        elif name in ("Start", "End", "DueDate", "StartDate"):
+            key = {"Start": "start", "End": "end", "DueDate": "due", "StartDate": "start"}[name]
+            props[key] = _when(text)
+        elif name == "IsAllDayEvent":
+            props["all_day"] = text.strip() == "true"
+        elif name in ("RequiredAttendees", "OptionalAttendees", "Resources"):
+            key = {"RequiredAttendees": "required", "OptionalAttendees": "optional"}.get(
+                name, "resources"
+            )
+            props[key] = _people(child)
+        elif name == "Recurrence":
+            props["recurrence"] = etree.tostring(child).decode()
+        elif name in ("EmailAddresses", "PhoneNumbers", "PhysicalAddresses"):
+            key = {"EmailAddresses": "emails", "PhoneNumbers": "phones"}.get(name, "addresses")
+            props[key] = _entries(child)
+        elif name == "PercentComplete":
+            props["percent_complete"] = int(float(text or 0))
+        else:
+            mapped = {
+                "Subject": "subject",
+                "Body": "body",
+                "Importance": "importance",
+                "Sensitivity": "sensitivity",
+                "UID": "uid",
+                "Location": "location",
+                "LegacyFreeBusyStatus": "show_as",
+                "DisplayName": "display_name",
+                "GivenName": "given_name",
+                "MiddleName": "middle_name",
+                "Surname": "surname",
+                "CompanyName": "company",
+                "JobTitle": "job_title",
+                "Department": "department",
+                "Status": "status",
+            }.get(name)
+            if mapped is not None:
+                props[mapped] = text
+    return props, categories
+
+
+def _merge_act(item: SimActItem, props: dict[str, Any], categories: list[str] | None) -> None:
+    """Fold parsed props into an item: indexed collections entry by entry (emails kept
+    as a list in EmailAddress1..3 order), everything else replaced."""
+    for key, value in props.items():
+        if key == "emails":
+            current = {f"EmailAddress{n}": a for n, a in enumerate(item.props.get("emails", []), 1)}
+            current.update(value)
+            item.props["emails"] = [current[k] for k in sorted(current) if current[k]]
+        elif key == "phones":
+            item.props.setdefault("phones", {}).update(value)
+        elif key == "addresses":
+            book = item.props.setdefault("addresses", {})
+            for label, parts in value.items():
+                book.setdefault(label, {}).update(parts)
+        elif key == "extended":
+            item.props.setdefault("extended", {}).update(value)
+        else:
+            item.props[key] = value
+            if key == "recurrence":  # a new pattern drops the exceptions
+                item.props["modified"], item.props["deleted"] = [], []
+    if "subject" in props:
+        item.subject = str(props["subject"])
+    if categories is not None:
+        item.categories = categories
+
+
+def _delete_field(item: SimActItem, uri: etree._Element) -> None:
+    """Apply one DeleteItemField."""
+    kind = etree.QName(uri).localname
+    if kind == "ExtendedFieldURI":
+        item.props.get("extended", {}).pop(_ext_key(uri), None)
+        return
+    field_uri = uri.get("FieldURI", "")
+    if kind == "IndexedFieldURI":
+        base, _, part = field_uri.partition(":")[2].partition(":")
+        key = _INDEXED_PROPS.get(f"contacts:{base}")
+        index = uri.get("FieldIndex", "")
+        if key == "emails":
+            current = {f"EmailAddress{n}": a for n, a in enumerate(item.props.get("emails", []), 1)}
+            current.pop(index, None)
+            item.props["emails"] = [current[k] for k in sorted(current)]
+        elif key == "phones":
+            item.props.get("phones", {}).pop(index, None)
+        elif key == "addresses":
+            entry = item.props.get("addresses", {}).get(index)
+            if entry is not None:
+                sub = {"CountryOrRegion": "country", "PostalCode": "postal_code"}.get(
+                    part, part.lower()
+                )
+                entry.pop(sub, None)
+                if not any(entry.values()):
+                    item.props["addresses"].pop(index, None)
+        return
+    if field_uri == "item:Categories":
+        item.categories = []
+        return
+    key = _FIELD_PROPS.get(field_uri)
+    if key is not None:
+        item.props.pop(key, None)
+        if key == "subject":
+            item.subject = ""
+        if key == "recurrence":
+            item.props["modified"], item.props["deleted"] = [], []
+
+
+def _touch(folder: SimFolder, item: SimItem, at: datetime | None = None) -> None:
+    """A content change of an item: new ChangeKey, LastModifiedTime, an Update for sync."""
+    folder.seq += 1
+    item.version += 1
+    item.changed_seq = folder.seq
+    if isinstance(item, SimActItem):
+        item.modified_at = at or max(datetime.now(UTC), item.modified_at)
+
+
+def _attendee_addresses(item: SimActItem) -> list[str]:
+    return [
+        a for key in ("required", "optional", "resources") for a, _, _ in item.props.get(key, [])
+    ]
+
+
+def _record(
+    log: list[tuple[str, str]], item: SimActItem, mode: str | None, subject: str = ""
+) -> None:
+    if mode in _SENDS:
+        for address in _attendee_addresses(item):
+            log.append((address, subject or item.subject))
+
+
+def _occurrence_starts(props: dict[str, Any], limit: int = 500) -> list[datetime]:
+    """The original starts (UTC) of a series' occurrences, by its t:Recurrence."""
+    from dateutil import rrule as du
+
+    recurrence = etree.fromstring(props["recurrence"])
+    pattern, bound = recurrence[0], recurrence[1]
+    kind = etree.QName(pattern).localname
+    days = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+    weekday = [du.MO, du.TU, du.WE, du.TH, du.FR, du.SA, du.SU]
+    interval = int(pattern.findtext(_t("Interval")) or 1)
+    names = (pattern.findtext(_t("DaysOfWeek")) or "").split()
+    index = {"First": 1, "Second": 2, "Third": 3, "Fourth": 4, "Last": -1}
+    classes = {"Day": list(range(7)), "Weekday": list(range(5)), "WeekendDay": [5, 6]}
+    options: dict[str, Any] = {"interval": interval}
+    freq: Any
+    if kind == "DailyRecurrence":
+        freq = du.DAILY
+    elif kind == "WeeklyRecurrence":
+        freq = du.WEEKLY
+        options["byweekday"] = [weekday[days.index(n)] for n in names]
+    elif kind in ("AbsoluteMonthlyRecurrence", "AbsoluteYearlyRecurrence"):
+        freq = du.MONTHLY if kind.startswith("AbsoluteMonthly") else du.YEARLY
+        options["bymonthday"] = int(pattern.findtext(_t("DayOfMonth")) or 1)
+    else:
+        freq = du.MONTHLY if kind.startswith("RelativeMonthly") else du.YEARLY
+        name = names[0] if names else "Day"
+        options["byweekday"] = [
+            weekday[d] for d in classes.get(name, [days.index(name)] if name in days else [0])
+        ]
+        options["bysetpos"] = index.get(pattern.findtext(_t("DayOfWeekIndex")) or "First", 1)
+    month = pattern.findtext(_t("Month"))
+    if month:
+        months = ("January", "February", "March", "April", "May", "June", "July", "August",
+                  "September", "October", "November", "December")  # fmt: skip
+        options["bymonth"] = months.index(month) + 1
+        options["interval"] = 1
+    first = datetime.fromisoformat((bound.findtext(_t("StartDate")) or "")[:10])
+    begin = datetime.combine(first.date(), props["start"].astimezone(UTC).time())
+    if bound.findtext(_t("NumberOfOccurrences")):
+        options["count"] = int(bound.findtext(_t("NumberOfOccurrences")) or 1)
+    elif bound.findtext(_t("EndDate")):
+        end = datetime.fromisoformat((bound.findtext(_t("EndDate")) or "")[:10])
+        options["until"] = datetime.combine(end.date(), datetime.max.time())
+    out: list[datetime] = []
+    for moment in du.rrule(freq, dtstart=begin, **options):
+        out.append(moment.replace(tzinfo=UTC))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _act_target(ctx: _Context, elem: etree._Element) -> tuple[SimMailbox, SimFolder, SimActItem]:
+    """The live act item an ItemId names (ErrorItemNotFound otherwise)."""
+    box, folder, item = ctx.item(elem.get("Id", ""))
+    if not isinstance(item, SimActItem):
+        raise ResponseError("ErrorInvalidRequest", "Only calendar items, contacts and tasks.")
+    return box, folder, item
+
+
+def _occurrence(
+    ctx: _Context, elem: etree._Element
+) -> tuple[SimMailbox, SimFolder, SimActItem, datetime]:
+    """The master and original start an OccurrenceItemId names."""
+    box, folder, master = _act_target(
+        ctx, etree.Element(_t("ItemId"), Id=elem.get("RecurringMasterId", ""))
+    )
+    if not master.props.get("recurrence"):
+        raise ResponseError(
+            "ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange", "The item is not a series."
+        )
+    index = int(elem.get("InstanceIndex", "0"))
+    starts = _occurrence_starts(master.props)
+    if not 1 <= index <= len(starts):
+        raise ResponseError(
+            "ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange",
+            "The occurrence index is out of the recurrence range.",
+        )
+    original = starts[index - 1]
+    if original in master.props.get("deleted", []):
+        raise ResponseError(
+            "ErrorCalendarOccurrenceIsDeletedFromRecurrence",
+            "The occurrence was deleted from the recurrence.",
+        )
+    return box, folder, master, original
+
+
+def _ok(operation: str, inner: str = "") -> str:
+    return _success(operation, inner)
+
+
+def _id_xml(item: SimActItem) -> str:
+    return (
+        f'<m:Items><t:{item.element}><t:ItemId Id="{item.item_id}" '
+        f'ChangeKey="{item.change_key}"/></t:{item.element}></m:Items>'
+    )
+
+
+def _create_act(ctx: _Context, request: etree._Element, elem: etree._Element) -> str:
+    element = etree.QName(elem).localname
+    box = ctx.mailbox_for(None)
+    saved = request.find(_m("SavedItemFolderId"))
+    if saved is not None and len(saved):
+        box, folder = ctx.folder(saved[0])
+    else:
+        folder = box.by_distinguished[_WRITE_ELEMENTS[element]]
+    props, categories = _parse_act(elem)
+    for key in ("emails",):
+        if isinstance(props.get(key), dict):
+            props[key] = [props[key][k] for k in sorted(props[key])]
+    if element == "CalendarItem":
+        props.setdefault(
+            "uid",
+            "040000008200E00074C5B7101A82E008"
+            + hashlib.md5(box.sim.new_id("", box.address).encode()).hexdigest().upper(),
+        )
+        props["organizer"] = (box.address, "")
+    item = SimActItem(
+        item_id=box.sim.new_id("AAMk", box.address),
+        mime=b"",
+        received=datetime.now(UTC),
+        subject=str(props.get("subject", "")),
+        categories=categories or [],
+        element=element,
+        props=props,
+    )
+    folder.seq += 1
+    item.created_seq = folder.seq
+    folder.items[item.item_id] = item
+    if element == "CalendarItem":
+        _record(ctx.sim.act_invitations, item, request.get("SendMeetingInvitations"))
+    ctx.sim.streaming.notify(box, folder, item, "CreatedEvent")
+    return _ok("CreateItem", _id_xml(item))
+
+
+def _create_item_any(ctx: _Context, request: etree._Element) -> str:
+    """CreateItem: messages as before (`_create_item`), act items here, in order."""
+    items = request.find(_m("Items"))
+    children = list(items) if items is not None else []
+    if not any(etree.QName(c).localname in _WRITE_ELEMENTS for c in children):
+        return _create_item(ctx, request)
+    out = []
+    for child in children:
+        if etree.QName(child).localname not in _WRITE_ELEMENTS:
+            out.append(
+                _error(
+                    "CreateItem",
+                    ResponseError("ErrorInvalidRequest", "Mixed item kinds are not simulated."),
+                    "<m:Items/>",
+                )
+            )
+            continue
+        try:
+            out.append(_create_act(ctx, request, child))
+        except ResponseError as error:
+            out.append(_error("CreateItem", error, "<m:Items/>"))
+    return "".join(out)
+
+
+def _apply_updates(item: SimActItem, updates: etree._Element | None) -> None:
+    for change in updates if updates is not None else []:
+        kind = etree.QName(change).localname
+        uri = change[0] if len(change) else None
+        if uri is None:
+            continue
+        if kind == "DeleteItemField":
+            _delete_field(item, uri)
+            continue
+        body = change[1] if len(change) > 1 else None
+        if body is None:
+            continue
+        props, categories = _parse_act(body)
+        _merge_act(item, props, categories)
+
+
+def _update_occurrence(ctx: _Context, change: etree._Element, target: etree._Element) -> SimActItem:
+    box, folder, master, original = _occurrence(ctx, target)
+    hidden = _occurrence_folder(box)
+    entry = next((m for m in master.props.get("modified", []) if m[3] == original), None)
+    if entry is not None:
+        occurrence = hidden.items[entry[0]]
+        assert isinstance(occurrence, SimActItem)
+    else:
+        span = master.props["end"] - master.props["start"]
+        occurrence = SimActItem(
+            item_id=box.sim.new_id("AAMk", box.address),
+            mime=b"",
+            received=datetime.now(UTC),
+            subject=master.subject,
+            categories=list(master.categories),
+            element="CalendarItem",
+            props={
+                **{
+                    k: v
+                    for k, v in master.props.items()
+                    if k not in ("modified", "deleted", "recurrence", "extended")
+                },
+                "start": original,
+                "end": original + span,
+                "calendar_item_type": "Exception",
+            },
+        )
+        hidden.items[occurrence.item_id] = occurrence
+    _apply_updates(occurrence, change.find(_t("Updates")))
+    _touch(hidden, occurrence)
+    modified = [m for m in master.props.get("modified", []) if m[3] != original]
+    modified.append(
+        (occurrence.item_id, occurrence.props["start"], occurrence.props["end"], original)
+    )
+    master.props["modified"] = sorted(modified, key=lambda m: m[3])
+    _touch(folder, master)
+    ctx.sim.streaming.notify(box, folder, master, "ModifiedEvent")
+    return occurrence
+
+
+def _update_item(ctx: _Context, request: etree._Element) -> str:
+    resolution = request.get("ConflictResolution", "AutoResolve")
+    send = request.get("SendMeetingInvitationsOrCancellations")
+    out = []
+    for change in request.iterfind(f"{_m('ItemChanges')}/{_t('ItemChange')}"):
+        target = change[0] if len(change) else None
+        try:
+            if target is None:
+                raise ResponseError("ErrorInvalidRequest", "ItemChange names no item.")
+            if etree.QName(target).localname == "OccurrenceItemId":
+                item = _update_occurrence(ctx, change, target)
+                _record(ctx.sim.act_invitations, item, send)
+            else:
+                box, folder, item = _act_target(ctx, target)
+                given = target.get("ChangeKey")
+                if resolution == "NeverOverwrite" and given and given != item.change_key:
+                    raise ResponseError(
+                        "ErrorIrresolvableConflict",
+                        "The send or update operation could not be performed because the "
+                        "change key passed in the request does not match the current change "
+                        "key for the item.",
+                    )
+                _apply_updates(item, change.find(_t("Updates")))
+                _touch(folder, item)
+                ctx.sim.streaming.notify(box, folder, item, "ModifiedEvent")
+                if item.element == "CalendarItem":
+                    _record(ctx.sim.act_invitations, item, send)
+            out.append(
+                _ok(
+                    "UpdateItem",
+                    _id_xml(item) + "<m:ConflictResults><t:Count>0</t:Count></m:ConflictResults>",
+                )
+            )
+        except ResponseError as error:
+            out.append(_error("UpdateItem", error, "<m:Items/>"))
+    return "".join(out)
+
+
+def _delete_item(ctx: _Context, request: etree._Element) -> str:
+    send = request.get("SendMeetingCancellations")
+    out = []
+    for target in request.iterfind(f"{_m('ItemIds')}/*"):
+        try:
+            if etree.QName(target).localname == "OccurrenceItemId":
+                box, folder, master, original = _occurrence(ctx, target)
+                master.props["modified"] = [
+                    m for m in master.props.get("modified", []) if m[3] != original
+                ]
+                master.props.setdefault("deleted", []).append(original)
+                _touch(folder, master)
+                ctx.sim.streaming.notify(box, folder, master, "ModifiedEvent")
+                _record(ctx.sim.act_cancellations, master, send)
+            else:
+                box, folder, item = ctx.item(target.get("Id", ""))
+                if isinstance(item, SimActItem) and item.element == "CalendarItem":
+                    _record(ctx.sim.act_cancellations, item, send)
+                box.delete(item.item_id)
+            out.append(_ok("DeleteItem"))
+        except ResponseError as error:
+            out.append(_error("DeleteItem", error))
+    return "".join(out)
+
+
+def _matches(item: SimItem, restriction: etree._Element | None) -> bool:
+    if restriction is None or not len(restriction):
+        return True
+    test = restriction[0]
+    if etree.QName(test).localname != "IsEqualTo" or len(test) < 2:
+        raise ResponseError("ErrorInvalidRequest", "Only IsEqualTo restrictions are simulated.")
+    uri, constant = test[0], test[1].find(_t("Constant"))
+    wanted = constant.get("Value", "") if constant is not None else ""
+    if etree.QName(uri).localname == "ExtendedFieldURI":
+        if not isinstance(item, SimActItem):
+            return False
+        return bool(item.props.get("extended", {}).get(_ext_key(uri)) == wanted)
+    if uri.get("FieldURI") == "item:Subject":
+        return item.subject == wanted
+    raise ResponseError(
+        "ErrorInvalidRequest", f"Restriction on {uri.get('FieldURI')} is not simulated."
+    )
+
+
+def _find_item(ctx: _Context, request: etree._Element) -> str:
+    fields = _requested_fields(request.find(_m("ItemShape")))
+    restriction = request.find(_m("Restriction"))
+    out = []
+    for elem in _children(request, "ParentFolderIds"):
+        try:
+            _, folder = ctx.folder(elem)
+            found = [i for i in folder.live() if _matches(i, restriction)]
+            body = "".join(_item_xml(i, folder, fields) for i in found)
+            out.append(
+                _ok(
+                    "FindItem",
+                    f'<m:RootFolder IndexedPagingOffset="{len(found)}" '
+                    f'TotalItemsInView="{len(found)}" IncludesLastItemInRange="true">'
+                    f"<t:Items>{body}</t:Items></m:RootFolder>",
+                )
+            )
+        except ResponseError as error:
+            out.append(_error("FindItem", error))
+    return "".join(out)
+
+
+_OPERATIONS["CreateItem"] = _create_item_any
+_OPERATIONS["UpdateItem"] = _update_item
+_OPERATIONS["DeleteItem"] = _delete_item
+_OPERATIONS["FindItem"] = _find_item
+
+
+def act_edit(
+    box: SimMailbox,
+    item_id: str,
+    *,
+    at: datetime,
+    categories: list[str] | None = None,
+    **props: Any,
+) -> SimActItem:
+    """A user's edit of an act item at `at` (its LastModifiedTime): props in the
+    simulator's form (subject, body, location, start, ...)."""
+    with box.sim.lock:
+        folder, item = box._find(item_id)
+        assert isinstance(item, SimActItem)
+        _merge_act(item, props, categories)
+        _touch(folder, item, at)
+        box.sim.streaming.notify(box, folder, item, "ModifiedEvent")
+        return item
 
 
 def main(argv: list[str]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from connectors.act_conflict import sync_fields
 from connectors.act_ews_write import EwsActTarget
 from connectors.act_writer import ActWriter
 from connectors.gate import ServerGate
@@ -233,6 +234,21 @@ async def processed(w: ActWriter, step: Callable[[], Awaitable[None]]) -> None:
     await until(lambda: count() > start, "the writer handled the change")
 
 
+async def reads_back(sim: EwsSimulator, change: CrmActChange, item_id: str) -> None:
+    """The item, read back through exchangelib and the Exchange → CRM mapping, holds
+    every synchronized field the CRM wrote (organizer and categories flow nowhere)."""
+    target = EwsActTarget(mailbox(), profile(sim), ServerGate("exchange", 4))
+    read = await target.get(change.record_type, item_id)
+    await target.close()
+    assert read is not None and change.payload is not None
+    kind = str(change.record_type)
+    mine, theirs = sync_fields(kind, read.payload), sync_fields(kind, change.payload)
+    for name in ("organizer", "categories"):
+        mine.pop(name, None)
+        theirs.pop(name, None)
+    assert mine == theirs
+
+
 def writes(sim: EwsSimulator) -> int:
     return sum(len(sim.operations(name)) for name in WRITES)
 
@@ -252,11 +268,13 @@ async def test_meeting_conflicts_series_delete_and_replay(
             assert [a for a, _, _ in event.props["required"]] == [DANA]
             assert event.props["location"] == "Room 1"
             assert event.props["uid"] == "crm-meeting-1"
+            await reads_back(sim, meeting("Review", t0), event.item_id)
             assert (DANA, "Review") in sim.act_invitations
             await until(lambda: w.stats.created >= 2, "the contact is created")
             person = items(box, "contacts")["Dana Ng"]
             assert person.props["emails"] == [DANA]
             assert person.props["department"] == "Sales"
+            await reads_back(sim, contact(t0), person.item_id)
             assert w.stats.failed == 0
 
             late = await conflicts(h, w, box, event, t0)
@@ -349,6 +367,7 @@ async def weekly_series(h: ConnectorHarness, box: SimMailbox, t0: datetime) -> N
         f.items[occurrence_id] for f in box.folders.values() if occurrence_id in f.items
     )
     assert occurrence.subject == "Weekly sync (moved)"
+    await reads_back(box.sim, series(t0), master.item_id)
     series_link = await h.wait_for(ACT_LINKS, link_key("series-1", "mb-alice"), bool)
     assert isinstance(series_link[-1], ActLink)
 

@@ -468,6 +468,9 @@ class ActSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     calendar_folder: str | None = None
     contacts_folder: str | None = None
     tasks_folder: str | None = None
+    crm_to_exchange: ActSyncSettings = msgspec.field(default_factory=ActSyncSettings)
+    """CRM records written to the mailbox, and the two-way rules once linked
+    (schemas/act_sync.py)."""
 
     def __post_init__(self) -> None:
         if not self.tracked_category.strip():
@@ -475,9 +478,6 @@ class ActSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class MailboxConfig(Record, frozen=True, kw_only=True):
-    crm_to_exchange: ActSyncSettings = msgspec.field(default_factory=ActSyncSettings)
-    """CRM records written to the mailbox, and the two-way rules once linked
-    (schemas/act_sync.py)."""
     """One mailbox: its owner (a user or a queue), where it lives and how its mail is filtered.
 
     `auto_create` makes tidings create a contact or lead (published on

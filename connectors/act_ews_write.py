@@ -508,7 +508,12 @@ class EwsActCalls:
         return getattr(self.account, FOLDERS[kind])
 
     def _ref(self, item: Any) -> ItemRef:
-        return ItemRef(str(item.id), str(item.changekey or ""), _stamp(item.last_modified_time))
+        return ItemRef(
+            str(item.id),
+            str(item.changekey or ""),
+            _stamp(item.last_modified_time),
+            str(getattr(item, "uid", None) or ""),
+        )
 
     def read(self, kind: ActType, item_id: str) -> MailboxItem | None:
         """GetItem (all properties) and the mapping; None when the item is gone."""

@@ -66,11 +66,14 @@ TASK_STATUS = {
 
 @dataclass(frozen=True)
 class ItemRef:
-    """A mailbox item as the server confirmed it: id, version, last modified time."""
+    """A mailbox item as the server confirmed it: id, version, last modified time, and
+    for an appointment the iCalendar UID the server gave it (Graph assigns its own;
+    the Exchange → CRM path finds the link by it)."""
 
     item_id: str
     change_key: str
     change_time: datetime | None
+    ical_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -444,6 +447,7 @@ class GraphActTarget:
             str(answer["id"]),
             str(answer.get("changeKey") or answer.get("@odata.etag") or ""),
             parse_stamp(answer.get("lastModifiedDateTime")),
+            str(answer.get("iCalUId") or ""),
         )
 
     async def get(self, kind: ActType, item_id: str) -> MailboxItem | None:

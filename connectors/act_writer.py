@@ -469,7 +469,7 @@ class ActWriter:
                     record_type=kind,
                     item_id=ref.item_id,
                     change_key=ref.change_key,
-                    ical_uid=getattr(change.payload, "ical_uid", ""),
+                    ical_uid=ref.ical_uid or getattr(change.payload, "ical_uid", ""),
                     crm_change_time=change.crm_change_time,
                     exchange_change_time=ref.change_time,
                     synced=field_hashes(fields),

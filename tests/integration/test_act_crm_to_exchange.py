@@ -308,6 +308,8 @@ async def test_meeting_conflicts_series_delete_and_replay(
                 ACT_LINKS, link_key("appt-1", "mb-alice"), lambda v: bool(v) and v[-1].deleted
             )
             assert isinstance(links[-1], ActLink)
+            # the link holds the UID Graph gave the event, which its reader reports
+            assert links[-1].ical_uid == event["iCalUId"] != "crm-meeting-1"
             settled = dict(box.act_items)
             writes = sim.requests["act"]
 

@@ -92,7 +92,7 @@ from schemas.codec import encode_key
 from schemas.config import KafkaConfig
 from schemas.errors import DecodeError, ErrorScope, Severity, StopAndAlert, SyncError
 from schemas.ids import error_id
-from schemas.mailbox import GraphSettings, MailboxConfig, ServerProfile
+from schemas.mailbox import ActSettings, GraphSettings, MailboxConfig, ServerProfile
 from schemas.mailbox import Protocol as MailProtocol
 from schemas.topics import ACT_LINKS, CRM_ACT, CRM_ACT_CHANGES, codec
 
@@ -458,7 +458,8 @@ class ActWriter:
         link = self.owned.links.get(key)
         fields = sync_fields(kind, change.payload)
         if link is None:
-            payload = _for_mailbox(change.payload, role, settings)
+            tracked = (config.act or ActSettings()).tracked_category
+            payload = _for_mailbox(change.payload, role, settings, tracked)
             ref = await target.create(kind, payload, transaction=_transaction(key))
             self.stats.created += 1
             await self._link(
@@ -663,10 +664,17 @@ def _transaction(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-def _for_mailbox(payload: ActPayload, role: Role, settings: ActSyncSettings) -> ActPayload:
-    """What is created in a mailbox: an attendee's copy carries no attendees (no
-    invitations go out from it); without `send_invitations` neither does the
-    organizer's."""
+def _for_mailbox(
+    payload: ActPayload, role: Role, settings: ActSyncSettings, tracked_category: str
+) -> ActPayload:
+    """What is created in a mailbox: the item carries the mailbox's tracked category
+    (as Dynamics marks the items it syncs, so the mailbox side tracks it back); an
+    attendee's copy carries no attendees (no invitations go out from it); without
+    `send_invitations` neither does the organizer's."""
+    if tracked_category.casefold() not in {c.casefold() for c in payload.categories}:
+        payload = msgspec.structs.replace(
+            payload, categories=[*payload.categories, tracked_category]
+        )
     if isinstance(payload, Appointment) and (
         role is not Role.ORGANIZER or not settings.send_invitations
     ):

@@ -157,5 +157,15 @@ def test_delete_decision_follows_the_organizer_rule() -> None:
 
 
 def test_an_attendee_copy_sends_no_invitations() -> None:
-    assert _for_mailbox(MEETING, Role.ATTENDEE, ActSyncSettings()).attendees == []  # type: ignore[union-attr]
-    assert _for_mailbox(MEETING, Role.ORGANIZER, ActSyncSettings()) is MEETING
+    tracked = "Tracked to CRM"
+    copy = _for_mailbox(MEETING, Role.ATTENDEE, ActSyncSettings(), tracked)
+    assert copy.attendees == []  # type: ignore[union-attr]
+    organizer = _for_mailbox(MEETING, Role.ORGANIZER, ActSyncSettings(), tracked)
+    assert organizer.attendees == MEETING.attendees  # type: ignore[union-attr]
+
+
+def test_what_the_writer_creates_carries_the_tracked_category_once() -> None:
+    created = _for_mailbox(MEETING, Role.ORGANIZER, ActSyncSettings(), "Tracked to CRM")
+    assert created.categories == [*MEETING.categories, "Tracked to CRM"]
+    again = _for_mailbox(created, Role.ORGANIZER, ActSyncSettings(), "tracked to crm")
+    assert again.categories == created.categories

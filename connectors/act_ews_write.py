@@ -473,8 +473,8 @@ def invitations(payload: ActPayload) -> str:
 def as_read(payload: ActPayload, item: Any) -> ActPayload:
     """A payload read back, normalized to what tidings wrote: the weekly pattern's
     FirstDayOfWeek Monday (exchangelib's default, and the RRULE default) is not
-    spelled out, and an all-day item's end is the midnight after its last day
-    (exchangelib gives the last day itself)."""
+    spelled out. (An all-day item's exclusive end is the reading mapping's, in
+    connectors/ews_act.py.)"""
     if not isinstance(payload, Appointment):
         return payload
     changes: dict[str, Any] = {}
@@ -483,9 +483,6 @@ def as_read(payload: ActPayload, item: Any) -> ActPayload:
         changes["recurrence"] = msgspec.structs.replace(
             rec, rrule=rec.rrule.replace(";WKST=MO", ""), first_day_of_week=""
         )
-    raw_end = getattr(item, "end", None)
-    if payload.all_day and isinstance(raw_end, date) and not isinstance(raw_end, datetime):
-        changes["end"] = payload.end + timedelta(days=1)
     return msgspec.structs.replace(payload, **changes) if changes else payload
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -250,6 +250,10 @@ def to_appointment(item: Any, details: Mapping[str, Any] | None = None) -> Appoi
     start, end = utc(item.start), utc(item.end)
     if start is None or end is None:
         raise UnsupportedItem("the calendar item has no start or end")
+    if item.is_all_day and not isinstance(item.end, datetime):
+        # exchangelib gives an all-day item's last day itself; the payload's end is
+        # exclusive (iCalendar's DTEND), the midnight after it
+        end += timedelta(days=1)
     zone = zone_name(getattr(item, "_start_timezone", None))
     organizer = attendee(item.organizer, AttendeeRole.REQUIRED, "Organizer")
     return Appointment(

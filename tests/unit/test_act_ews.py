@@ -173,3 +173,20 @@ def test_act_events_are_typed_and_stable(sim: Any) -> None:
     # The record id is the UID's, whatever mailbox or item id carried it (hex case-folded).
     assert record_id_for(payload, "mb-a", "x") == record_id_for(payload, "mb-b", "y")
     assert record_id_for(payload, "mb", "x") == appointment_record_id(UID.upper())
+
+
+def test_an_all_day_item_ends_at_the_midnight_after_its_last_day() -> None:
+    from exchangelib import EWSDate
+
+    from connectors.ews_act import to_appointment
+
+    # exchangelib gives an all-day item's last day itself as its end
+    item = CalendarItem(
+        subject="Off-site", start=EWSDate(2026, 4, 6), end=EWSDate(2026, 4, 7), is_all_day=True
+    )
+    read = to_appointment(item)
+    assert read.all_day
+    assert (read.start, read.end) == (
+        datetime(2026, 4, 6, tzinfo=UTC),
+        datetime(2026, 4, 8, tzinfo=UTC),
+    )

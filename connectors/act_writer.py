@@ -50,8 +50,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors import errors
@@ -74,6 +73,7 @@ from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry, ServerGate
 from connectors.graph_auth import GraphTokens
 from connectors.graph_client import GraphClient
+from connectors.group import PartitionListener, partition_counts
 from connectors.outgoing_sender import MailboxDirectory
 from schemas.act import (
     ActPayload,
@@ -302,7 +302,7 @@ class ActWriter:
         consumer = self._consumer = AIOKafkaConsumer(
             group_id=self.group_id, **self.kafka.consumer_options()
         )
-        consumer.subscribe([self.changes_topic], listener=_Listener(self))
+        consumer.subscribe([self.changes_topic], listener=PartitionListener(self))
         await consumer.start()
         try:
             while not stop.is_set():
@@ -328,13 +328,7 @@ class ActWriter:
 
     async def _check_layout(self) -> int:
         topics = [self.changes_topic, self.links_topic, self.directory.topic]
-        admin = AIOKafkaAdminClient(**self.kafka.common_options())
-        await admin.start()
-        try:
-            described = await admin.describe_topics(topics)
-        finally:
-            await admin.close()
-        counts = {d["topic"]: len(d.get("partitions") or []) for d in described}
+        counts = await partition_counts(self.kafka, topics)
         changes, links = counts.get(self.changes_topic, 0), counts.get(self.links_topic, 0)
         if not changes:
             return 0
@@ -680,14 +674,3 @@ def _for_mailbox(
     ):
         return msgspec.structs.replace(payload, attendees=[])
     return payload
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, writer: ActWriter) -> None:
-        self.writer = writer
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.writer.on_revoked({tp.partition for tp in revoked})
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.writer.on_assigned({tp.partition for tp in assigned})

@@ -31,13 +31,13 @@ import socket
 from dataclasses import dataclass, field
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry, ServerGate
+from connectors.group import PartitionListener, partition_counts
 from connectors.outgoing import (
     Action,
     TokenCounters,
@@ -229,7 +229,7 @@ class OutgoingSender:
         consumer = self._consumer = AIOKafkaConsumer(
             group_id=self.settings.group_id, **self.kafka.consumer_options()
         )
-        consumer.subscribe([self.mail_topic], listener=_Listener(self))
+        consumer.subscribe([self.mail_topic], listener=PartitionListener(self))
         await consumer.start()
         try:
             while not stop.is_set():
@@ -256,13 +256,7 @@ class OutgoingSender:
     async def _check_layout(self) -> tuple[int, int]:
         """The partition counts of outgoing.mail (= outgoing.status) and mailbox.config."""
         topics = [self.mail_topic, self.status_topic, self.directory.topic]
-        admin = AIOKafkaAdminClient(**self.kafka.common_options())
-        await admin.start()
-        try:
-            described = await admin.describe_topics(topics)
-        finally:
-            await admin.close()
-        counts = {d["topic"]: len(d.get("partitions") or []) for d in described}
+        counts = await partition_counts(self.kafka, topics)
         mail, status = counts.get(self.mail_topic, 0), counts.get(self.status_topic, 0)
         if not mail or mail != status:
             raise OutgoingLayoutError(
@@ -746,16 +740,3 @@ def _unusable(
             Severity.PERMANENT,
         )
     return None
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Forwards group rebalances of outgoing.mail to the sender."""
-
-    def __init__(self, sender: OutgoingSender) -> None:
-        self.sender = sender
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.sender.on_revoked({tp.partition for tp in revoked})
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.sender.on_assigned({tp.partition for tp in assigned})

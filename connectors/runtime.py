@@ -42,8 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
@@ -55,6 +54,7 @@ from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.fleet import FleetGauges
 from connectors.gate import GateRegistry
+from connectors.group import PartitionListener, partition_counts
 from connectors.lag import ProcessorLag
 from connectors.profiles_view import ProfilesView
 from connectors.retry import RetryTracker
@@ -193,7 +193,10 @@ class ConnectorRuntime:
             partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
             **self.kafka.consumer_options(),
         )
-        consumer.subscribe([self.config_topic, self.track_topic], listener=_Listener(self))
+        consumer.subscribe(
+            [self.config_topic, self.track_topic],
+            listener=PartitionListener(self, self.config_topic),
+        )
         self._inbox = TrackInbox(consumer, self.config_topic, self.track_topic)
         await consumer.start()
         try:
@@ -247,13 +250,7 @@ class ConnectorRuntime:
     async def _check_layout(self) -> None:
         cursors_topic = CONNECTOR_CURSORS.name(self.prefix)
         topics = [self.config_topic, cursors_topic, self.track_topic]
-        admin = AIOKafkaAdminClient(**self.kafka.common_options())
-        await admin.start()
-        try:
-            described = await admin.describe_topics(topics)
-        finally:
-            await admin.close()
-        counts = {d["topic"]: len(d.get("partitions") or []) for d in described}
+        counts = await partition_counts(self.kafka, topics)
         expected = counts.get(self.config_topic, 0)
         for topic in topics[1:]:
             if counts.get(topic, 0) != expected or not expected:
@@ -863,18 +860,3 @@ class _StatusTracker:
 
 def _replace(status: MailboxStatus, **changes: object) -> MailboxStatus:
     return msgspec.structs.replace(status, **changes)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Forwards group rebalances of mailbox.config to the runtime."""
-
-    def __init__(self, runtime: ConnectorRuntime) -> None:
-        self.runtime = runtime
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        topic = self.runtime.config_topic
-        await self.runtime.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        topic = self.runtime.config_topic
-        await self.runtime.on_assigned({tp.partition for tp in assigned if tp.topic == topic})

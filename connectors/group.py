@@ -1,0 +1,51 @@
+"""What the consumer-group services (connector runtime, outgoing sender, act writer)
+share about their topics: a rebalance listener that hands them partition numbers, and
+the partition counts they check their topic layout with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas.config import KafkaConfig
+
+
+class PartitionOwner(Protocol):
+    """A service that takes over and gives up partitions of its group's topic."""
+
+    async def on_assigned(self, partitions: set[int]) -> None: ...
+
+    async def on_revoked(self, partitions: set[int]) -> None: ...
+
+
+class PartitionListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forwards a group's rebalances to `owner` as partition numbers; with `topic`,
+    only that topic's partitions (the consumer may subscribe to more than one)."""
+
+    def __init__(self, owner: PartitionOwner, topic: str | None = None) -> None:
+        self.owner = owner
+        self.topic = topic
+
+    def _numbers(self, tps: Iterable[TopicPartition]) -> set[int]:
+        return {tp.partition for tp in tps if self.topic is None or tp.topic == self.topic}
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.owner.on_revoked(self._numbers(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.owner.on_assigned(self._numbers(assigned))
+
+
+async def partition_counts(kafka: KafkaConfig, topics: list[str]) -> dict[str, int]:
+    """How many partitions each of `topics` has; a topic that does not exist is
+    missing from the answer (or counts 0)."""
+    admin = AIOKafkaAdminClient(**kafka.common_options())
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d.get("partitions") or []) for d in described}

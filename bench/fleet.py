@@ -53,6 +53,7 @@ from connectors.claimcheck import ClaimCheck
 from connectors.gate import ServerGate
 from connectors.imap import ImapMailbox
 from connectors.schedule import PollHistory, PollOutcome, next_poll, record
+from connectors.source import SourceWiring
 from schemas.base import RecordRef, RecordType
 from schemas.blobs import DirectoryBlobStore
 from schemas.config import ConnectorConfig
@@ -325,18 +326,18 @@ class RealPolls:
                 ),
             )
             emitter = CountingEmitter()
-            source = ImapMailbox(
-                config,
-                self.profile,
-                0,
-                {},
-                emitter,  # type: ignore[arg-type]
-                NullStore(),  # type: ignore[arg-type]
+            wiring = SourceWiring(
+                config=config,
+                profile=self.profile,
+                partition=0,
+                cursors={},
+                emitter=emitter,  # type: ignore[arg-type]
+                store=NullStore(),  # type: ignore[arg-type]
                 gate=self.gate,
                 claim_check=self.claim_check,
-                secret=secret_provider(config, self.profile),
                 max_batch_items=500,
             )
+            source = ImapMailbox(wiring, secret=secret_provider(config, self.profile))
             self.sources[key] = (source, emitter)
         return self.sources[key]
 

@@ -34,6 +34,7 @@ from connectors.auth import secret_provider
 from connectors.claimcheck import ClaimCheck
 from connectors.gate import ServerGate
 from connectors.imap import ImapMailbox
+from connectors.source import SourceWiring
 from schemas.base import RecordRef, RecordType
 from schemas.blobs import DirectoryBlobStore
 from schemas.config import ConnectorConfig
@@ -99,16 +100,18 @@ async def run(dovecot: Dovecot, count: int, rounds: int, tls: bool, blobs: Path)
         )
         sources.append(
             ImapMailbox(
-                config,
-                profile,
-                0,
-                {},
-                emitter,
-                store,  # type: ignore[arg-type]
-                gate=gate,
-                claim_check=claim_check,
+                SourceWiring(
+                    config=config,
+                    profile=profile,
+                    partition=0,
+                    cursors={},
+                    emitter=emitter,  # type: ignore[arg-type]
+                    store=store,  # type: ignore[arg-type]
+                    gate=gate,
+                    claim_check=claim_check,
+                    max_batch_items=500,
+                ),
                 secret=secret_provider(config, profile),
-                max_batch_items=500,
             )
         )
     started = time.perf_counter()

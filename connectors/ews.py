@@ -38,9 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from connectors import errors
-from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
-from connectors.cursors import CursorStore
-from connectors.emitter import Emitter
+from connectors.claimcheck import MessagePayload, header_block
 from connectors.errors import ConnectorError
 from connectors.ews_act import act_event
 from connectors.ews_client import (
@@ -64,11 +62,11 @@ from connectors.ews_items import (
     vanished,
 )
 from connectors.ews_push import EwsPush
-from connectors.gate import ServerGate
 from connectors.source import (
     BatchCallback,
     PassResult,
     ServerListing,
+    SourceWiring,
     deleted_event,
     fold_counters,
     item_event,
@@ -81,7 +79,6 @@ from schemas.ids import error_id, normalize_message_id
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
     AuthMethod,
-    Cursor,
     EwsFolderPosition,
     EwsSettings,
     MailboxConfig,
@@ -108,20 +105,9 @@ class EwsMailbox:
 
     protocol = PROTOCOL
 
-    def __init__(
-        self,
-        config: MailboxConfig,
-        profile: ServerProfile,
-        partition: int,
-        cursors: dict[str, Cursor],
-        emitter: Emitter,
-        store: CursorStore,
-        *,
-        gate: ServerGate,
-        claim_check: ClaimCheck,
-        secret: SecretSource,
-        max_batch_items: int,
-    ) -> None:
+    def __init__(self, wiring: SourceWiring, *, secret: SecretSource) -> None:
+        config = wiring.config
+        profile, self.gate = wiring.server()
         if config.credentials is None and profile.auth != AuthMethod.XOAUTH2:
             raise errors.permanent(
                 errors.CONFIGURATION, f"mailbox {config.mailbox_id} has no credentials"
@@ -129,19 +115,18 @@ class EwsMailbox:
         self.config = config
         self.settings = config.ews or EwsSettings()
         self.profile = profile
-        self.partition = partition
-        self.emitter = emitter
-        self.store = store
-        self.gate = gate
-        self.claim_check = claim_check
+        self.partition = wiring.partition
+        self.emitter = wiring.emitter
+        self.store = wiring.store
+        self.claim_check = wiring.claim_check
         self.secret = secret
-        self.max_batch_items = max_batch_items
+        self.max_batch_items = wiring.max_batch_items
         self.concurrency = self.settings.concurrency(profile.max_connections)
         self.user = config.credentials.username if config.credentials else config.email_address
         self.where = f"EWS {self.settings.server_url or profile.host}"
         self.positions: dict[str, EwsFolderPosition] = {}
         prefix = cursor_key(config.mailbox_id, "")
-        for key, cursor in cursors.items():
+        for key, cursor in wiring.cursors.items():
             if key.startswith(prefix) and isinstance(cursor.position, EwsFolderPosition):
                 self.positions[cursor.folder] = cursor.position
         self.client: EwsClient | None = None

@@ -37,11 +37,8 @@ from urllib.parse import quote
 import msgspec
 
 from connectors import errors, graph_push
-from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
-from connectors.cursors import CursorStore
-from connectors.emitter import Emitter
+from connectors.claimcheck import MessagePayload, header_block
 from connectors.errors import ConnectorError
-from connectors.gate import ServerGate
 from connectors.graph_act_sync import GraphActSync
 from connectors.graph_auth import GraphTokens
 from connectors.graph_client import DeltaExpired, GraphClient, error_code, failure
@@ -64,6 +61,7 @@ from connectors.source import (
     BatchCallback,
     PassResult,
     ServerListing,
+    SourceWiring,
     deleted_event,
     fold_counters,
     item_event,
@@ -75,13 +73,10 @@ from schemas.errors import ErrorScope, Severity, SyncError
 from schemas.ids import error_id
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
-    Cursor,
     FolderRole,
     GraphFolderPosition,
     GraphSettings,
-    MailboxConfig,
     MailboxCounters,
-    ServerProfile,
     cursor_key,
 )
 
@@ -133,19 +128,9 @@ class GraphMailbox:
 
     protocol = PROTOCOL
 
-    def __init__(
-        self,
-        config: MailboxConfig,
-        profile: ServerProfile,
-        partition: int,
-        cursors: dict[str, Cursor],
-        emitter: Emitter,
-        store: CursorStore,
-        *,
-        gate: ServerGate,
-        claim_check: ClaimCheck,
-        max_batch_items: int,
-    ) -> None:
+    def __init__(self, wiring: SourceWiring) -> None:
+        config = wiring.config
+        profile, self.gate = wiring.server()
         if profile.graph is None:
             raise errors.permanent(
                 errors.CONFIGURATION,
@@ -156,19 +141,18 @@ class GraphMailbox:
         self.settings = config.graph or GraphSettings()
         self.user = self.settings.user or config.email_address
         self.profile = profile
-        self.partition = partition
-        self.emitter = emitter
-        self.store = store
-        self.gate = gate
-        self.claim_check = claim_check
-        self.max_batch_items = max_batch_items
+        self.partition = wiring.partition
+        self.emitter = wiring.emitter
+        self.store = wiring.store
+        self.claim_check = wiring.claim_check
+        self.max_batch_items = wiring.max_batch_items
         self.page_size = profile.graph.page_size
         self.client = GraphClient(
             profile, GraphTokens(profile, self.settings, self.user), self.user
         )
         self.positions: dict[str, GraphFolderPosition] = {}
         prefix = cursor_key(config.mailbox_id, "")
-        for key, cursor in cursors.items():
+        for key, cursor in wiring.cursors.items():
             if key.startswith(prefix) and isinstance(cursor.position, GraphFolderPosition):
                 self.positions[cursor.folder] = cursor.position
         self.folders: list[GraphFolder] | None = None

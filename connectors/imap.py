@@ -31,11 +31,8 @@ from datetime import datetime
 from typing import NamedTuple
 
 from connectors import errors
-from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
-from connectors.cursors import CursorStore
-from connectors.emitter import Emitter
+from connectors.claimcheck import MessagePayload, header_block
 from connectors.errors import ConnectorError
-from connectors.gate import ServerGate
 from connectors.imap_protocol import (
     FetchedMessage,
     FolderState,
@@ -52,6 +49,7 @@ from connectors.source import (
     BatchCallback,
     PassResult,
     ServerListing,
+    SourceWiring,
     deleted_event,
     fold_counters,
     item_event,
@@ -63,13 +61,10 @@ from schemas.errors import ErrorScope, Severity, SyncError
 from schemas.ids import error_id
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
-    Cursor,
     FolderRole,
     ImapFolderPosition,
     ImapSettings,
-    MailboxConfig,
     MailboxCounters,
-    ServerProfile,
     cursor_key,
 )
 
@@ -259,38 +254,25 @@ class ImapMailbox:
 
     protocol = PROTOCOL
 
-    def __init__(
-        self,
-        config: MailboxConfig,
-        profile: ServerProfile,
-        partition: int,
-        cursors: dict[str, Cursor],
-        emitter: Emitter,
-        store: CursorStore,
-        *,
-        gate: ServerGate,
-        claim_check: ClaimCheck,
-        secret: SecretProvider,
-        max_batch_items: int,
-    ) -> None:
+    def __init__(self, wiring: SourceWiring, *, secret: SecretProvider) -> None:
+        config = wiring.config
         if config.credentials is None:
             raise errors.permanent(
                 errors.CONFIGURATION, f"mailbox {config.mailbox_id} has no credentials"
             )
         self.config = config
         self.settings = config.imap or ImapSettings()
-        self.profile = profile
+        self.profile, self.gate = wiring.server()
         self.username = config.credentials.username
-        self.partition = partition
-        self.emitter = emitter
-        self.store = store
-        self.gate = gate
-        self.claim_check = claim_check
+        self.partition = wiring.partition
+        self.emitter = wiring.emitter
+        self.store = wiring.store
+        self.claim_check = wiring.claim_check
         self.secret = secret
-        self.max_batch_items = max_batch_items
+        self.max_batch_items = wiring.max_batch_items
         self.positions: dict[str, ImapFolderPosition] = {}
         prefix = cursor_key(config.mailbox_id, "")
-        for key, cursor in cursors.items():
+        for key, cursor in wiring.cursors.items():
             if key.startswith(prefix) and isinstance(cursor.position, ImapFolderPosition):
                 self.positions[cursor.folder] = cursor.position
         self.session: ImapSession | None = None

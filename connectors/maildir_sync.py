@@ -13,9 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from connectors.claimcheck import ClaimCheck, MessagePayload
-from connectors.cursors import CursorStore
-from connectors.emitter import Emitter
+from connectors.claimcheck import MessagePayload
 from connectors.errors import MAILBOX_MISSING, permanent
 from connectors.maildir import (
     FolderSignature,
@@ -34,14 +32,14 @@ from connectors.source import (
     BatchCallback,
     PassResult,
     ServerListing,
+    SourceWiring,
     deleted_event,
     fold_counters,
     item_event,
 )
 from schemas.base import utc_now
-from schemas.config import ConnectorConfig
 from schemas.mail import ChangeKind, MailItemChanged
-from schemas.mailbox import Cursor, MailboxConfig, MailboxCounters, MaildirPosition, cursor_key
+from schemas.mailbox import MailboxCounters, MaildirPosition, cursor_key
 
 PROTOCOL = "maildir"
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
@@ -53,33 +51,24 @@ class MaildirMailbox:
 
     protocol = PROTOCOL
 
-    def __init__(
-        self,
-        config: MailboxConfig,
-        partition: int,
-        cursors: dict[str, Cursor],
-        emitter: Emitter,
-        store: CursorStore,
-        *,
-        limits: ConnectorConfig,
-        claim_check: ClaimCheck,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-    ) -> None:
-        """`claim_check` fits each message into its event (inline, or stored as a blob);
-        a message over `max_message_bytes` is not read and is reported as TooLarge."""
+    def __init__(self, wiring: SourceWiring, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        """The wiring's `claim_check` fits each message into its event (inline, or
+        stored as a blob); a message over `max_message_bytes` is not read and is
+        reported as TooLarge. A Maildir needs no server profile or gate."""
+        config = wiring.config
         assert config.maildir is not None
         self.config = config
         self.root = Path(config.maildir.path).expanduser()
-        self.partition = partition
-        self.emitter = emitter
-        self.store = store
-        self.max_batch_items = limits.max_batch_items
-        self.claim_check = claim_check
+        self.partition = wiring.partition
+        self.emitter = wiring.emitter
+        self.store = wiring.store
+        self.max_batch_items = wiring.max_batch_items
+        self.claim_check = wiring.claim_check
         self.max_message_bytes = max_message_bytes
         self.seen: dict[str, set[str]] = {
             folder: decode_position(cursor.position)
             for folder in config.maildir.folders
-            if (cursor := cursors.get(cursor_key(config.mailbox_id, folder))) is not None
+            if (cursor := wiring.cursors.get(cursor_key(config.mailbox_id, folder))) is not None
             and isinstance(cursor.position, MaildirPosition)
         }
         self.counters = MailboxCounters()

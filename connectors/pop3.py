@@ -51,9 +51,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO, NamedTuple, TypeVar
 
-from connectors.claimcheck import ClaimCheck, MessagePayload, header_block
-from connectors.cursors import CursorStore, pack_names, unpack_names
-from connectors.emitter import Emitter
+from connectors.claimcheck import MessagePayload, header_block
+from connectors.cursors import pack_names, unpack_names
 from connectors.errors import (
     AUTHENTICATION_FAILED,
     CONFIGURATION,
@@ -66,11 +65,11 @@ from connectors.errors import (
     permanent,
     transient,
 )
-from connectors.gate import ServerGate
 from connectors.source import (
     BatchCallback,
     PassResult,
     ServerListing,
+    SourceWiring,
     deleted_event,
     fold_counters,
     item_event,
@@ -81,13 +80,10 @@ from schemas.base import utc_now
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
     AuthMethod,
-    Cursor,
     FolderRole,
-    MailboxConfig,
     MailboxCounters,
     Pop3Position,
     Protocol,
-    ServerProfile,
     TransportSecurity,
     cursor_key,
 )
@@ -524,33 +520,21 @@ class Pop3Mailbox:
 
     protocol = PROTOCOL
 
-    def __init__(
-        self,
-        config: MailboxConfig,
-        profile: ServerProfile,
-        partition: int,
-        cursors: dict[str, Cursor],
-        emitter: Emitter,
-        store: CursorStore,
-        *,
-        gate: ServerGate,
-        claim_check: ClaimCheck,
-        max_batch_items: int,
-        password: Callable[[], str],
-    ) -> None:
+    def __init__(self, wiring: SourceWiring, *, password: Callable[[], str]) -> None:
+        config = wiring.config
         self.config = config
+        profile, self.gate = wiring.server()
         self.profile = profile
-        self.partition = partition
-        self.emitter = emitter
-        self.store = store
-        self.gate = gate
-        self.claim_check = claim_check
-        self.max_batch_items = max(1, max_batch_items)
+        self.partition = wiring.partition
+        self.emitter = wiring.emitter
+        self.store = wiring.store
+        self.claim_check = wiring.claim_check
+        self.max_batch_items = max(1, wiring.max_batch_items)
         self.password = password
         self.server = f"{profile.host}:{profile.effective_port()}"
         self.account = config.credentials.username if config.credentials else config.email_address
         self.leave_on_server = config.pop3.leave_on_server if config.pop3 else True
-        cursor = cursors.get(cursor_key(config.mailbox_id, FOLDER))
+        cursor = wiring.cursors.get(cursor_key(config.mailbox_id, FOLDER))
         self.seen: set[str] = (
             decode_position(cursor.position)
             if cursor is not None and isinstance(cursor.position, Pop3Position)

@@ -15,11 +15,50 @@ from typing import Protocol
 
 import msgspec
 
-from connectors.claimcheck import MessagePayload
+from connectors import errors
+from connectors.claimcheck import ClaimCheck, MessagePayload
+from connectors.cursors import CursorStore
+from connectors.emitter import Emitter
+from connectors.gate import ServerGate
 from schemas.ids import change_event_id, track_event_id
 from schemas.mail import ChangeKind, MailItemChanged
-from schemas.mailbox import FolderRole, MailboxCounters
+from schemas.mailbox import Cursor, FolderRole, MailboxConfig, MailboxCounters, ServerProfile
 from schemas.track import TrackRequest
+
+
+@dataclass(frozen=True)
+class SourceWiring:
+    """What every mailbox source is built with, whatever its protocol.
+
+    `cursors` are the positions read back at start (the source keeps those of its
+    own mailbox); `emitter` and `store` publish its events and move its cursors;
+    `claim_check` fits each message into its event; `max_batch_items` bounds a
+    batch. A server mailbox (IMAP, POP3, EWS, Graph) has its `profile` and the
+    `gate` that bounds the connections to that server; a Maildir has neither.
+    Protocol-specific parts (password or token providers) are the source's own
+    keyword arguments.
+    """
+
+    config: MailboxConfig
+    profile: ServerProfile | None
+    partition: int
+    cursors: dict[str, Cursor]
+    emitter: Emitter
+    store: CursorStore
+    gate: ServerGate | None
+    claim_check: ClaimCheck
+    max_batch_items: int
+
+    def server(self) -> tuple[ServerProfile, ServerGate]:
+        """The profile and gate of a server mailbox; a permanent configuration
+        ConnectorError when the wiring has none (a Maildir's)."""
+        if self.profile is None or self.gate is None:
+            raise errors.permanent(
+                errors.CONFIGURATION,
+                f"mailbox {self.config.mailbox_id} is {self.config.protocol}, "
+                "which needs a server profile",
+            )
+        return self.profile, self.gate
 
 
 @dataclass

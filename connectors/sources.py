@@ -12,12 +12,12 @@ from connectors.claimcheck import ClaimCheck
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.ews import EwsMailbox
-from connectors.gate import GateRegistry
+from connectors.gate import GateRegistry, ServerGate
 from connectors.graph import GraphMailbox
 from connectors.imap import ImapMailbox
 from connectors.maildir_sync import MaildirMailbox
 from connectors.pop3 import Pop3Mailbox
-from connectors.source import MailboxSource
+from connectors.source import MailboxSource, SourceWiring
 from schemas.config import ConnectorConfig
 from schemas.mailbox import (
     Cursor,
@@ -41,6 +41,27 @@ class SourceKit:
     settings: ConnectorConfig
     profiles: dict[str, ServerProfile]
     gates: GateRegistry = field(default_factory=GateRegistry)
+
+    def wiring(
+        self,
+        config: MailboxConfig,
+        profile: ServerProfile | None,
+        partition: int,
+        cursors: dict[str, Cursor],
+        gate: ServerGate | None,
+    ) -> SourceWiring:
+        """What a source of `config` is built with in this worker."""
+        return SourceWiring(
+            config=config,
+            profile=profile,
+            partition=partition,
+            cursors=cursors,
+            emitter=self.emitter,
+            store=self.store,
+            gate=gate,
+            claim_check=self.claim_check,
+            max_batch_items=self.settings.max_batch_items,
+        )
 
 
 def server_profile(config: MailboxConfig, profiles: dict[str, ServerProfile]) -> ServerProfile:
@@ -72,86 +93,34 @@ def open_source(
             raise errors.permanent(
                 errors.CONFIGURATION, f"mailbox {config.mailbox_id} has no maildir settings"
             )
-        return MaildirMailbox(
-            config,
-            partition,
-            cursors,
-            kit.emitter,
-            kit.store,
-            limits=kit.settings,
-            claim_check=kit.claim_check,
-        )
+        return MaildirMailbox(kit.wiring(config, None, partition, cursors, None))
     profile = server_profile(config, kit.profiles)
+    gate = kit.gates.gate(
+        config.server_profile or "", connection_limit(config, profile), profile.polling
+    )
+    wiring = kit.wiring(config, profile, partition, cursors, gate)
     if config.protocol == Protocol.EWS:
-        return open_ews(config, profile, partition, cursors, kit)
-    gate = kit.gates.gate(config.server_profile or "", profile.max_connections, profile.polling)
+        return EwsMailbox(wiring, secret=secret_provider(config, profile))
     if config.protocol == Protocol.IMAP:
-        return ImapMailbox(
-            config,
-            profile,
-            partition,
-            cursors,
-            kit.emitter,
-            kit.store,
-            gate=gate,
-            claim_check=kit.claim_check,
-            secret=secret_provider(config, profile),
-            max_batch_items=kit.settings.max_batch_items,
-        )
+        return ImapMailbox(wiring, secret=secret_provider(config, profile))
     if config.protocol == Protocol.POP3:
-        return Pop3Mailbox(
-            config,
-            profile,
-            partition,
-            cursors,
-            kit.emitter,
-            kit.store,
-            gate=gate,
-            claim_check=kit.claim_check,
-            max_batch_items=kit.settings.max_batch_items,
-            password=lambda: resolve_password(config),
-        )
+        return Pop3Mailbox(wiring, password=lambda: resolve_password(config))
     if config.protocol == Protocol.GRAPH:
-        return GraphMailbox(
-            config,
-            profile,
-            partition,
-            cursors,
-            kit.emitter,
-            kit.store,
-            gate=gate,
-            claim_check=kit.claim_check,
-            max_batch_items=kit.settings.max_batch_items,
-        )
+        return GraphMailbox(wiring)
     raise errors.permanent(
         errors.CONFIGURATION,
         f"mailbox {config.mailbox_id} uses {config.protocol}, which this worker cannot read yet",
     )
 
 
-def open_ews(
-    config: MailboxConfig,
-    profile: ServerProfile,
-    partition: int,
-    cursors: dict[str, Cursor],
-    kit: SourceKit,
-) -> EwsMailbox:
-    """An Exchange mailbox over EWS. Its profile's gate never allows more requests at
-    once than Exchange's EWSMaxConcurrency for the version (27, or 10 on 2010)."""
+def connection_limit(config: MailboxConfig, profile: ServerProfile) -> int:
+    """How many connections the profile's gate allows at once: the profile's
+    `max_connections`, and for an Exchange mailbox over EWS never more than
+    Exchange's EWSMaxConcurrency for the version (27, or 10 on 2010)."""
+    if config.protocol != Protocol.EWS:
+        return profile.max_connections
     settings = config.ews or EwsSettings()
-    limit = min(profile.max_connections, ews_max_concurrency(settings.version))
-    return EwsMailbox(
-        config,
-        profile,
-        partition,
-        cursors,
-        kit.emitter,
-        kit.store,
-        gate=kit.gates.gate(config.server_profile or "", limit, profile.polling),
-        claim_check=kit.claim_check,
-        secret=secret_provider(config, profile),
-        max_batch_items=kit.settings.max_batch_items,
-    )
+    return min(profile.max_connections, ews_max_concurrency(settings.version))
 
 
 def polling_settings(

@@ -30,7 +30,7 @@ from connectors.errors import (
 )
 from connectors.gate import ServerGate
 from connectors.pop3 import Pop3Mailbox, decode_position
-from connectors.source import PassResult
+from connectors.source import PassResult, SourceWiring
 from schemas.base import RecordRef
 from schemas.blobs import DirectoryBlobStore
 from schemas.config import ConnectorConfig
@@ -204,18 +204,18 @@ class Harness:
         self.source = self.build()
 
     def build(self) -> Pop3Mailbox:
-        return Pop3Mailbox(
-            self.config,
-            self.profile,
-            3,
-            self.store.cursors(),
-            cast(Emitter, self.emitter),
-            cast(CursorStore, self.store),
+        wiring = SourceWiring(
+            config=self.config,
+            profile=self.profile,
+            partition=3,
+            cursors=self.store.cursors(),
+            emitter=cast(Emitter, self.emitter),
+            store=cast(CursorStore, self.store),
             gate=self.gate,
             claim_check=self.claim_check,
             max_batch_items=self.max_batch_items,
-            password=lambda: self.password,
         )
+        return Pop3Mailbox(wiring, password=lambda: self.password)
 
     async def sync(self) -> PassResult:
         async def on_batch(result: PassResult) -> None:

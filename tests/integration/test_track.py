@@ -22,6 +22,7 @@ from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.gate import ServerGate
 from connectors.imap import ImapMailbox
+from connectors.source import SourceWiring
 from connectors.tracking import (
     TRACK_INVALID,
     TRACK_NOT_FOUND,
@@ -273,18 +274,18 @@ def imap_source(
 ) -> ImapMailbox:
     server = dovecot.profile(timeout_s=10.0, **profile)  # type: ignore[arg-type]
     unused = object()
-    return ImapMailbox(
-        config,
-        server,
-        0,
-        {},
-        cast(Emitter, unused),
-        cast(CursorStore, unused),
+    wiring = SourceWiring(
+        config=config,
+        profile=server,
+        partition=0,
+        cursors={},
+        emitter=cast(Emitter, unused),
+        store=cast(CursorStore, unused),
         gate=ServerGate("dovecot", 2),
         claim_check=ClaimCheck(DirectoryBlobStore(tmp_path / "blobs"), ConnectorConfig()),
-        secret=secret_provider(config, server),
         max_batch_items=100,
     )
+    return ImapMailbox(wiring, secret=secret_provider(config, server))
 
 
 async def test_imap_find_message_searches_every_synced_folder_and_reads_as_a_sync(

@@ -17,6 +17,7 @@ from connectors.claimcheck import ClaimCheck, MessagePayload, header_block, text
 from connectors.cursors import CursorStore
 from connectors.emitter import Emitter
 from connectors.maildir_sync import MaildirMailbox
+from connectors.source import SourceWiring
 from schemas import metrics
 from schemas.base import RecordRef
 from schemas.blobs import (
@@ -278,16 +279,18 @@ async def sync(
         maildir=MaildirSettings(path=str(root)),
     )
     emitter = FakeEmitter()
-    mailbox = MaildirMailbox(
-        config,
-        0,
-        {},
-        cast(Emitter, emitter),
-        cast(CursorStore, FakeCursorStore()),
-        limits=ConnectorConfig(),
+    wiring = SourceWiring(
+        config=config,
+        profile=None,
+        partition=0,
+        cursors={},
+        emitter=cast(Emitter, emitter),
+        store=cast(CursorStore, FakeCursorStore()),
+        gate=None,
         claim_check=claim_check(tmp_path, claim_check_bytes=64 * 1024),
-        max_message_bytes=max_message_bytes,
+        max_batch_items=ConnectorConfig().max_batch_items,
     )
+    mailbox = MaildirMailbox(wiring, max_message_bytes=max_message_bytes)
     result = await mailbox.sync_pass()
     assert result.created == len(messages)
     return {event.item_id: event for event in emitter.events}

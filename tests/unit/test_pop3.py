@@ -52,6 +52,7 @@ from connectors.pop3 import (
     response_of,
     tls_context,
 )
+from connectors.source import SourceWiring
 from schemas.base import RecordRef
 from schemas.blobs import DirectoryBlobStore
 from schemas.config import ConnectorConfig
@@ -495,18 +496,18 @@ def source(
 ) -> tuple[Pop3Mailbox, ServerGate]:
     gate = ServerGate("p", 1)
     fake = _Unused()
-    mailbox = Pop3Mailbox(
-        config or mailbox_config(),
-        server,
-        0,
-        cursors or {},
-        cast(Emitter, fake),
-        cast(CursorStore, fake),
+    wiring = SourceWiring(
+        config=config or mailbox_config(),
+        profile=server,
+        partition=0,
+        cursors=cursors or {},
+        emitter=cast(Emitter, fake),
+        store=cast(CursorStore, fake),
         gate=gate,
         claim_check=ClaimCheck(DirectoryBlobStore(tmp_path / "blobs"), ConnectorConfig()),
         max_batch_items=10,
-        password=password,
     )
+    mailbox = Pop3Mailbox(wiring, password=password)
     return mailbox, gate
 
 

@@ -20,7 +20,7 @@ from connectors.emitter import Emitter
 from connectors.errors import MAILBOX_MISSING, ConnectorError
 from connectors.maildir import items_with_message_id, read_headers
 from connectors.maildir_sync import MaildirMailbox
-from connectors.source import item_event, tracked_event
+from connectors.source import SourceWiring, item_event, tracked_event
 from connectors.tracking import (
     TRACK_NOT_FOUND,
     TRACK_UNKNOWN_MAILBOX,
@@ -202,13 +202,17 @@ def maildir_source(root: Path, tmp_path: Path) -> MaildirMailbox:
     )
     unused = object()
     return MaildirMailbox(
-        config,
-        0,
-        {},
-        cast(Emitter, unused),
-        cast(CursorStore, unused),
-        limits=ConnectorConfig(),
-        claim_check=ClaimCheck(DirectoryBlobStore(tmp_path / "blobs"), ConnectorConfig()),
+        SourceWiring(
+            config=config,
+            profile=None,
+            partition=0,
+            cursors={},
+            emitter=cast(Emitter, unused),
+            store=cast(CursorStore, unused),
+            gate=None,
+            claim_check=ClaimCheck(DirectoryBlobStore(tmp_path / "blobs"), ConnectorConfig()),
+            max_batch_items=ConnectorConfig().max_batch_items,
+        )
     )
 
 

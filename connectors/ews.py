@@ -73,6 +73,7 @@ from connectors.source import (
 )
 from connectors.tracking import header_message_id
 from schemas import metrics
+from schemas.act import ActType, Appointment
 from schemas.base import utc_now
 from schemas.errors import ErrorScope, Severity, SyncError
 from schemas.ids import error_id, normalize_message_id
@@ -596,6 +597,42 @@ class EwsMailbox:
                         and header_message_id(complete_mime(got)) == message_id
                     ):
                         found.append(await self._created(folder, got, True, observed))
+        except (ConnectorError, asyncio.CancelledError):
+            self._reset()
+            raise
+        return found
+
+    async def find_item(self, item_id: str, ical_uid: str) -> list[MailItemChanged]:
+        """The created event a sync emits for the item of the ACT folders whose id is
+        `item_id`, or for every appointment whose iCalendar UID is `ical_uid`: each
+        folder listed (SyncFolderItems from scratch, ids only), candidates read with
+        GetItem. Empty when the mailbox does not sync ACT items. Cursors do not move."""
+        found: list[MailItemChanged] = []
+        try:
+            client = await self._connect()
+            for folder in await self._act(client):
+                if ical_uid and folder.act != ActType.APPOINTMENT:
+                    continue
+                listed = await self._run(client.list_folder, folder.folder, [])
+                ids = [(i.id, i.changekey or "") for i in listed if not item_id or i.id == item_id]
+                step = self.settings.get_item_batch
+                observed = utc_now()
+                for start in range(0, len(ids), step):
+                    chunk = ids[start : start + step]
+                    for (got_id, key), got in zip(
+                        chunk, await self._run(client.get_act_items, chunk), strict=True
+                    ):
+                        if isinstance(got, tuple) or folder.act is None:
+                            continue  # unreadable items are reported by the sync
+                        if ical_uid and not (
+                            isinstance(got, Appointment) and got.ical_uid == ical_uid
+                        ):
+                            continue
+                        event = act_event(
+                            self.config.mailbox_id, folder.name, got_id, folder.act,
+                            ChangeKind.CREATED, observed, got, version=got.change_key or key,
+                        )  # fmt: skip
+                        found.append(event)
         except (ConnectorError, asyncio.CancelledError):
             self._reset()
             raise

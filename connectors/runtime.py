@@ -68,11 +68,19 @@ from connectors.schedule import (
     next_poll,
     record,
 )
-from connectors.source import MailboxSource, PassResult, tracked_event
+from connectors.source import (
+    ItemFinder,
+    MailboxSource,
+    PassResult,
+    item_lookup_refusal,
+    item_not_found_reason,
+    tracked_event,
+)
 from connectors.sources import SourceKit, open_source, polling_settings, retry_policy
 from connectors.tracking import (
     TRACK_INVALID,
     TRACK_MISROUTED,
+    TRACK_NOT_FOUND,
     TRACK_REFUSED,
     PendingTrack,
     TrackInbox,
@@ -97,7 +105,13 @@ from schemas.mailbox import (
     cursor_key,
 )
 from schemas.topics import CONNECTOR_CURSORS, MAIL_TRACK, MAILBOX_CONFIG, codec
-from schemas.track import RequestKind, TrackRequest, track_message_id
+from schemas.track import (
+    RequestKind,
+    TrackRequest,
+    TrackTarget,
+    track_message_id,
+    track_target,
+)
 
 log = logging.getLogger(__name__)
 STATUS_HEARTBEAT = timedelta(seconds=60)
@@ -370,7 +384,10 @@ class ConnectorRuntime:
             return
         pending = book.open(request, tp.partition, offset)
         try:
-            message_id = track_message_id(request.message_id)
+            target = track_target(request.message_id, request.item_id, request.ical_uid)
+            message_id = request.message_id
+            if target == TrackTarget.MESSAGE:
+                message_id = track_message_id(message_id)
         except ValueError as exc:
             await self._end_track(pending, track_error(request, TRACK_INVALID, str(exc), utc_now()))
             return
@@ -458,7 +475,15 @@ class ConnectorRuntime:
         while owned.tracks and not owned.stop.is_set():
             pending = owned.tracks[0]
             request = pending.request
-            found = await source.find_message(request.message_id)
+            if request.message_id:
+                found = await source.find_message(request.message_id)
+            elif (why := item_lookup_refusal(source)) is not None:
+                owned.tracks.pop(0)
+                await self._end_track(pending, track_error(request, TRACK_REFUSED, why, utc_now()))
+                continue
+            else:
+                assert isinstance(source, ItemFinder)
+                found = await source.find_item(request.item_id, request.ical_uid)
             if found:
                 marked = [tracked_event(event, request) for event in found]
                 await self._emitter.emit_changes(marked, source.protocol)
@@ -469,7 +494,13 @@ class ConnectorRuntime:
                     len(marked),
                 )
             else:
-                error = not_found_error(request, utc_now())
+                error = (
+                    not_found_error(request, utc_now())
+                    if request.message_id
+                    else track_error(
+                        request, TRACK_NOT_FOUND, item_not_found_reason(request), utc_now()
+                    )
+                )
                 log.warning("%s", error.message)
                 await self._emitter.emit_error(error, source.protocol)
             owned.tracks.pop(0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -120,6 +120,42 @@ class MailboxSource(Protocol):
     async def close(self) -> None:
         """Release connections; the source may be used again afterwards (it reconnects)."""
         ...
+
+
+@runtime_checkable
+class ItemFinder(Protocol):
+    """A source that can look up one appointment, contact or task (manual tracking of
+    ACT items, docs/act.md): EWS so far (Graph not yet). Other sources are refused
+    with `item_lookup_refusal`."""
+
+    protocol: str
+
+    async def find_item(self, item_id: str, ical_uid: str) -> list[MailItemChanged]:
+        """The created event a sync emits, now, for the item of the mailbox's ACT folders
+        whose server id is `item_id`, or for every appointment whose iCalendar UID is
+        `ical_uid` (one of them is ""). Empty when there is none, or when the mailbox
+        does not sync ACT items; raise ConnectorError on failure. Cursors do not move."""
+        ...
+
+
+def item_lookup_refusal(source: object) -> str | None:
+    """Why `source` cannot look up an ACT item for a track request (None: it can)."""
+    if isinstance(source, ItemFinder):
+        return None
+    protocol = getattr(source, "protocol", "this")
+    return (
+        f"a {protocol} mailbox cannot look up appointments, contacts or tasks; "
+        "--item-id and --ical-uid work for EWS mailboxes"
+    )
+
+
+def item_not_found_reason(request: TrackRequest) -> str:
+    """The one line saying the mailbox holds no ACT item the request names."""
+    which = f"item {request.item_id}" if request.item_id else f"UID {request.ical_uid}"
+    return (
+        f"mailbox {request.mailbox_id} holds no appointment, contact or task with {which} "
+        "in the folders tidings syncs; check the id and that act.enabled covers its folder"
+    )
 
 
 def fold_counters(before: MailboxCounters, result: PassResult) -> MailboxCounters:

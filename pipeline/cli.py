@@ -1128,15 +1128,29 @@ def status(ctx: Context, watch: bool, interval_s: float) -> None:
 )
 @click.option(
     "--message-id",
-    required=True,
-    help="Its Message-ID, with or without angle brackets, e.g. '<abc@example.com>'.",
+    default="",
+    help="An email's Message-ID, with or without angle brackets, e.g. '<abc@example.com>'.",
 )
+@click.option(
+    "--item-id",
+    default="",
+    help="Or an appointment, contact or task: its server item id (as events and "
+    "`tidings mailbox reconcile` show it).",
+)
+@click.option("--ical-uid", default="", help="Or a meeting, by its iCalendar UID.")
 @click.option(
     "--requested-by", help="Who asks, named in the decision's explanation (default: your login)."
 )
 @pass_context
-def track(ctx: Context, mailbox_id: str, message_id: str, requested_by: str | None) -> None:
-    """Track one message by hand, whatever the mailbox's filter says.
+def track(
+    ctx: Context,
+    mailbox_id: str,
+    message_id: str,
+    item_id: str,
+    ical_uid: str,
+    requested_by: str | None,
+) -> None:
+    """Track one message, appointment, contact or task by hand, whatever the filter says.
 
     \b
     The connector that owns the mailbox finds the message in the folders it
@@ -1146,6 +1160,10 @@ def track(ctx: Context, mailbox_id: str, message_id: str, requested_by: str | No
     message already tracked stays one activity with this mailbox added. If the
     mailbox does not hold the message, a TrackNotFound sync error says so.
     Approval is not bypassed: an unapproved mailbox is not read at all.
+    \b
+    --item-id or --ical-uid instead ask for an appointment, contact or task of
+    the mailbox's ACT folders (EWS mailboxes with act.enabled; not Graph yet): it is
+    sent to CRM as if it carried the tracked category (reason ManualTrack).
     \b
     See the outcome (with `tidings run` going):
       tidings query "SELECT item_id, status, explanation FROM
@@ -1159,25 +1177,40 @@ def track(ctx: Context, mailbox_id: str, message_id: str, requested_by: str | No
     from pipeline.track import TrackRefusedError, new_track_request
     from schemas.base import utc_now
     from schemas.topics import MAIL_TRACK, MAILBOX_CONFIG
-    from schemas.track import track_message_id
+    from schemas.track import TrackTarget, track_message_id, track_target
 
     try:
-        track_message_id(message_id)
+        target = track_target(message_id, item_id, ical_uid)
     except ValueError as exc:
-        fail(f"--message-id: {exc}", "give it as in the header, e.g. '<abc@example.com>'")
+        fail(f"nothing to track: {exc}", "use one of --message-id, --item-id, --ical-uid")
+    if target == TrackTarget.MESSAGE:
+        try:
+            track_message_id(message_id)
+        except ValueError as exc:
+            fail(f"--message-id: {exc}", "give it as in the header, e.g. '<abc@example.com>'")
     infra = bring_up(ctx.config)
     try:
         configs = asyncio.run(read_compacted(infra.config, MAILBOX_CONFIG))
         try:
-            request = new_track_request(configs, mailbox_id, message_id, requested_by, utc_now())
+            request = new_track_request(
+                configs, mailbox_id, message_id, requested_by, utc_now(),
+                item_id=item_id, ical_uid=ical_uid,
+            )  # fmt: skip
         except TrackRefusedError as exc:
             fail(str(exc))
         _publish(infra.config, MAIL_TRACK, [(mailbox_id, request)])
     finally:
         infra.close()
+    looked_for = (
+        f"<{request.message_id}>"
+        if request.message_id
+        else f"item {request.item_id}"
+        if request.item_id
+        else f"the meeting with UID {request.ical_uid}"
+    )
     console.print(
         f"track request {request.request_id} sent: {mailbox_id} looks for "
-        f"<{request.message_id}>; its decision will say ManualTrack",
+        f"{looked_for}; its decision will say ManualTrack",
         soft_wrap=True,
     )
 

@@ -31,6 +31,11 @@ class TrackRequest(Record, frozen=True, kw_only=True):
     harmless. `requested_by` is who asked, for the explanation ("" when
     unknown). Keyed by `mailbox_id` on mail.track.
 
+    `item_id` (the server's item id, as `tidings mailbox reconcile` and the change
+    events show it) or `ical_uid` (a meeting's iCalendar UID) asks instead for an
+    appointment, contact or task of the mailbox's ACT folders (docs/act.md): at most
+    one of `message_id`, `item_id` and `ical_uid` is set (see `track_target`).
+
     `kind` "sync" asks instead for an immediate poll of the mailbox (its
     `message_id` is empty and ignored); the connector that owns the mailbox
     wakes its loop, or publishes a notice on sync.errors saying why it cannot.
@@ -42,6 +47,8 @@ class TrackRequest(Record, frozen=True, kw_only=True):
     kind: RequestKind = RequestKind.TRACK
     requested_by: str = ""
     requested_at: datetime
+    item_id: str = ""
+    ical_uid: str = ""
 
     @property
     def mark(self) -> ManualTrack:
@@ -68,3 +75,31 @@ def track_message_id(raw: str) -> str:
             f"{raw!r} is not a Message-ID: only printable ASCII without spaces is allowed"
         )
     return normalized
+
+
+class TrackTarget(StrEnum):
+    """What a track request looks for, so which lookup the owning connector runs."""
+
+    MESSAGE = "message"  # an email, by Message-ID (`MailboxSource.find_message`)
+    ITEM = "item"  # an appointment, contact or task, by item id or iCalendar UID
+
+
+def track_target(message_id: str, item_id: str, ical_uid: str) -> TrackTarget:
+    """Which lookup a track request asks for; ValueError saying why when it names
+    none or more than one of Message-ID, item id and iCalendar UID, or when the item
+    id or UID is not printable ASCII without spaces (as servers issue them)."""
+    given = [name for name, value in (
+        ("a Message-ID", message_id), ("an item id", item_id), ("an iCalendar UID", ical_uid)
+    ) if value]  # fmt: skip
+    if not given:
+        raise ValueError("it names nothing to track: give a Message-ID, an item id or a UID")
+    if len(given) > 1:
+        raise ValueError(f"it names {' and '.join(given)}: give only one")
+    if message_id:
+        return TrackTarget.MESSAGE
+    value = item_id or ical_uid
+    if not all("!" <= char <= "~" for char in value):
+        raise ValueError(
+            f"{value!r} is not an item id or UID: only printable ASCII without spaces is allowed"
+        )
+    return TrackTarget.ITEM

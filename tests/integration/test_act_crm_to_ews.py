@@ -13,13 +13,9 @@ link property finds the first item, so there is no duplicate.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,34 +23,29 @@ from connectors.act_conflict import sync_fields
 from connectors.act_ews_write import EwsActTarget
 from connectors.act_writer import ActWriter
 from connectors.gate import ServerGate
-from pipeline.publish import publish
-from schemas.act import (
-    ActRecord,
-    ActType,
-    Appointment,
-    Attendee,
-    Contact,
-    OccurrenceChange,
-    Recurrence,
-    Task,
-    TaskStatus,
-)
+from schemas.act import ActType, Task, TaskStatus
 from schemas.act_changes import ActLink, CrmActChange, link_key
-from schemas.base import RecordRef
-from schemas.mailbox import (
-    ActSettings,
-    Credentials,
-    EwsAccess,
-    EwsAuth,
-    EwsSettings,
-    MailboxConfig,
-    Protocol,
-    RetryPolicy,
-    ServerProfile,
-    TransportSecurity,
+from schemas.mailbox import ActSettings, MailboxConfig
+from schemas.topics import ACT_LINKS
+from tests.act_harness import (
+    CANCELLED,
+    DANA,
+    MOVED,
+    START,
+    act_writer,
+    crm_change,
+    crm_contact,
+    crm_series,
+    ews_mailbox,
+    ews_profile,
+    ews_simulator,
+    processed,
+    reached_crm,
+    replay_changes_nothing,
+    send_act,
+    until,
 )
-from schemas.secret import SecretRef
-from schemas.topics import ACT_LINKS, CRM_ACT, CRM_ACT_CHANGES
+from tests.act_harness import crm_meeting as _crm_meeting
 from tests.connector_harness import ConnectorHarness
 from tests.ews_sim import EwsSimulator, SimActItem, SimMailbox, act_edit
 
@@ -62,149 +53,24 @@ pytestmark = pytest.mark.integration
 
 PASSWORD_ENV = "TEST_ACT_EWS_WRITE_PASSWORD"
 PASSWORD = "svc-S3cret!"
+SVC = "svc-tidings"
 ALICE = "alice@northwind.example"
-DANA = "dana@fabrikam.example"
-WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
-START = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=7)
 WRITES = ("CreateItem", "UpdateItem", "DeleteItem")
 
 
 @pytest.fixture
 def sim() -> Iterator[EwsSimulator]:
-    os.environ[PASSWORD_ENV] = PASSWORD
-    with EwsSimulator() as server:
-        server.add_user("svc-tidings", PASSWORD, impersonator=True)
+    with ews_simulator(SVC, PASSWORD, {PASSWORD_ENV: PASSWORD}) as server:
         server.add_mailbox(ALICE)
         yield server
-    os.environ.pop(PASSWORD_ENV, None)
-
-
-def profile(sim: EwsSimulator) -> ServerProfile:
-    return ServerProfile(
-        protocol=Protocol.EWS,
-        host="127.0.0.1",
-        port=sim.port,
-        security=TransportSecurity.PLAIN,
-        allow_plaintext=True,
-        retry=RetryPolicy(max_retries=3, retry_interval_s=1.0, reconnect_base_s=0.2),
-        timeout_s=10.0,
-    )
 
 
 def mailbox() -> MailboxConfig:
-    return MailboxConfig(
-        mailbox_id="mb-alice",
-        owner=RecordRef("user", "alice"),
-        email_address=ALICE,
-        protocol=Protocol.EWS,
-        server_profile="exchange",
-        credentials=Credentials(username="svc-tidings", password=SecretRef(env=PASSWORD_ENV)),
-        ews=EwsSettings(
-            auth=EwsAuth.BASIC, access=EwsAccess.IMPERSONATION, include_sent=False, streaming=False
-        ),
-        act=ActSettings(),
-    )
+    return ews_mailbox("mb-alice", ALICE, SVC, PASSWORD_ENV, act=ActSettings())
 
 
-def meeting(subject: str, at: datetime, **changes: Any) -> CrmActChange:
-    payload = Appointment(
-        ical_uid="crm-meeting-1",
-        subject=subject,
-        body=changes.pop("body", "Agenda"),
-        start=START,
-        end=START + timedelta(hours=1),
-        location=changes.pop("location", "Room 1"),
-        organizer=Attendee(address=ALICE, name="Alice"),
-        attendees=[Attendee(address=DANA, name="Dana")],
-        **changes,
-    )
-    return CrmActChange(
-        record_id="appt-1",
-        record_type=ActType.APPOINTMENT,
-        owner=RecordRef("user", "alice"),
-        payload=payload,
-        crm_change_time=at,
-    )
-
-
-FIRST = START + timedelta(hours=3)
-MOVED = OccurrenceChange(
-    original_start=FIRST + timedelta(weeks=1),
-    start=FIRST + timedelta(weeks=1, hours=1),
-    end=FIRST + timedelta(weeks=1, hours=1, minutes=30),
-    subject="Weekly sync (moved)",
-)
-CANCELLED = OccurrenceChange(original_start=FIRST + timedelta(weeks=3), cancelled=True)
-
-
-def series(at: datetime) -> CrmActChange:
-    payload = Appointment(
-        ical_uid="crm-series-1",
-        subject="Weekly sync",
-        start=FIRST,
-        end=FIRST + timedelta(minutes=30),
-        recurrence=Recurrence(
-            rrule=f"FREQ=WEEKLY;BYDAY={WEEKDAYS[FIRST.weekday()]}",
-            start_date=FIRST.date(),
-            count=5,
-        ),
-        exceptions=[MOVED, CANCELLED],
-    )
-    return CrmActChange(
-        record_id="series-1",
-        record_type=ActType.APPOINTMENT,
-        owner=RecordRef("user", "alice"),
-        payload=payload,
-        crm_change_time=at,
-    )
-
-
-def contact(at: datetime) -> CrmActChange:
-    return CrmActChange(
-        record_id="contact-1",
-        record_type=ActType.CONTACT,
-        owner=RecordRef("user", "alice"),
-        payload=Contact(
-            given_name="Dana",
-            surname="Ng",
-            display_name="Dana Ng",
-            emails=[DANA],
-            company="Fabrikam",
-            department="Sales",
-        ),
-        crm_change_time=at,
-    )
-
-
-async def until(check: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            found = check()
-            if found:
-                return found
-            await asyncio.sleep(0.1)
-    raise AssertionError(what)  # pragma: no cover
-
-
-@contextlib.asynccontextmanager
-async def writer(h: ConnectorHarness, group: str) -> AsyncIterator[ActWriter]:
-    running = ActWriter(
-        h.config.kafka,
-        h.config.topic_prefix,
-        h.config.server_profiles,
-        group_id=group,
-        ack_timeout_s=30,
-        worker=group,
-        retry_pause_s=0.2,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(running.run(stop))
-    try:
-        yield running
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+def meeting(subject: str, at: datetime, **changes: object) -> CrmActChange:
+    return _crm_meeting(ALICE, subject, at, **changes)
 
 
 def items(box: SimMailbox, folder: str) -> dict[str, SimActItem]:
@@ -216,28 +82,10 @@ def items(box: SimMailbox, folder: str) -> dict[str, SimActItem]:
     return out
 
 
-async def send(h: ConnectorHarness, *changes: CrmActChange) -> None:
-    await publish(
-        h.config.kafka, h.config.topic_prefix, CRM_ACT_CHANGES, [(c.record_id, c) for c in changes]
-    )
-
-
-async def processed(w: ActWriter, step: Callable[[], Awaitable[None]]) -> None:
-    """Run `step` and wait until the writer handled one more change."""
-
-    def count() -> int:
-        s = w.stats
-        return s.created + s.updated + s.deleted + s.unchanged + s.failed
-
-    start = count()
-    await step()
-    await until(lambda: count() > start, "the writer handled the change")
-
-
 async def reads_back(sim: EwsSimulator, change: CrmActChange, item_id: str) -> None:
     """The item, read back through exchangelib and the Exchange → CRM mapping, holds
     every synchronized field the CRM wrote (organizer and categories flow nowhere)."""
-    target = EwsActTarget(mailbox(), profile(sim), ServerGate("exchange", 4))
+    target = EwsActTarget(mailbox(), ews_profile(sim), ServerGate("exchange", 4))
     read = await target.get(change.record_type, item_id)
     await target.close()
     assert read is not None and change.payload is not None
@@ -257,12 +105,12 @@ async def test_meeting_conflicts_series_delete_and_replay(
     sim: EwsSimulator, tmp_path: Path
 ) -> None:
     box = sim.mailboxes[ALICE]
-    async with ConnectorHarness.up(tmp_path / "data", {"exchange": profile(sim)}) as h:
+    async with ConnectorHarness.up(tmp_path / "data", {"exchange": ews_profile(sim)}) as h:
         await h.add_mailbox(mailbox())
         t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-        async with writer(h, "act-ews-writer-1") as w:
+        async with act_writer(h, "act-ews-writer-1") as w:
             # 1. A CRM meeting appears in the organizer's calendar; the attendee is invited.
-            await send(h, meeting("Review", t0), contact(t0))
+            await send_act(h, meeting("Review", t0), crm_contact(t0))
             event = await until(lambda: items(box, "calendar").get("Review"), "the meeting")
             assert event.props["organizer"][0] == ALICE
             assert [a for a, _, _ in event.props["required"]] == [DANA]
@@ -274,7 +122,7 @@ async def test_meeting_conflicts_series_delete_and_replay(
             person = items(box, "contacts")["Dana Ng"]
             assert person.props["emails"] == [DANA]
             assert person.props["department"] == "Sales"
-            await reads_back(sim, contact(t0), person.item_id)
+            await reads_back(sim, crm_contact(t0), person.item_id)
             assert w.stats.failed == 0
 
             late = await conflicts(h, w, box, event, t0)
@@ -282,14 +130,8 @@ async def test_meeting_conflicts_series_delete_and_replay(
 
             # 6. Deleted in the CRM: the organizer's future meeting is cancelled (the
             #    attendee gets the cancellation), the link marked deleted.
-            gone = CrmActChange(
-                record_id="appt-1",
-                record_type=ActType.APPOINTMENT,
-                owner=RecordRef("user", "alice"),
-                deleted=True,
-                crm_change_time=late + timedelta(minutes=1),
-            )
-            await send(h, gone)
+            gone = crm_change("appt-1", ActType.APPOINTMENT, late + timedelta(minutes=1))
+            await send_act(h, gone)
             await until(lambda: "CRM tie" not in items(box, "calendar"), "the meeting is gone")
             assert (DANA, "CRM tie") in sim.act_cancellations
             links = await h.wait_for(
@@ -302,9 +144,7 @@ async def test_meeting_conflicts_series_delete_and_replay(
 
         # 7. A second writer replays the topic from its start: nothing changes and
         #    nothing is written (older versions are stale, the latest ones linked).
-        async with writer(h, "act-ews-writer-replay") as replay:
-            await until(lambda: replay.stats.unchanged >= 7, "the replay was read", 45)
-            assert replay.stats.created == replay.stats.updated == replay.stats.deleted == 0
+        await replay_changes_nothing(h, "act-ews-writer-replay", 7)
         assert {i.item_id: i.change_key for f in box.folders.values() for i in f.live()} == settled
         assert writes(sim) == before
 
@@ -320,20 +160,19 @@ async def conflicts(
     act_edit(box, event.item_id, at=edited, subject="Outlook subject", location="Room 9")
     await processed(
         w,
-        lambda: send(h, meeting("CRM subject", edited + timedelta(minutes=1), body="CRM body")),
+        lambda: send_act(h, meeting("CRM subject", edited + timedelta(minutes=1), body="CRM body")),
     )
     assert event.subject == "CRM subject"
     assert event.props["body"] == "CRM body"
     assert event.props["location"] == "Room 9"
-    taken = await h.wait_for(CRM_ACT, "appt-1", lambda v: len(v) >= 1)
-    assert isinstance(taken[-1], ActRecord) and taken[-1].origin == "exchange"
-    assert isinstance(taken[-1].payload, Appointment)
-    assert taken[-1].payload.location == "Room 9"
+    await reached_crm(h, "appt-1", location="Room 9")
 
     # 3. A tie (the same change time on both sides): the CRM wins.
     tie = edited + timedelta(minutes=20)
     act_edit(box, event.item_id, at=tie, subject="Outlook tie")
-    await processed(w, lambda: send(h, meeting("CRM tie", tie, body="CRM body", location="Room 9")))
+    await processed(
+        w, lambda: send_act(h, meeting("CRM tie", tie, body="CRM body", location="Room 9"))
+    )
     assert event.subject == "CRM tie"
 
     # 4. The mailbox later: its body stays and goes to the CRM.
@@ -342,21 +181,17 @@ async def conflicts(
     stale = late - timedelta(minutes=5)
     await processed(
         w,
-        lambda: send(h, meeting("CRM tie", stale, body="CRM body 2", location="Room 9")),
+        lambda: send_act(h, meeting("CRM tie", stale, body="CRM body 2", location="Room 9")),
     )
     assert event.props["body"] == "Outlook body"
-    await h.wait_for(
-        CRM_ACT,
-        "appt-1",
-        lambda v: any(getattr(r.payload, "body", "") == "Outlook body" for r in v),
-    )
+    await reached_crm(h, "appt-1", body="Outlook body")
     return late
 
 
 async def weekly_series(h: ConnectorHarness, box: SimMailbox, t0: datetime) -> None:
     """Step 5: a weekly series with one modified and one cancelled occurrence."""
     # 5. A weekly series with one modified and one cancelled occurrence.
-    await send(h, series(t0))
+    await send_act(h, crm_series(t0))
     master = await until(lambda: items(box, "calendar").get("Weekly sync"), "the series")
     await until(lambda: master.props.get("modified") and master.props.get("deleted"), "ex")
     assert "WeeklyRecurrence" in master.props["recurrence"]
@@ -367,7 +202,7 @@ async def weekly_series(h: ConnectorHarness, box: SimMailbox, t0: datetime) -> N
         f.items[occurrence_id] for f in box.folders.values() if occurrence_id in f.items
     )
     assert occurrence.subject == "Weekly sync (moved)"
-    await reads_back(box.sim, series(t0), master.item_id)
+    await reads_back(box.sim, crm_series(t0), master.item_id)
     series_link = await h.wait_for(ACT_LINKS, link_key("series-1", "mb-alice"), bool)
     assert isinstance(series_link[-1], ActLink)
 
@@ -375,7 +210,7 @@ async def weekly_series(h: ConnectorHarness, box: SimMailbox, t0: datetime) -> N
 async def test_retried_create_finds_the_first_item(sim: EwsSimulator) -> None:
     """A create whose link was lost (a crash after CreateItem) is retried with the
     same transaction: FindItem on the link property returns the first item."""
-    target = EwsActTarget(mailbox(), profile(sim), ServerGate("exchange", 4))
+    target = EwsActTarget(mailbox(), ews_profile(sim), ServerGate("exchange", 4))
     task = Task(subject="Call Dana", due=START, status=TaskStatus.IN_PROGRESS)
     first = await target.create(ActType.TASK, task, transaction="tx-task-1")
     again = await target.create(ActType.TASK, task, transaction="tx-task-1")

@@ -4,7 +4,6 @@ connector's change events on mail.changes, then the processors' pure stage on th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,20 +16,9 @@ from schemas.base import RecordRef
 from schemas.config import ConnectorConfig
 from schemas.crm import DecisionStatus, PartyRole, ReasonCode
 from schemas.mail import ChangeKind, ItemType, MailItemChanged
-from schemas.mailbox import (
-    ActSettings,
-    Credentials,
-    EwsAccess,
-    EwsAuth,
-    EwsSettings,
-    MailboxConfig,
-    Protocol,
-    RetryPolicy,
-    ServerProfile,
-    TransportSecurity,
-)
-from schemas.secret import SecretRef
+from schemas.mailbox import ActSettings, MailboxConfig
 from schemas.topics import MAIL_CHANGES
+from tests.act_harness import ews_mailbox, ews_profile, ews_simulator
 from tests.connector_harness import ConnectorHarness
 from tests.ews_sim import (
     EwsSimulator,
@@ -44,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 PASSWORD_ENV = "TEST_ACT_EWS_PASSWORD"
 PASSWORD = "svc-S3cret!"
+SVC = "svc-tidings"
 FAST = ConnectorConfig(server_poll_interval_s=0.3, max_batch_items=50)
 ALICE, BOB = "alice@northwind.example", "bob@northwind.example"
 UID = "040000008200E00074C5B7101A82E00800000000B7"
@@ -53,38 +42,12 @@ TRACKED = ["Tracked to CRM"]
 
 @pytest.fixture
 def sim() -> Iterator[EwsSimulator]:
-    os.environ[PASSWORD_ENV] = PASSWORD
-    with EwsSimulator() as server:
-        server.add_user("svc-tidings", PASSWORD, impersonator=True)
+    with ews_simulator(SVC, PASSWORD, {PASSWORD_ENV: PASSWORD}) as server:
         yield server
-    os.environ.pop(PASSWORD_ENV, None)
-
-
-def profile(sim: EwsSimulator) -> ServerProfile:
-    return ServerProfile(
-        protocol=Protocol.EWS,
-        host="127.0.0.1",
-        port=sim.port,
-        security=TransportSecurity.PLAIN,
-        allow_plaintext=True,
-        retry=RetryPolicy(max_retries=3, retry_interval_s=1.0, reconnect_base_s=0.2),
-        timeout_s=10.0,
-    )
 
 
 def mailbox(mailbox_id: str, address: str) -> MailboxConfig:
-    return MailboxConfig(
-        mailbox_id=mailbox_id,
-        owner=RecordRef("user", address.split("@", maxsplit=1)[0]),
-        email_address=address,
-        protocol=Protocol.EWS,
-        server_profile="exchange",
-        credentials=Credentials(username="svc-tidings", password=SecretRef(env=PASSWORD_ENV)),
-        ews=EwsSettings(
-            auth=EwsAuth.BASIC, access=EwsAccess.IMPERSONATION, include_sent=False, streaming=False
-        ),
-        act=ActSettings(),
-    )
+    return ews_mailbox(mailbox_id, address, SVC, PASSWORD_ENV, act=ActSettings())
 
 
 def meeting(box: object, **extra: object) -> None:
@@ -128,7 +91,7 @@ async def test_calendar_contacts_and_tasks_flow_into_crm_records(
         alice, "tasks", TRACKED, subject="Send the quote", due=T0, status="InProgress"
     )
     add_act_item(alice, "tasks", subject="Private errand")  # not tracked
-    async with ConnectorHarness.up(tmp_path / "data", {"exchange": profile(sim)}, FAST) as h:
+    async with ConnectorHarness.up(tmp_path / "data", {"exchange": ews_profile(sim)}, FAST) as h:
         await h.add_mailbox(mailbox("mb-alice", ALICE))
         await h.add_mailbox(mailbox("mb-bob", BOB))
         async with h.runtime():

@@ -11,10 +11,7 @@ id (act.links); an untracked task is skipped; a deleted contact is a tombstone."
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,10 +19,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from connectors.act_writer import ActWriter
-from connectors.graph_auth import forget_apps
+from pipeline.embedded import free_port
 from pipeline.idle import drain, topic_partitions
-from pipeline.publish import publish
 from schemas.act import (
     ActRecord,
     ActType,
@@ -41,15 +36,23 @@ from schemas.codec import decode_key
 from schemas.config import ConnectorConfig
 from schemas.crm import DecisionStatus, PromotionDecision, ReasonCode
 from schemas.mail import ChangeKind, ItemType, MailItemChanged
-from schemas.mailbox import ActSettings, MailboxConfig, Protocol
+from schemas.mailbox import ActSettings, MailboxConfig
 from schemas.topics import (
     ACT_LINKS,
     CRM_ACT,
-    CRM_ACT_CHANGES,
     MAIL_CHANGES,
     PROMOTION_DECISIONS,
     TopicSpec,
     codec,
+)
+from tests.act_harness import (
+    DANA,
+    act_writer,
+    crm_change,
+    graph_mailbox,
+    graph_simulator,
+    send_act,
+    until,
 )
 from tests.connector_harness import ConnectorHarness
 from tests.graph_sim import (
@@ -78,57 +81,35 @@ T0 = _today + timedelta(days=7 - _today.weekday())  # next Monday 09:00 UTC
 
 @pytest.fixture
 async def sim(tmp_path: Path) -> AsyncIterator[GraphSimulator]:
-    forget_apps()
-    async with GraphSimulator.running(tmp_path / "graph") as server:
-        server.add_app(APP, SECRET)
-        server.add_user(ALICE)
-        server.add_user(BOB)
+    env = {SECRET_ENV: SECRET}
+    async with graph_simulator(tmp_path / "graph", APP, SECRET, [ALICE, BOB], env) as server:
         yield server
-    forget_apps()
-
-
-@pytest.fixture
-def secret() -> Iterator[str]:
-    os.environ[SECRET_ENV] = SECRET
-    yield SECRET
-    os.environ.pop(SECRET_ENV, None)
 
 
 def mailbox(mailbox_id: str, address: str) -> MailboxConfig:
-    return MailboxConfig(
-        mailbox_id=mailbox_id,
-        owner=RecordRef("user", address.split("@", maxsplit=1)[0]),
-        email_address=address,
-        protocol=Protocol.GRAPH,
-        server_profile="graph",
-        act=ActSettings(),
-    )
+    return graph_mailbox(mailbox_id, address, act=ActSettings())
 
 
 def crm_meeting() -> CrmActChange:
     """A meeting created in the CRM (it carries the tracked category, as Dynamics sets it)."""
     start = T0 + timedelta(days=2, hours=5)
-    return CrmActChange(
-        record_id="crm-appt-1",
-        record_type=ActType.APPOINTMENT,
-        owner=RecordRef("user", "alice"),
-        payload=Appointment(
-            ical_uid="crm-appt-1-uid",
-            subject="Contract review",
-            start=start,
-            end=start + timedelta(hours=1),
-            organizer=Attendee(address=ALICE, name="Alice"),
-            attendees=[Attendee(address="dana@fabrikam.example", name="Dana")],
-            categories=TRACKED,
-        ),
-        crm_change_time=datetime.now(UTC) - timedelta(minutes=5),
+    payload = Appointment(
+        ical_uid="crm-appt-1-uid",
+        subject="Contract review",
+        start=start,
+        end=start + timedelta(hours=1),
+        organizer=Attendee(address=ALICE, name="Alice"),
+        attendees=[Attendee(address=DANA, name="Dana")],
+        categories=TRACKED,
     )
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    return crm_change("crm-appt-1", ActType.APPOINTMENT, at, payload)
 
 
 def recurring_meeting(sim: GraphSimulator) -> None:
     """Alice's weekly meeting (4 times) and Bob's copy: occurrence 1 moved by two
     hours, occurrence 2 cancelled (gone from Alice's, marked cancelled in Bob's)."""
-    people = [("dana@fabrikam.example", "Dana", "required", "accepted"),
+    people = [(DANA, "Dana", "required", "accepted"),
               (BOB, "Bob", "optional", "accepted")]  # fmt: skip
     moved = T0 + timedelta(weeks=1, hours=2)
     for upn, attendee in ((ALICE, False), (BOB, True)):
@@ -140,16 +121,6 @@ def recurring_meeting(sim: GraphSimulator) -> None:
         act_change_occurrence(sim, upn, master["id"], T0 + timedelta(weeks=1),
                               start=moved, end=moved + timedelta(hours=1))  # fmt: skip
         act_cancel_occurrence(sim, upn, master["id"], T0 + timedelta(weeks=2), attendee=attendee)
-
-
-async def until(check: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            found = check()
-            if found:
-                return found
-            await asyncio.sleep(0.1)
-    raise AssertionError(what)  # pragma: no cover
 
 
 async def read_all(h: ConnectorHarness, spec: TopicSpec[Any]) -> list[tuple[str, Any]]:
@@ -193,28 +164,6 @@ async def wait_all(
         await asyncio.sleep(0.5)
 
 
-@contextlib.asynccontextmanager
-async def writer(h: ConnectorHarness) -> AsyncIterator[ActWriter]:
-    running = ActWriter(
-        h.config.kafka, h.config.topic_prefix, h.config.server_profiles,
-        group_id="act-writer-read-test", ack_timeout_s=30, worker="w", retry_pause_s=0.2,
-    )  # fmt: skip
-    stop_writer = asyncio.Event()
-    task = asyncio.create_task(running.run(stop_writer))
-    try:
-        yield running
-    finally:
-        stop_writer.set()
-        await asyncio.wait_for(task, 60)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def of(events: list[MailItemChanged], kind: ItemType) -> list[MailItemChanged]:
     return [e for e in events if e.item_type == kind]
 
@@ -244,7 +193,7 @@ def check_events(
 
 
 async def test_graph_items_become_crm_records_through_the_processors(
-    sim: GraphSimulator, secret: str, tmp_path: Path
+    sim: GraphSimulator, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     profile = sim.profile(APP, SECRET_ENV, timeout_s=10.0)
@@ -253,9 +202,8 @@ async def test_graph_items_become_crm_records_through_the_processors(
         await h.add_mailbox(mailbox("mb-bob", BOB))
 
         # 1. The CRM's meeting is written into Alice's calendar and linked.
-        async with writer(h) as w:
-            await publish(h.config.kafka, h.config.topic_prefix, CRM_ACT_CHANGES,
-                          [("crm-appt-1", crm_meeting())])  # fmt: skip
+        async with act_writer(h, "act-writer-read-test") as w:
+            await send_act(h, crm_meeting())
             await until(lambda: w.stats.created >= 1, "the writer created the meeting")
         links = await h.wait_for(ACT_LINKS, link_key("crm-appt-1", "mb-alice"), bool)
         written = links[-1].item_id
@@ -263,7 +211,7 @@ async def test_graph_items_become_crm_records_through_the_processors(
         # 2. What users keep in Outlook, read by the connector.
         recurring_meeting(sim)
         contact = act_add_item(sim, ALICE, "contact", displayName="Dana Ng", givenName="Dana",
-                               emailAddresses=[{"address": "dana@fabrikam.example"}],
+                               emailAddresses=[{"address": DANA}],
                                categories=TRACKED)  # fmt: skip
         task = act_add_item(sim, ALICE, "task", title="Send the quote", status="inProgress",
                             importance="high", categories=TRACKED)  # fmt: skip

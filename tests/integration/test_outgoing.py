@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +27,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from connectors.outgoing_sender import OutgoingSender
 from pipeline.embedded import free_port
-from pipeline.publish import publish
 from schemas.base import RecordRef
 from schemas.config import OutgoingConfig
 from schemas.errors import OutgoingErrorCode as Code
@@ -46,7 +44,8 @@ from schemas.mailbox import (
 )
 from schemas.outgoing import OutgoingEmail, OutgoingStatus, SendStatus
 from schemas.secret import SecretRef
-from schemas.topics import OUTGOING_MAIL, OUTGOING_STATUS
+from schemas.topics import OUTGOING_STATUS
+from tests.act_harness import outgoing_sender, outgoing_statuses, queue_mail
 from tests.connector_harness import PASSWORD_ENV, ConnectorHarness, mailbox
 from tests.mailserver import Dovecot
 from tests.workspace import ROOT
@@ -186,48 +185,6 @@ def maildir_mailbox(mailbox_id: str, tmp: Path, **outgoing: Any) -> MailboxConfi
     )
 
 
-@contextlib.asynccontextmanager
-async def sender(
-    h: ConnectorHarness, settings: OutgoingConfig = FAST
-) -> AsyncIterator[OutgoingSender]:
-    running = OutgoingSender(
-        h.config.kafka,
-        h.config.topic_prefix,
-        settings,
-        h.config.processors.correlation,
-        h.config.server_profiles,
-        ack_timeout_s=30,
-        worker="test-sender",
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(running.run(stop))
-    try:
-        yield running
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
-
-
-async def queue(h: ConnectorHarness, *emails: OutgoingEmail) -> None:
-    await publish(
-        h.config.kafka,
-        h.config.topic_prefix,
-        OUTGOING_MAIL,
-        [(e.activity_id, e) for e in emails],
-    )
-
-
-async def statuses(h: ConnectorHarness, activity_id: str, final: bool = True) -> list[Any]:
-    """Every status of an activity, once the last one is final (sent or failed)."""
-
-    def done(values: list[OutgoingStatus]) -> bool:
-        if not final:
-            return bool(values)
-        return bool(values) and values[-1].status in (SendStatus.SENT, SendStatus.FAILED)
-
-    return await h.wait_for(OUTGOING_STATUS, activity_id, done, timeout_s=90)
-
-
 def errors_of(errors: list[SyncError], activity_id: str) -> list[SyncError]:
     return [e for e in errors if e.item_id == activity_id]
 
@@ -274,14 +231,14 @@ async def test_sends_with_token_and_message_id_copies_to_sent_and_never_twice(
                 bcc=[EmailAddress("audit@northwind.example")],
                 in_reply_to="m0@contoso.example",
             )
-            async with sender(h):
-                await queue(h, first)
+            async with outgoing_sender(h, FAST):
+                await queue_mail(h, first)
                 history = await h.wait_for(
                     OUTGOING_STATUS, "act-1", lambda v: bool(v) and v[-1].copied_to_sent, 90
                 )
-                await queue(h, first)  # the CRM queues it again: not sent again
-                await queue(h, outgoing_email("act-2", "mb-alice", subject="Next"))
-                await statuses(h, "act-2")
+                await queue_mail(h, first)  # the CRM queues it again: not sent again
+                await queue_mail(h, outgoing_email("act-2", "mb-alice", subject="Next"))
+                await outgoing_statuses(h, "act-2")
             errors = await h.errors("mb-alice")
 
     assert [s.status for s in history] == [
@@ -325,9 +282,9 @@ async def test_transient_failures_are_retried_then_sent(
     with smtp_server(handler) as port:
         async with ConnectorHarness.up(tmp_path / "data", {"smtp": smtp_profile(port)}) as h:
             await h.add_mailbox(maildir_mailbox("mb-a", tmp_path))
-            async with sender(h):
-                await queue(h, outgoing_email("act-r", "mb-a"))
-                history = await statuses(h, "act-r")
+            async with outgoing_sender(h, FAST):
+                await queue_mail(h, outgoing_email("act-r", "mb-a"))
+                history = await outgoing_statuses(h, "act-r")
             errors = errors_of(await h.errors("mb-a"), "act-r")
 
     assert [(s.status, s.attempt) for s in history] == [
@@ -367,8 +324,8 @@ async def test_permanent_failures_fail_the_item_with_a_sync_error(
                 credentials=Credentials(username="b", password=SecretRef(env=SMTP_PASSWORD_ENV)),
             )
             await h.add_mailbox(bad_login)
-            async with sender(h, msgspec.structs.replace(FAST, max_retries=1)):
-                await queue(
+            async with outgoing_sender(h, msgspec.structs.replace(FAST, max_retries=1)):
+                await queue_mail(
                     h,
                     outgoing_email("act-x", "mb-a", to=[EmailAddress("nobody@contoso.example")]),
                     outgoing_email(
@@ -379,8 +336,8 @@ async def test_permanent_failures_fail_the_item_with_a_sync_error(
                     outgoing_email("act-z", "mb-b"),
                     outgoing_email("act-u", "mb-unknown"),
                 )
-                final = {a: (await statuses(h, a))[-1] for a in ("act-x", "act-y", "act-z")}
-                final["act-u"] = (await statuses(h, "act-u"))[-1]
+                ids = ("act-x", "act-y", "act-z", "act-u")
+                final = {a: (await outgoing_statuses(h, a))[-1] for a in ids}
             errors = await h.errors("mb-a") + await h.errors("mb-b") + await h.errors("mb-unknown")
 
     assert (final["act-x"].status, final["act-x"].error_code) == (
@@ -469,7 +426,7 @@ async def crash_after_acceptance(
     held back), restart the sender and return the email's statuses."""
     first = start_sender(h, "sender-1", log)
     try:
-        await queue(h, outgoing_email(activity_id, mailbox_id))
+        await queue_mail(h, outgoing_email(activity_id, mailbox_id))
         deadline = time.monotonic() + 90
         while not handler.accepted_event.is_set():
             alive = first.poll() is None and time.monotonic() < deadline
@@ -482,7 +439,7 @@ async def crash_after_acceptance(
     assert before[-1] == SendStatus.SENDING, before
     second = start_sender(h, "sender-2", log)
     try:
-        return await statuses(h, activity_id)
+        return await outgoing_statuses(h, activity_id)
     finally:
         kill(second)
 

@@ -8,41 +8,37 @@ resent when not), and a permanent refusal failing with a SyncError."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import email
 import email.policy
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectors.graph_auth import forget_apps
 from connectors.outgoing import advance, build_message, first_status
-from connectors.outgoing_sender import OutgoingSender
 from pipeline.publish import publish
-from schemas.base import RecordRef, RecordType
 from schemas.config import OutgoingConfig
 from schemas.errors import OutgoingErrorCode as Code
+from schemas.errors import SyncError
 from schemas.mail import EmailAddress
 from schemas.mailbox import (
-    Credentials,
-    EwsAccess,
-    EwsAuth,
-    EwsSettings,
-    MailboxConfig,
     OutgoingSettings,
-    Protocol,
     RetryPolicy,
-    ServerProfile,
-    TransportSecurity,
 )
 from schemas.outgoing import OutgoingEmail, OutgoingStatus, SendStatus
-from schemas.secret import SecretRef
-from schemas.topics import OUTGOING_MAIL, OUTGOING_STATUS
+from schemas.topics import OUTGOING_STATUS
+from tests.act_harness import (
+    ews_mailbox,
+    ews_profile,
+    ews_simulator,
+    graph_mailbox,
+    graph_simulator,
+    outgoing_sender,
+    outgoing_statuses,
+    queue_mail,
+)
 from tests.connector_harness import ConnectorHarness
 from tests.ews_sim import EwsSimulator
 from tests.graph_sim import GraphSimulator
@@ -51,6 +47,7 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 FAST = OutgoingConfig(max_retries=1, retry_interval_s=0.5, send_timeout_s=20)
+RETRY = RetryPolicy(max_retries=1, retry_interval_s=0.5)
 EWS_PASSWORD_ENV = "TEST_OUT_EWS_PASSWORD"
 WRONG_ENV = "TEST_OUT_WRONG_SECRET"
 GRAPH_SECRET_ENV = "TEST_OUT_GRAPH_SECRET"
@@ -74,32 +71,6 @@ def outgoing_email(activity_id: str, mailbox_id: str, sender: str, **changes: An
     return OutgoingEmail(**settings)
 
 
-@contextlib.asynccontextmanager
-async def sender(h: ConnectorHarness) -> AsyncIterator[OutgoingSender]:
-    running = OutgoingSender(
-        h.config.kafka,
-        h.config.topic_prefix,
-        FAST,
-        h.config.processors.correlation,
-        h.config.server_profiles,
-        ack_timeout_s=30,
-        worker="test-sender",
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(running.run(stop))
-    try:
-        yield running
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
-
-
-async def queue(h: ConnectorHarness, *emails: OutgoingEmail) -> None:
-    await publish(
-        h.config.kafka, h.config.topic_prefix, OUTGOING_MAIL, [(e.activity_id, e) for e in emails]
-    )
-
-
 async def crashed(h: ConnectorHarness, email_: OutgoingEmail) -> OutgoingStatus:
     """What a sender killed after the server took the message leaves on
     outgoing.status (pending, then sending, acknowledged); the `sending` status."""
@@ -118,11 +89,50 @@ def mime_of(email_: OutgoingEmail, status: OutgoingStatus) -> bytes:
     return build_message(email_, status.message_id, email_.subject, T0)
 
 
-async def final(h: ConnectorHarness, activity_id: str) -> list[OutgoingStatus]:
-    def done(values: list[OutgoingStatus]) -> bool:
-        return bool(values) and values[-1].status in (SendStatus.SENT, SendStatus.FAILED)
+async def sending_story(
+    h: ConnectorHarness, file_in_sent_items: Callable[[bytes], object]
+) -> tuple[list[OutgoingStatus], dict[str, list[OutgoingStatus]], list[SyncError]]:
+    """The story both transports tell, mailboxes mb-alice and mb-eve (whose secret is
+    wrong) configured: two crashes between the server's acceptance and `sent` (one
+    message the server took, filed in Alice's Sent Items by `file_in_sent_items`,
+    one it never got), then a sender that sends act-1 (Bcc to audit), gets act-1
+    queued again, resolves the crashed two and is refused act-401. Returns act-1's
+    statuses, the other three's by activity and the two mailboxes' errors."""
+    sent_one = outgoing_email("act-1", "mb-alice", ALICE, bcc=[EmailAddress(AUDIT)])
+    taken = outgoing_email("act-taken", "mb-alice", ALICE, subject="Taken")
+    lost = outgoing_email("act-lost", "mb-alice", ALICE, subject="Lost")
+    refused = outgoing_email("act-401", "mb-eve", "eve@northwind.example")
+    taken_status = await crashed(h, taken)
+    file_in_sent_items(mime_of(taken, taken_status))
+    await crashed(h, lost)
+    async with outgoing_sender(h, FAST):
+        await queue_mail(h, sent_one, taken, lost, refused)
+        history = await outgoing_statuses(h, "act-1")
+        await queue_mail(h, sent_one)  # queued again by the CRM: not sent again
+        resolved = {a: await outgoing_statuses(h, a) for a in ("act-taken", "act-lost", "act-401")}
+        errors = await h.errors("mb-alice") + await h.errors("mb-eve")
+    return history, resolved, errors
 
-    return await h.wait_for(OUTGOING_STATUS, activity_id, done, timeout_s=90)
+
+def check_resolved(
+    resolved: dict[str, list[OutgoingStatus]], errors: list[SyncError], wrong_secret: str
+) -> None:
+    """The crashed email the server took is sent, the one it never got fails as
+    OutgoingOutcomeUnknown (not resent), the refused one fails on authentication;
+    each failure is a permanent SyncError that never shows the wrong secret."""
+    assert kinds(resolved["act-taken"])[-1] == SendStatus.SENT
+    lost_final = resolved["act-lost"][-1]
+    assert (lost_final.status, lost_final.error_code) == (SendStatus.FAILED, Code.OUTCOME_UNKNOWN)
+    refused_final = resolved["act-401"][-1]
+    assert (refused_final.status, refused_final.error_code) == (
+        SendStatus.FAILED,
+        Code.AUTHENTICATION_FAILED,
+    )
+    codes = {(e.item_id, e.code, e.severity) for e in errors}
+    assert ("act-lost", Code.OUTCOME_UNKNOWN, "permanent") in codes
+    assert ("act-401", Code.AUTHENTICATION_FAILED, "permanent") in codes
+    assert not any(e.item_id in ("act-1", "act-taken") for e in errors)
+    assert all(wrong_secret not in e.message for e in errors)
 
 
 def kinds(history: list[OutgoingStatus]) -> list[SendStatus]:
@@ -138,40 +148,9 @@ def header(raw: bytes, name: str) -> str:
 
 @pytest.fixture
 def ews() -> Iterator[EwsSimulator]:
-    os.environ[EWS_PASSWORD_ENV] = "pw-send"
-    os.environ[WRONG_ENV] = "not-the-password"
-    with EwsSimulator() as server:
-        server.add_user("svc", "pw-send", impersonator=True)
+    env = {EWS_PASSWORD_ENV: "pw-send", WRONG_ENV: "not-the-password"}
+    with ews_simulator("svc", "pw-send", env) as server:
         yield server
-    os.environ.pop(EWS_PASSWORD_ENV, None)
-    os.environ.pop(WRONG_ENV, None)
-
-
-def ews_profile(sim: EwsSimulator) -> ServerProfile:
-    return ServerProfile(
-        protocol=Protocol.EWS,
-        host="127.0.0.1",
-        port=sim.port,
-        security=TransportSecurity.PLAIN,
-        allow_plaintext=True,
-        retry=RetryPolicy(max_retries=1, retry_interval_s=0.5),
-        timeout_s=10.0,
-    )
-
-
-def ews_mailbox(
-    mailbox_id: str, address: str, password_env: str = EWS_PASSWORD_ENV
-) -> MailboxConfig:
-    """An EWS mailbox without outgoing settings: it sends through its own profile."""
-    return MailboxConfig(
-        mailbox_id=mailbox_id,
-        owner=RecordRef(type=RecordType.USER, id=mailbox_id),
-        email_address=address,
-        protocol=Protocol.EWS,
-        server_profile="exchange",
-        credentials=Credentials(username="svc", password=SecretRef(env=password_env)),
-        ews=EwsSettings(auth=EwsAuth.BASIC, access=EwsAccess.IMPERSONATION),
-    )
 
 
 async def test_sending_through_ews(ews: EwsSimulator, tmp_path: Path) -> None:
@@ -179,25 +158,15 @@ async def test_sending_through_ews(ews: EwsSimulator, tmp_path: Path) -> None:
     ews.add_mailbox(DANA)
     ews.add_mailbox(AUDIT)
     ews.add_mailbox("eve@northwind.example")
-    profiles = {"exchange": ews_profile(ews)}
-    sent_one = outgoing_email("act-1", "mb-alice", ALICE, bcc=[EmailAddress(AUDIT)])
-    taken = outgoing_email("act-taken", "mb-alice", ALICE, subject="Taken")
-    lost = outgoing_email("act-lost", "mb-alice", ALICE, subject="Lost")
-    refused = outgoing_email("act-401", "mb-eve", "eve@northwind.example")
+    profiles = {"exchange": ews_profile(ews, RETRY)}
     async with ConnectorHarness.up(tmp_path / "data", profiles) as h:
-        await h.add_mailbox(ews_mailbox("mb-alice", ALICE))
-        await h.add_mailbox(ews_mailbox("mb-eve", "eve@northwind.example", WRONG_ENV))
-        # Two crashes between the server's acceptance and `sent`: one message is in
-        # Sent Items (the server took it), the other never reached the server.
-        taken_status = await crashed(h, taken)
-        alice.deliver("Sent Items", mime_of(taken, taken_status), is_read=True)
-        await crashed(h, lost)
-        async with sender(h):
-            await queue(h, sent_one, taken, lost, refused)
-            history = await final(h, "act-1")
-            await queue(h, sent_one)  # queued again by the CRM: not sent again
-            resolved = {a: await final(h, a) for a in ("act-taken", "act-lost", "act-401")}
-            errors = await h.errors("mb-alice") + await h.errors("mb-eve")
+        # Without outgoing settings a mailbox sends through its own profile; eve's
+        # password is wrong.
+        await h.add_mailbox(ews_mailbox("mb-alice", ALICE, "svc", EWS_PASSWORD_ENV))
+        await h.add_mailbox(ews_mailbox("mb-eve", "eve@northwind.example", "svc", WRONG_ENV))
+        history, resolved, errors = await sending_story(
+            h, lambda mime: alice.deliver("Sent Items", mime, is_read=True)
+        )
 
     assert kinds(history) == [SendStatus.PENDING, SendStatus.SENDING, SendStatus.SENT]
     assert history[-1].copied_to_sent  # Exchange filed it (SendAndSaveCopy)
@@ -211,20 +180,8 @@ async def test_sending_through_ews(ews: EwsSimulator, tmp_path: Path) -> None:
         f"<{history[-1].message_id}>"
     ]
 
-    assert kinds(resolved["act-taken"])[-1] == SendStatus.SENT
     assert resolved["act-taken"][-1].copied_to_sent
-    lost_final = resolved["act-lost"][-1]
-    assert (lost_final.status, lost_final.error_code) == (SendStatus.FAILED, Code.OUTCOME_UNKNOWN)
-    refused_final = resolved["act-401"][-1]
-    assert (refused_final.status, refused_final.error_code) == (
-        SendStatus.FAILED,
-        Code.AUTHENTICATION_FAILED,
-    )
-    codes = {(e.item_id, e.code, e.severity) for e in errors}
-    assert ("act-lost", Code.OUTCOME_UNKNOWN, "permanent") in codes
-    assert ("act-401", Code.AUTHENTICATION_FAILED, "permanent") in codes
-    assert not any(e.item_id in ("act-1", "act-taken") for e in errors)
-    assert all("not-the-password" not in e.message for e in errors)
+    check_resolved(resolved, errors, "not-the-password")
 
 
 # -- Graph -------------------------------------------------------------------------
@@ -232,40 +189,18 @@ async def test_sending_through_ews(ews: EwsSimulator, tmp_path: Path) -> None:
 
 @pytest.fixture
 async def graph(tmp_path: Path) -> AsyncIterator[GraphSimulator]:
-    forget_apps()
-    os.environ[GRAPH_SECRET_ENV] = SECRET
-    os.environ[WRONG_ENV] = "not-the-secret"
-    async with GraphSimulator.running(tmp_path / "graph") as server:
-        server.add_app(APP, SECRET)
+    env = {GRAPH_SECRET_ENV: SECRET, WRONG_ENV: "not-the-secret"}
+    async with graph_simulator(tmp_path / "graph", APP, SECRET, env=env) as server:
         yield server
-    os.environ.pop(GRAPH_SECRET_ENV, None)
-    os.environ.pop(WRONG_ENV, None)
-    forget_apps()
-
-
-def graph_mailbox(mailbox_id: str, upn: str, **changes: Any) -> MailboxConfig:
-    return MailboxConfig(
-        mailbox_id=mailbox_id,
-        owner=RecordRef(type=RecordType.USER, id=mailbox_id),
-        email_address=upn,
-        protocol=Protocol.GRAPH,
-        server_profile="graph",
-        **changes,
-    )
 
 
 async def test_sending_through_graph(graph: GraphSimulator, tmp_path: Path) -> None:
     for upn in (ALICE, DANA, AUDIT, "eve@northwind.example"):
         graph.add_user(upn)
-    retry = RetryPolicy(max_retries=1, retry_interval_s=0.5)
     profiles = {
-        "graph": graph.profile(APP, GRAPH_SECRET_ENV, retry=retry, timeout_s=10.0),
-        "graph-wrong": graph.profile(APP, WRONG_ENV, retry=retry, timeout_s=10.0),
+        "graph": graph.profile(APP, GRAPH_SECRET_ENV, retry=RETRY, timeout_s=10.0),
+        "graph-wrong": graph.profile(APP, WRONG_ENV, retry=RETRY, timeout_s=10.0),
     }
-    sent_one = outgoing_email("act-1", "mb-alice", ALICE, bcc=[EmailAddress(AUDIT)])
-    taken = outgoing_email("act-taken", "mb-alice", ALICE, subject="Taken")
-    lost = outgoing_email("act-lost", "mb-alice", ALICE, subject="Lost")
-    refused = outgoing_email("act-401", "mb-eve", "eve@northwind.example")
     async with ConnectorHarness.up(tmp_path / "data", profiles) as h:
         # Alice names her profile as the outgoing one; eve's names one whose app
         # secret is wrong.
@@ -279,15 +214,9 @@ async def test_sending_through_graph(graph: GraphSimulator, tmp_path: Path) -> N
                 outgoing=OutgoingSettings(server_profile="graph-wrong"),
             )
         )
-        taken_status = await crashed(h, taken)
-        graph.add_message(ALICE, "sentitems", mime_of(taken, taken_status), is_read=True)
-        await crashed(h, lost)
-        async with sender(h):
-            await queue(h, sent_one, taken, lost, refused)
-            history = await final(h, "act-1")
-            await queue(h, sent_one)
-            resolved = {a: await final(h, a) for a in ("act-taken", "act-lost", "act-401")}
-            errors = await h.errors("mb-alice") + await h.errors("mb-eve")
+        history, resolved, errors = await sending_story(
+            h, lambda mime: graph.add_message(ALICE, "sentitems", mime, is_read=True)
+        )
 
     assert kinds(history) == [SendStatus.PENDING, SendStatus.SENDING, SendStatus.SENT]
     assert history[-1].copied_to_sent
@@ -300,15 +229,4 @@ async def test_sending_through_graph(graph: GraphSimulator, tmp_path: Path) -> N
         f"<{history[-1].message_id}>"
     ]
 
-    assert kinds(resolved["act-taken"])[-1] == SendStatus.SENT
-    lost_final = resolved["act-lost"][-1]
-    assert (lost_final.status, lost_final.error_code) == (SendStatus.FAILED, Code.OUTCOME_UNKNOWN)
-    refused_final = resolved["act-401"][-1]
-    assert (refused_final.status, refused_final.error_code) == (
-        SendStatus.FAILED,
-        Code.AUTHENTICATION_FAILED,
-    )
-    codes = {(e.item_id, e.code, e.severity) for e in errors}
-    assert ("act-lost", Code.OUTCOME_UNKNOWN, "permanent") in codes
-    assert ("act-401", Code.AUTHENTICATION_FAILED, "permanent") in codes
-    assert all("not-the-secret" not in e.message for e in errors)
+    check_resolved(resolved, errors, "not-the-secret")

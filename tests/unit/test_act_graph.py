@@ -34,7 +34,6 @@ from schemas.act import (
     Appointment,
     Attendee,
     AttendeeRole,
-    Contact,
     Importance,
     OccurrenceChange,
     PhoneNumber,
@@ -46,9 +45,9 @@ from schemas.act import (
 from schemas.act_changes import ActLink, link_key
 from schemas.base import RecordRef
 from schemas.crm import DecisionStatus, ReasonCode
-from schemas.ids import change_event_id
-from schemas.mail import ChangeKind, ItemType, MailItemChanged
+from schemas.mail import ChangeKind
 from schemas.mailbox import ActSettings, MailboxConfig, Protocol
+from tests.act_harness import act_change
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
 UID = "040000008200E00074C5B7101A82E00800000000CC"
@@ -379,26 +378,6 @@ BOB = MailboxConfig(
 NOW = T0 + timedelta(days=1)
 
 
-def change(
-    box: MailboxConfig,
-    item_id: str,
-    payload: Appointment | Contact | None,
-    how: ChangeKind = ChangeKind.CREATED,
-    version: str = "v1",
-) -> MailItemChanged:
-    kind = ItemType.CONTACT if isinstance(payload, Contact) else ItemType.APPOINTMENT
-    return MailItemChanged(
-        event_id=change_event_id(box.mailbox_id, "Calendar", item_id, how, version),
-        mailbox_id=box.mailbox_id,
-        folder="Calendar",
-        item_id=item_id,
-        change=how,
-        observed_at=T0,
-        item_type=kind,
-        act=payload,
-    )
-
-
 def link(record_id: str, box: MailboxConfig, item_id: str, **changes: Any) -> ActLink:
     base: dict[str, Any] = {
         "record_id": record_id,
@@ -417,17 +396,17 @@ def meeting() -> Appointment:
 def test_a_linked_item_keeps_the_crm_record_id_and_an_unlinked_one_its_uid_id() -> None:
     links = ActLinkIndex()
     links.apply(link_key("crm-appt-1", "mb-alice"), link("crm-appt-1", ALICE, "AAMkEv1"))
-    out = handle_act(change(ALICE, "AAMkEv1", meeting()), ALICE, None, lambda a: [], NOW,
+    out = handle_act(act_change(ALICE, "AAMkEv1", meeting()), ALICE, None, lambda a: [], NOW,
                      links=links.lookup)  # fmt: skip
     assert out.record is not None and out.record.record_id == "crm-appt-1"
     assert out.decision.activity_id == "crm-appt-1" and out.tombstone is None
     assert "linked to CRM record crm-appt-1" in out.decision.explanation
     # the same event again: the same record (idempotent)
-    again = handle_act(change(ALICE, "AAMkEv1", meeting()), ALICE, None, lambda a: [], NOW,
+    again = handle_act(act_change(ALICE, "AAMkEv1", meeting()), ALICE, None, lambda a: [], NOW,
                        links=links.lookup)  # fmt: skip
     assert again.record == out.record
     # the same meeting in another mailbox, not linked: the UID's id as before
-    other = handle_act(change(BOB, "AAMkBob", meeting()), BOB, None, lambda a: [], NOW,
+    other = handle_act(act_change(BOB, "AAMkBob", meeting()), BOB, None, lambda a: [], NOW,
                        links=links.lookup)  # fmt: skip
     assert other.record is not None and other.record.record_id == appointment_record_id(UID)
 
@@ -436,7 +415,7 @@ def test_an_attendee_copy_finds_the_link_by_its_uid() -> None:
     links = ActLinkIndex()
     links.apply(link_key("crm-appt-1", "mb-alice"),
                 link("crm-appt-1", ALICE, "AAMkEv1", ical_uid=UID))  # fmt: skip
-    out = handle_act(change(BOB, "AAMkBob", meeting()), BOB, None, lambda a: [], NOW,
+    out = handle_act(act_change(BOB, "AAMkBob", meeting()), BOB, None, lambda a: [], NOW,
                      links=links.lookup)  # fmt: skip
     assert out.record is not None and out.record.record_id == "crm-appt-1"
     assert links.lookup("mb-bob", "AAMkBob", UID.lower()) == LinkedRecord("crm-appt-1")
@@ -448,22 +427,22 @@ def test_an_attendee_copy_finds_the_link_by_its_uid() -> None:
 def test_a_deleted_link_stops_the_sync_and_a_late_link_moves_the_record() -> None:
     links = ActLinkIndex()
     contact = to_contact({"displayName": "Dana", "categories": ["Tracked to CRM"]})
-    first = handle_act(change(ALICE, "AAMkCo1", contact), ALICE, None, lambda a: [], NOW,
+    first = handle_act(act_change(ALICE, "AAMkCo1", contact), ALICE, None, lambda a: [], NOW,
                        links=links.lookup)  # fmt: skip
     own_id = item_record_id(ActType.CONTACT, "mb-alice", "AAMkCo1")
     assert first.record is not None and first.record.record_id == own_id
     # the link arrives later (the writer merged the item): the record moves
     links.apply(link_key("crm-c-1", "mb-alice"),
                 link("crm-c-1", ALICE, "AAMkCo1", record_type=ActType.CONTACT))  # fmt: skip
-    moved = handle_act(change(ALICE, "AAMkCo1", contact, ChangeKind.UPDATED, "v2"), ALICE,
-                       first.memory, lambda a: [], NOW, links=links.lookup)  # fmt: skip
+    again = act_change(ALICE, "AAMkCo1", contact, ChangeKind.UPDATED, version="v2")
+    moved = handle_act(again, ALICE, first.memory, lambda a: [], NOW, links=links.lookup)
     assert moved.record is not None and moved.record.record_id == "crm-c-1"
     assert moved.tombstone == own_id
     # deleted in the CRM (the link marked deleted): nothing more is written
     gone = link("crm-c-1", ALICE, "AAMkCo1", record_type=ActType.CONTACT, deleted=True)
     links.apply(link_key("crm-c-1", "mb-alice"), gone)
-    stopped = handle_act(change(ALICE, "AAMkCo1", contact, ChangeKind.UPDATED, "v3"), ALICE,
-                         moved.memory, lambda a: [], NOW, links=links.lookup)  # fmt: skip
+    again = act_change(ALICE, "AAMkCo1", contact, ChangeKind.UPDATED, version="v3")
+    stopped = handle_act(again, ALICE, moved.memory, lambda a: [], NOW, links=links.lookup)
     assert stopped.record is None and stopped.tombstone is None
     assert (stopped.decision.status, stopped.decision.reason) == (
         DecisionStatus.SKIPPED,

@@ -19,9 +19,9 @@ from schemas.act import (
 )
 from schemas.base import RecordRef
 from schemas.crm import DecisionStatus, PartyRole, ReasonCode
-from schemas.ids import change_event_id
-from schemas.mail import ChangeKind, ItemType, MailItemChanged, ManualTrack
+from schemas.mail import ChangeKind, ItemType, ManualTrack
 from schemas.mailbox import ActSettings, MailboxConfig, Protocol
+from tests.act_harness import act_change
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=1)
@@ -69,29 +69,8 @@ def meeting(categories: list[str] = TRACKED, subject: str = "Review") -> Appoint
     )
 
 
-def event(
-    box: MailboxConfig,
-    item_id: str,
-    payload: Appointment | Contact | Task | None,
-    change: ChangeKind = ChangeKind.CREATED,
-    kind: ItemType = ItemType.APPOINTMENT,
-    version: str = "v1",
-) -> MailItemChanged:
-    return MailItemChanged(
-        event_id=change_event_id(box.mailbox_id, "Calendar", item_id, change, version),
-        mailbox_id=box.mailbox_id,
-        folder="Calendar",
-        item_id=item_id,
-        change=change,
-        item_type=kind,
-        version=version,
-        observed_at=T0,
-        act=payload,
-    )
-
-
 def test_a_tracked_meeting_becomes_a_record_with_resolved_parties() -> None:
-    change = event(ALICE, "A1", meeting())
+    change = act_change(ALICE, "A1", meeting())
     assert is_act(change)
     out = handle_act(change, ALICE, None, resolve, NOW)
     record = out.record
@@ -114,22 +93,24 @@ def test_a_tracked_meeting_becomes_a_record_with_resolved_parties() -> None:
 
 
 def test_ambiguous_attendees_stay_unresolved_when_configured() -> None:
-    out = handle_act(event(ALICE, "A1", meeting()), ALICE, None, resolve, NOW, leave_ambiguous=True)
+    out = handle_act(
+        act_change(ALICE, "A1", meeting()), ALICE, None, resolve, NOW, leave_ambiguous=True
+    )
     assert out.record is not None
     dana = next(p for p in out.record.parties if p.address == "dana@contoso.example")
     assert dana.records == []
 
 
 def test_the_same_meeting_in_two_mailboxes_is_one_record() -> None:
-    organizer = handle_act(event(ALICE, "A1", meeting()), ALICE, None, resolve, NOW)
-    attendee = handle_act(event(BOB, "B7", meeting()), BOB, None, resolve, NOW)
+    organizer = handle_act(act_change(ALICE, "A1", meeting()), ALICE, None, resolve, NOW)
+    attendee = handle_act(act_change(BOB, "B7", meeting()), BOB, None, resolve, NOW)
     assert organizer.record is not None and attendee.record is not None
     assert organizer.record.record_id == attendee.record.record_id
     assert attendee.record.owner == RecordRef("user", "bob")
 
 
 def test_same_input_twice_gives_the_same_output() -> None:
-    change = event(ALICE, "A1", meeting())
+    change = act_change(ALICE, "A1", meeting())
     first = handle_act(change, ALICE, None, resolve, NOW)
     second = handle_act(change, ALICE, None, resolve, NOW)
     assert first == second
@@ -138,15 +119,15 @@ def test_same_input_twice_gives_the_same_output() -> None:
 
 
 def test_untracked_items_are_skipped_and_untracking_keeps_the_record() -> None:
-    out = handle_act(event(ALICE, "A1", meeting([])), ALICE, None, resolve, NOW)
+    out = handle_act(act_change(ALICE, "A1", meeting([])), ALICE, None, resolve, NOW)
     assert out.record is None and out.tombstone is None
     assert (out.decision.status, out.decision.reason) == (
         DecisionStatus.SKIPPED,
         ReasonCode.NOT_TRACKED,
     )
-    tracked = handle_act(event(ALICE, "A1", meeting()), ALICE, None, resolve, NOW)
+    tracked = handle_act(act_change(ALICE, "A1", meeting()), ALICE, None, resolve, NOW)
     removed = handle_act(
-        event(ALICE, "A1", meeting(["Other"]), ChangeKind.UPDATED, version="v2"),
+        act_change(ALICE, "A1", meeting(["Other"]), ChangeKind.UPDATED, version="v2"),
         ALICE,
         tracked.memory,
         resolve,
@@ -156,29 +137,29 @@ def test_untracked_items_are_skipped_and_untracking_keeps_the_record() -> None:
     assert "stays" in removed.decision.explanation
     # a later delete of the no longer tracked item changes nothing in the CRM
     gone = handle_act(
-        event(ALICE, "A1", None, ChangeKind.DELETED), ALICE, removed.memory, resolve, NOW
+        act_change(ALICE, "A1", None, ChangeKind.DELETED), ALICE, removed.memory, resolve, NOW
     )
     assert gone.record is None and gone.tombstone is None
 
 
 def test_the_category_is_configurable_and_case_insensitive() -> None:
     box = mailbox("mb-alice", "alice@nw.example", tracked_category="CRM")
-    out = handle_act(event(box, "A1", meeting(["crm"])), box, None, resolve, NOW)
+    out = handle_act(act_change(box, "A1", meeting(["crm"])), box, None, resolve, NOW)
     assert out.record is not None
     off = mailbox("mb-alice", "alice@nw.example", enabled=False)
-    skipped = handle_act(event(off, "A1", meeting()), off, None, resolve, NOW)
+    skipped = handle_act(act_change(off, "A1", meeting()), off, None, resolve, NOW)
     assert skipped.decision.reason == ReasonCode.ACT_DISABLED and skipped.record is None
 
 
 def test_a_manual_track_keeps_an_item_tracked_without_the_category() -> None:
     change = msgspec.structs.replace(
-        event(ALICE, "T1", Task(subject="Call", change_time=T0), kind=ItemType.TASK),
+        act_change(ALICE, "T1", Task(subject="Call", change_time=T0), kind=ItemType.TASK),
         manual_track=ManualTrack(request_id="t-1", requested_by="alice"),
     )
     out = handle_act(change, ALICE, None, resolve, NOW)
     assert out.record is not None and out.decision.reason == ReasonCode.MANUAL_TRACK
     later = handle_act(
-        event(ALICE, "T1", Task(subject="Call again", change_time=NOW), ChangeKind.UPDATED,
+        act_change(ALICE, "T1", Task(subject="Call again", change_time=NOW), ChangeKind.UPDATED,
               ItemType.TASK, "v2"),
         ALICE, out.memory, resolve, NOW,
     )  # fmt: skip
@@ -188,22 +169,26 @@ def test_a_manual_track_keeps_an_item_tracked_without_the_category() -> None:
 
 def test_deletes_follow_ownership_and_the_organizer() -> None:
     contact = Contact(display_name="Dana", emails=["dana@contoso.example"], categories=TRACKED)
-    kept = handle_act(event(ALICE, "C1", contact, kind=ItemType.CONTACT), ALICE, None, resolve, NOW)
+    kept = handle_act(
+        act_change(ALICE, "C1", contact, kind=ItemType.CONTACT), ALICE, None, resolve, NOW
+    )
     deleted = handle_act(
-        event(ALICE, "C1", None, ChangeKind.DELETED, ItemType.CONTACT), ALICE, kept.memory,
+        act_change(ALICE, "C1", None, ChangeKind.DELETED, ItemType.CONTACT), ALICE, kept.memory,
         resolve, NOW,
     )  # fmt: skip
     assert kept.record is not None and deleted.tombstone == kept.record.record_id
     assert deleted.memory is None and deleted.decision.status == DecisionStatus.REMOVED
     # an attendee's delete leaves the meeting alone
-    bob = handle_act(event(BOB, "B7", meeting()), BOB, None, resolve, NOW)
-    gone = handle_act(event(BOB, "B7", None, ChangeKind.DELETED), BOB, bob.memory, resolve, NOW)
+    bob = handle_act(act_change(BOB, "B7", meeting()), BOB, None, resolve, NOW)
+    gone = handle_act(
+        act_change(BOB, "B7", None, ChangeKind.DELETED), BOB, bob.memory, resolve, NOW
+    )
     assert gone.record is None and gone.tombstone is None
     assert gone.decision.reason == ReasonCode.NOT_ORGANIZER
     # the organizer's delete cancels it (a new, higher version)
-    alice = handle_act(event(ALICE, "A1", meeting()), ALICE, None, resolve, NOW)
+    alice = handle_act(act_change(ALICE, "A1", meeting()), ALICE, None, resolve, NOW)
     cancel = handle_act(
-        event(ALICE, "A1", None, ChangeKind.DELETED), ALICE, alice.memory, resolve, NOW
+        act_change(ALICE, "A1", None, ChangeKind.DELETED), ALICE, alice.memory, resolve, NOW
     )
     assert cancel.record is not None and alice.record is not None
     assert cancel.record.payload.is_cancelled  # type: ignore[union-attr]
@@ -212,7 +197,7 @@ def test_deletes_follow_ownership_and_the_organizer() -> None:
 
 def test_unreadable_items_are_errored_decisions() -> None:
     change = msgspec.structs.replace(
-        event(ALICE, "X1", None), unreadable_code="UnsupportedItem", unreadable_reason="a DL"
+        act_change(ALICE, "X1", None), unreadable_code="UnsupportedItem", unreadable_reason="a DL"
     )
     out = handle_act(change, ALICE, None, resolve, NOW)
     assert (

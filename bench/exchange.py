@@ -39,8 +39,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exchangelib import (
@@ -54,16 +52,10 @@ from exchangelib import (
     Version,
 )
 
-from connectors.claimcheck import ClaimCheck
-from connectors.cursors import CursorStore
-from connectors.emitter import Emitter
+from bench.harness import SyncRun, connector_figures, timed_syncs
 from connectors.ews import EwsMailbox
 from connectors.ews_client import FULL_FIELDS, SYNC_FIELDS
-from connectors.gate import ServerGate
-from pipeline.bootstrap import bring_up
-from pipeline.config import load_config
 from schemas.base import RecordRef, RecordType
-from schemas.blobs import DirectoryBlobStore
 from schemas.mailbox import (
     Credentials as MailboxCredentials,
 )
@@ -176,12 +168,8 @@ def _fetch(acct: Account, pool: concurrent.futures.Executor, ids: list[Any], bat
 
 async def connector_syncs(
     url: str, data_dir: Path, storage: str, repeat: int, concurrency: int, batch: int
-) -> list[dict[str, float]]:
+) -> list[SyncRun]:
     """Initial syncs into Kafka through EwsMailbox (a fresh source and cursor each)."""
-    config = load_config(
-        env={"TIDINGS_DATA_DIR": str(data_dir), "TIDINGS_EMBEDDED__STORAGE": storage}
-    )
-    infra = await asyncio.to_thread(bring_up, config)
     profile = ServerProfile(
         protocol=Protocol.EWS,
         host="127.0.0.1",
@@ -189,59 +177,34 @@ async def connector_syncs(
         allow_plaintext=True,
         max_connections=concurrency,
     )
-    runs = []
-    try:
-        config = infra.config
-        mailbox = MailboxConfig(
-            mailbox_id="mb-bench-ews",
-            owner=RecordRef(type=RecordType.USER, id="bench"),
-            email_address=USER,
-            protocol=Protocol.EWS,
-            server_profile="bench",
-            credentials=MailboxCredentials(username=USER, password=SecretRef(env=PASSWORD_ENV)),
-            ews=EwsSettings(
-                server_url=url,
-                auth=EwsAuth.BASIC,
-                folders=["Projects"],
-                max_concurrency=concurrency,
-                get_item_batch=batch,
-            ),
-        )
-        producer = AIOKafkaProducer(**config.kafka.producer_options(linger_ms=0))
-        await producer.start()
+    mailbox = MailboxConfig(
+        mailbox_id="mb-bench-ews",
+        owner=RecordRef(type=RecordType.USER, id="bench"),
+        email_address=USER,
+        protocol=Protocol.EWS,
+        server_profile="bench",
+        credentials=MailboxCredentials(username=USER, password=SecretRef(env=PASSWORD_ENV)),
+        ews=EwsSettings(
+            server_url=url,
+            auth=EwsAuth.BASIC,
+            folders=["Projects"],
+            max_concurrency=concurrency,
+            get_item_batch=batch,
+        ),
+    )
 
-        async def secret() -> str:
-            return PASSWORD
+    async def secret() -> str:
+        return PASSWORD
 
-        try:
-            emitter = Emitter(producer, config.topic_prefix, config.connectors.ack_timeout_s)
-            for _ in range(repeat):
-                source = EwsMailbox(
-                    mailbox,
-                    profile,
-                    0,
-                    {},
-                    emitter,
-                    CursorStore(config.kafka, config.topic_prefix, producer),
-                    gate=ServerGate("bench", concurrency),
-                    claim_check=ClaimCheck(
-                        DirectoryBlobStore(data_dir / "blobs"), config.connectors
-                    ),
-                    secret=secret,
-                    max_batch_items=config.connectors.max_batch_items,
-                )
-                started = time.perf_counter()
-                cpu_started = time.process_time()
-                result = await source.sync_pass()
-                elapsed = time.perf_counter() - started
-                cpu = time.process_time() - cpu_started
-                await source.close()
-                runs.append({"seconds": elapsed, "cpu_seconds": cpu, "events": result.created})
-        finally:
-            await producer.stop()
-    finally:
-        await asyncio.to_thread(infra.close)
-    return runs
+    return await timed_syncs(
+        mailbox,
+        profile,
+        lambda wiring: EwsMailbox(wiring, secret=secret),
+        data_dir=data_dir,
+        storage=storage,
+        repeat=repeat,
+        connections=concurrency,
+    )
 
 
 def run_ews(args: argparse.Namespace) -> dict[str, Any]:
@@ -268,9 +231,9 @@ def run_ews(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         sim.stop()
     assert all(count == args.messages for _, count in bare_runs), bare_runs
-    assert all(r["events"] == args.messages for r in ours), ours
+    assert all(r.events == args.messages for r in ours), ours
     bare_s = statistics.median(seconds for seconds, _ in bare_runs)
-    ours_s = statistics.median(r["seconds"] for r in ours)
+    ours_s = statistics.median(r.seconds for r in ours)
     bare_rate, ours_rate = args.messages / bare_s, args.messages / ours_s
     return {
         "messages": args.messages,
@@ -285,14 +248,7 @@ def run_ews(args: argparse.Namespace) -> dict[str, Any]:
             "messages_per_s": round(bare_rate),
             "runs_s": [round(seconds, 3) for seconds, _ in bare_runs],
         },
-        "tidings_connector_into_kafka": {
-            "median_seconds": round(ours_s, 3),
-            "messages_per_s": round(ours_rate),
-            "runs_s": [round(r["seconds"], 3) for r in ours],
-            "cpu_us_per_message": round(
-                statistics.median(r["cpu_seconds"] for r in ours) / args.messages * 1e6, 1
-            ),
-        },
+        "tidings_connector_into_kafka": connector_figures(ours, args.messages),
         "ratio": round(ours_rate / bare_rate, 3),
         "aim": ">= 0.5",
     }

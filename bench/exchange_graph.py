@@ -37,22 +37,15 @@ from typing import Any
 
 import httpx
 import msgspec
-from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connectors.claimcheck import ClaimCheck
-from connectors.cursors import CursorStore
-from connectors.emitter import Emitter
-from connectors.gate import ServerGate
+from bench.harness import SyncRun, connector_figures, timed_syncs
 from connectors.graph import GraphMailbox
 from connectors.graph_auth import GraphTokens, forget_apps
 from connectors.graph_client import ssl_context
 from connectors.graph_items import DELTA_SELECT
-from pipeline.bootstrap import bring_up
-from pipeline.config import load_config
 from schemas.base import RecordRef, RecordType
-from schemas.blobs import DirectoryBlobStore
 from schemas.mailbox import GraphApp, GraphSettings, MailboxConfig, Protocol, ServerProfile
 from schemas.secret import SecretRef
 
@@ -189,54 +182,30 @@ async def bare_sync(profile: ServerProfile, page_size: int) -> tuple[float, int]
 
 async def connector_syncs(
     profile: ServerProfile, data_dir: Path, storage: str, repeat: int
-) -> list[dict[str, float]]:
+) -> list[SyncRun]:
     """Initial syncs into Kafka through GraphMailbox (a fresh source and cursor each)."""
-    config = load_config(
-        env={"TIDINGS_DATA_DIR": str(data_dir), "TIDINGS_EMBEDDED__STORAGE": storage}
+    mailbox = MailboxConfig(
+        mailbox_id="mb-bench-graph",
+        owner=RecordRef(type=RecordType.USER, id="bench"),
+        email_address=USER,
+        protocol=Protocol.GRAPH,
+        server_profile="bench",
+        graph=GraphSettings(include_sent=False),
     )
-    infra = await asyncio.to_thread(bring_up, config)
-    runs = []
-    try:
-        config = infra.config
-        mailbox = MailboxConfig(
-            mailbox_id="mb-bench-graph",
-            owner=RecordRef(type=RecordType.USER, id="bench"),
-            email_address=USER,
-            protocol=Protocol.GRAPH,
-            server_profile="bench",
-            graph=GraphSettings(include_sent=False),
-        )
-        producer = AIOKafkaProducer(**config.kafka.producer_options(linger_ms=0))
-        await producer.start()
-        try:
-            emitter = Emitter(producer, config.topic_prefix, config.connectors.ack_timeout_s)
-            for _ in range(repeat):
-                source = GraphMailbox(
-                    mailbox,
-                    profile,
-                    0,
-                    {},
-                    emitter,
-                    CursorStore(config.kafka, config.topic_prefix, producer),
-                    gate=ServerGate("bench", 10),
-                    claim_check=ClaimCheck(
-                        DirectoryBlobStore(data_dir / "blobs"), config.connectors
-                    ),
-                    max_batch_items=config.connectors.max_batch_items,
-                )
-                await source.client.tokens.token()  # warm: excluded, as for bare
-                started = time.perf_counter()
-                cpu_started = time.process_time()
-                result = await source.sync_pass()
-                elapsed = time.perf_counter() - started
-                cpu = time.process_time() - cpu_started
-                await source.close()
-                runs.append({"seconds": elapsed, "cpu_seconds": cpu, "events": result.created})
-        finally:
-            await producer.stop()
-    finally:
-        await asyncio.to_thread(infra.close)
-    return runs
+
+    async def warm(source: GraphMailbox) -> None:
+        await source.client.tokens.token()  # excluded from the timing, as for bare
+
+    return await timed_syncs(
+        mailbox,
+        profile,
+        GraphMailbox,
+        data_dir=data_dir,
+        storage=storage,
+        repeat=repeat,
+        connections=10,
+        warm=warm,
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,9 +226,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             sim.stop()
     assert all(count == args.messages for _, count in bare_runs), bare_runs
-    assert all(r["events"] == args.messages for r in ours), ours
+    assert all(r.events == args.messages for r in ours), ours
     bare_s = statistics.median(seconds for seconds, _ in bare_runs)
-    ours_s = statistics.median(r["seconds"] for r in ours)
+    ours_s = statistics.median(r.seconds for r in ours)
     bare_rate, ours_rate = args.messages / bare_s, args.messages / ours_s
     figures: dict[str, Any] = {
         "benchmark": "exchange_graph",
@@ -276,14 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "messages_per_s": round(bare_rate),
             "runs_s": [round(seconds, 3) for seconds, _ in bare_runs],
         },
-        "tidings_connector_into_kafka": {
-            "median_seconds": round(ours_s, 3),
-            "messages_per_s": round(ours_rate),
-            "runs_s": [round(r["seconds"], 3) for r in ours],
-            "cpu_us_per_message": round(
-                statistics.median(r["cpu_seconds"] for r in ours) / args.messages * 1e6, 1
-            ),
-        },
+        "tidings_connector_into_kafka": connector_figures(ours, args.messages),
         "ratio": round(ours_rate / bare_rate, 3),
         "aim": ">= 0.5",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

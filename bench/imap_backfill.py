@@ -32,22 +32,14 @@ import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import NamedTuple
-
-from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import SyncRun, connector_figures, timed_syncs
 from connectors.auth import secret_provider
-from connectors.claimcheck import ClaimCheck
-from connectors.cursors import CursorStore
-from connectors.emitter import Emitter
-from connectors.gate import ServerGate
 from connectors.imap import ImapMailbox
-from pipeline.bootstrap import bring_up
 from pipeline.config import load_config
 from schemas.base import RecordRef, RecordType
-from schemas.blobs import DirectoryBlobStore
 from schemas.mailbox import (
     Credentials,
     ImapSettings,
@@ -95,15 +87,6 @@ def stdlib_fetch(dovecot: Dovecot, tls: bool) -> tuple[float, int]:
     return elapsed, bodies
 
 
-class ConnectorRun(NamedTuple):
-    """One initial sync: wall seconds, this process's CPU seconds, events, IMAP commands."""
-
-    seconds: float
-    cpu_seconds: float
-    events: int
-    commands: int
-
-
 async def connector_syncs(
     dovecot: Dovecot,
     tls: bool,
@@ -111,58 +94,29 @@ async def connector_syncs(
     storage: str,
     repeat: int,
     fetch_batch: int,
-) -> list[ConnectorRun]:
+) -> list[SyncRun]:
     """Initial syncs of the mailbox into Kafka (a fresh source and cursor each time)."""
     os.environ["BENCH_IMAP_PASSWORD"] = PASSWORD
-    config = load_config(
-        env={"TIDINGS_DATA_DIR": str(data_dir), "TIDINGS_EMBEDDED__STORAGE": storage}
+    profile = dovecot.profile(tls=tls, fetch_batch=fetch_batch)
+    mailbox = MailboxConfig(
+        mailbox_id="mb-bench",
+        owner=RecordRef(type=RecordType.USER, id=USER),
+        email_address="bench@northwind.example",
+        protocol=Protocol.IMAP,
+        server_profile="bench",
+        credentials=Credentials(username=USER, password=SecretRef(env="BENCH_IMAP_PASSWORD")),
+        imap=ImapSettings(include_sent=False),
     )
-    infra = await asyncio.to_thread(bring_up, config)
-    try:
-        config = infra.config
-        profile = dovecot.profile(tls=tls, fetch_batch=fetch_batch)
-        mailbox = MailboxConfig(
-            mailbox_id="mb-bench",
-            owner=RecordRef(type=RecordType.USER, id=USER),
-            email_address="bench@northwind.example",
-            protocol=Protocol.IMAP,
-            server_profile="bench",
-            credentials=Credentials(username=USER, password=SecretRef(env="BENCH_IMAP_PASSWORD")),
-            imap=ImapSettings(include_sent=False),
-        )
-        producer = AIOKafkaProducer(**config.kafka.producer_options(linger_ms=0))
-        await producer.start()
-        runs = []
-        try:
-            emitter = Emitter(producer, config.topic_prefix, config.connectors.ack_timeout_s)
-            for _ in range(repeat):
-                source = ImapMailbox(
-                    mailbox,
-                    profile,
-                    0,
-                    {},
-                    emitter,
-                    CursorStore(config.kafka, config.topic_prefix, producer),
-                    gate=ServerGate("bench", 10),
-                    claim_check=ClaimCheck(
-                        DirectoryBlobStore(data_dir / "blobs"), config.connectors
-                    ),
-                    secret=secret_provider(mailbox, profile),
-                    max_batch_items=config.connectors.max_batch_items,
-                )
-                started = time.perf_counter()
-                cpu_started = time.process_time()
-                result = await source.sync_pass()
-                elapsed = time.perf_counter() - started
-                cpu = time.process_time() - cpu_started
-                commands = source.session.commands if source.session else 0
-                await source.close()
-                runs.append(ConnectorRun(elapsed, cpu, result.created, commands))
-        finally:
-            await producer.stop()
-        return runs
-    finally:
-        await asyncio.to_thread(infra.close)
+    return await timed_syncs(
+        mailbox,
+        profile,
+        lambda wiring: ImapMailbox(wiring, secret=secret_provider(mailbox, profile)),
+        data_dir=data_dir,
+        storage=storage,
+        repeat=repeat,
+        connections=10,
+        commands=lambda source: source.session.commands if source.session else 0,
+    )
 
 
 def config_compression() -> str:
@@ -225,10 +179,7 @@ def main() -> None:
             "runs_s": [round(seconds, 3) for seconds, _ in stdlib_runs],
         },
         "tidings_connector_into_kafka": {
-            "median_seconds": round(ours_s, 3),
-            "messages_per_s": round(ours_rate),
-            "runs_s": [round(run.seconds, 3) for run in our_runs],
-            "cpu_us_per_message": round(cpu_us, 1),
+            **connector_figures(our_runs, delivered),
             "imap_commands": commands,
         },
         "ratio": round(ours_rate / stdlib_rate, 3),

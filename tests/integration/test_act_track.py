@@ -13,6 +13,7 @@ from schemas.crm import DecisionStatus, ReasonCode
 from schemas.mail import ChangeKind, ItemType
 from schemas.topics import MAIL_CHANGES, SYNC_ERRORS
 from schemas.track import TrackRequest
+from tests.act_harness import ews_profile
 from tests.connector_harness import ConnectorHarness
 from tests.ews_sim import EwsSimulator, add_act_item, add_calendar_item
 from tests.integration.test_act_exchange_to_crm import (
@@ -20,7 +21,6 @@ from tests.integration.test_act_exchange_to_crm import (
     FAST,
     T0,
     mailbox,
-    profile,
     sim,  # noqa: F401 - the simulator fixture
 )
 from tests.integration.test_track import maildir, maildir_mailbox, send_requests, tracked
@@ -47,7 +47,7 @@ async def test_untracked_items_become_tracked_by_request(
         alice, "contacts", display_name="Dana Smith", emails=["dana@contoso.example"]
     )
     root = maildir(tmp_path / "md", {"1772445600.M1P1Q1.t": "<m1@unknown.example>"})
-    async with ConnectorHarness.up(tmp_path / "data", {"exchange": profile(sim)}, FAST) as h:
+    async with ConnectorHarness.up(tmp_path / "data", {"exchange": ews_profile(sim)}, FAST) as h:
         await h.add_mailbox(mailbox("mb-alice", ALICE))
         await h.add_mailbox(maildir_mailbox("mb-md", root))
         async with h.runtime():

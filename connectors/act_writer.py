@@ -73,7 +73,7 @@ from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry, ServerGate
 from connectors.graph_auth import GraphTokens
 from connectors.graph_client import GraphClient
-from connectors.group import PartitionListener, partition_counts
+from connectors.group import PartitionListener, partition_counts, read_partition
 from connectors.outgoing_sender import MailboxDirectory
 from schemas.act import (
     ActPayload,
@@ -361,35 +361,23 @@ class ActWriter:
             self._link_partitions.pop(key, None)
 
     async def _load_links(self, partition: int, timeout_s: float = 60.0) -> dict[str, ActLink]:
-        consumer = AIOKafkaConsumer(**self.kafka.consumer_options())
-        await consumer.start()
         found: dict[str, ActLink] = {}
-        try:
-            tp = TopicPartition(self.links_topic, partition)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    end = (await consumer.end_offsets([tp]))[tp]
-                    if await consumer.position(tp) >= end:
-                        break
-                    batch = await consumer.getmany(tp, timeout_ms=300)
-                    for message in batch.get(tp, []):
-                        try:
-                            record = _LINKS.decode_record(message, tp.topic, partition)
-                        except DecodeError as exc:
-                            log.error("act writer ignores an undecodable link: %s", exc)
-                            continue
-                        if record is None:
-                            continue
-                        key, link = record
-                        if link is None:
-                            found.pop(key, None)
-                        else:
-                            found[key] = link
-                        self._link_partitions[key] = partition
-        finally:
-            await consumer.stop()
+        messages = read_partition(self.kafka, self.links_topic, partition, timeout_s)
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                try:
+                    record = _LINKS.decode_record(message, self.links_topic, partition)
+                except DecodeError as exc:
+                    log.error("act writer ignores an undecodable link: %s", exc)
+                    continue
+                if record is None:
+                    continue
+                key, link = record
+                if link is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = link
+                self._link_partitions[key] = partition
         return found
 
     # -- one change -------------------------------------------------------------------

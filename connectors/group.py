@@ -1,13 +1,15 @@
 """What the consumer-group services (connector runtime, outgoing sender, act writer)
-share about their topics: a rebalance listener that hands them partition numbers, and
-the partition counts they check their topic layout with."""
+share about their topics: a rebalance listener that hands them partition numbers, the
+partition counts they check their topic layout with, and reading one partition from its
+start (the state of a newly assigned partition)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+import asyncio
+from collections.abc import AsyncGenerator, Iterable
+from typing import Any, Protocol
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.config import KafkaConfig
@@ -49,3 +51,28 @@ async def partition_counts(kafka: KafkaConfig, topics: list[str]) -> dict[str, i
     finally:
         await admin.close()
     return {d["topic"]: len(d.get("partitions") or []) for d in described}
+
+
+async def read_partition(
+    kafka: KafkaConfig, topic: str, partition: int, timeout_s: float = 60.0
+) -> AsyncGenerator[Any, None]:
+    """Every message of one partition, from its start to its end (the end offset is
+    read again after each poll), in offset order; TimeoutError after `timeout_s` in
+    all. Its own unassigned consumer, stopped when the iteration ends (iterate it
+    under `contextlib.aclosing` when it may end early)."""
+    consumer = AIOKafkaConsumer(**kafka.consumer_options())
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                end = (await consumer.end_offsets([tp]))[tp]
+                if await consumer.position(tp) >= end:
+                    return
+                batch = await consumer.getmany(tp, timeout_ms=300)
+                for message in batch.get(tp, []):
+                    yield message
+    finally:
+        await consumer.stop()

@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry, ServerGate
-from connectors.group import PartitionListener, partition_counts
+from connectors.group import PartitionListener, partition_counts, read_partition
 from connectors.outgoing import (
     Action,
     TokenCounters,
@@ -329,27 +329,16 @@ class OutgoingSender:
 
     async def _load_statuses(self, partition: int, timeout_s: float = 60.0) -> list[OutgoingStatus]:
         """Every status on `partition` of outgoing.status, oldest first, up to its end."""
-        consumer = AIOKafkaConsumer(**self.kafka.consumer_options())
-        await consumer.start()
         found: list[OutgoingStatus] = []
-        try:
-            tp = TopicPartition(self.status_topic, partition)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    highwater = (await consumer.end_offsets([tp]))[tp]
-                    if await consumer.position(tp) >= highwater:
-                        return found
-                    batch = await consumer.getmany(tp, timeout_ms=300)
-                    for message in batch.get(tp, []):
-                        status = _STATUS.decode_nullable(
-                            message.value, self.status_topic, partition, message.offset
-                        )
-                        if status is not None:
-                            found.append(status)
-        finally:
-            await consumer.stop()
+        messages = read_partition(self.kafka, self.status_topic, partition, timeout_s)
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                status = _STATUS.decode_nullable(
+                    message.value, self.status_topic, partition, message.offset
+                )
+                if status is not None:
+                    found.append(status)
+        return found
 
     def _remember(self, status: OutgoingStatus, partition: int) -> None:
         if status.activity_id not in self.statuses and status.tracking_token:

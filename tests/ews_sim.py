@@ -21,8 +21,8 @@ ErrorInvalidSyncStateData), `throttle(n, backoff_ms)` (the next n requests get t
 fault ErrorServerBusy with BackOffMilliseconds in MessageXml), wrong credentials (HTTP
 401), `ExchangeImpersonation` checked against users granted the ApplicationImpersonation
 role (else ErrorImpersonateUserDenied), delegate access checked against each mailbox's
-delegates (else ErrorAccessDenied). Authentication: HTTP Basic and OAuth bearer tokens
-(`add_token`); NTLM is not simulated.
+delegates (else ErrorAccessDenied). Authentication: HTTP Basic, OAuth bearer tokens
+(`add_token`) and a genuine NTLMv2 handshake per connection (see the NTLM section).
 
 Run alone (for benchmarks in another process):
     python -m tests.ews_sim --user alice@northwind.example --password pw --messages 5000
@@ -37,9 +37,12 @@ import email.parser
 import email.policy
 import email.utils
 import hashlib
+import hmac
 import http.server
 import itertools
+import os
 import socketserver
+import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -50,6 +53,17 @@ from typing import Any, Self
 from xml.sax.saxutils import escape
 
 from lxml import etree
+from spnego._ntlm_raw.crypto import hmac_md5, md4, ntowfv2
+from spnego._ntlm_raw.messages import (
+    Authenticate,
+    AvId,
+    Challenge,
+    FileTime,
+    MessageType,
+    Negotiate,
+    NegotiateFlags,
+    TargetInfo,
+)
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -298,6 +312,7 @@ class EwsSimulator:
         self.mailboxes: dict[str, SimMailbox] = {}
         self.requests: list[RequestRecord] = []
         self.sent: list[bytes] = []
+        self.ntlm_logons: list[tuple[str, str]] = []  # (user, domain) per NTLM handshake
         self.busy_remaining = 0
         self.busy_backoff_ms = 0
         self.busy_operations: set[str] | None = None
@@ -320,7 +335,8 @@ class EwsSimulator:
         return prefix + base64.b64encode(n.to_bytes(6, "big") + digest).decode()
 
     def add_user(self, name: str, password: str, *, impersonator: bool = False) -> None:
-        """A logon (user name for Basic auth); `impersonator` grants ApplicationImpersonation."""
+        """A logon (user name for Basic or NTLM auth); `impersonator` grants
+        ApplicationImpersonation."""
         with self.lock:
             self.users[name.lower()] = password
             if impersonator:
@@ -1117,6 +1133,107 @@ def update_act_item(
         return item
 
 
+# -- NTLM ------------------------------------------------------------------------
+# NTLM authenticates a connection, not a request: the client sends a Type 1
+# (NEGOTIATE), the server answers 401 with a Type 2 (CHALLENGE: an 8-byte server
+# challenge and target info AV pairs with a timestamp), the client retries on the
+# same connection with a Type 3 (AUTHENTICATE) holding the NTLMv2 response. The
+# server checks it against the configured password:
+#   NTOWFv2     = HMAC-MD5(MD4(UTF-16LE(password)), UTF-16LE(upper(user) + domain))
+#   NTProofStr  = HMAC-MD5(NTOWFv2, server_challenge + blob)
+# where the NT response is NTProofStr (16 bytes) followed by the client's blob.
+# The message (un)packing and the MD4/HMAC-MD5/NTOWFv2 primitives are pyspnego's
+# (spnego._ntlm_raw; hashlib has no md4 here), the library requests_ntlm, and so
+# exchangelib, uses on the client side; the verification itself is done here. Only
+# NTLMv2 is accepted (an NTLMv1 24-byte response is refused). Later requests on an
+# authenticated connection need no Authorization header, as with IIS.
+
+NTLM_DOMAIN = "NORTHWIND"
+NTLM_SERVER = "EXSIM"
+
+
+@dataclass
+class NtlmConnection:
+    """One connection's NTLM state: the challenge sent, the user it authenticated."""
+
+    challenge: bytes | None = None
+    user: str | None = None
+
+
+def _ntlm_challenge(negotiate: Negotiate, server_challenge: bytes) -> bytes:
+    """The Type 2 message answering a Type 1: Unicode, NTLM, extended session
+    security, target info with the NetBIOS/DNS names and the current timestamp."""
+    wanted = NegotiateFlags.key_128 | NegotiateFlags.key_56 | NegotiateFlags.key_exch
+    wanted |= NegotiateFlags.sign | NegotiateFlags.seal | NegotiateFlags.version
+    flags = (
+        NegotiateFlags.unicode
+        | NegotiateFlags.request_target
+        | NegotiateFlags.ntlm
+        | NegotiateFlags.always_sign
+        | NegotiateFlags.target_type_domain
+        | NegotiateFlags.extended_session_security
+        | NegotiateFlags.target_info
+        | (negotiate.flags & wanted)
+    )
+    info = TargetInfo()
+    info[AvId.nb_domain_name] = NTLM_DOMAIN
+    info[AvId.nb_computer_name] = NTLM_SERVER
+    info[AvId.dns_domain_name] = "northwind.example"
+    info[AvId.dns_computer_name] = "exsim.northwind.example"
+    info[AvId.timestamp] = FileTime.now()
+    message = Challenge(
+        flags=flags,
+        server_challenge=server_challenge,
+        target_name=NTLM_DOMAIN,
+        target_info=info,
+    )
+    return message.pack()
+
+
+def ntlm_v2_valid(
+    user: str, domain: str, password: str, server_challenge: bytes, nt_response: bytes
+) -> bool:
+    """Whether `nt_response` (NTProofStr + blob) is the NTLMv2 answer to
+    `server_challenge` for `user`/`domain` with `password`."""
+    if len(nt_response) <= 24:  # NTLMv1 (or anonymous): not accepted
+        return False
+    proof, blob = nt_response[:16], nt_response[16:]
+    key = ntowfv2(user, md4(password.encode("utf-16-le")), domain)
+    return hmac.compare_digest(proof, hmac_md5(key, server_challenge + blob))
+
+
+def ntlm_step(
+    sim: EwsSimulator, state: NtlmConnection, token: bytes
+) -> tuple[str | None, bytes | None]:
+    """One NTLM step on a connection: a Type 1 gives (None, Type 2 to send); a
+    Type 3 that verifies gives (user, None) and marks the connection authenticated;
+    anything else gives (None, None) (answer a plain 401)."""
+    kind = int.from_bytes(token[8:12], "little") if token[:8] == b"NTLMSSP\0" else 0
+    if kind == MessageType.negotiate:
+        state.challenge, state.user = os.urandom(8), None
+        return None, _ntlm_challenge(Negotiate.unpack(token), state.challenge)
+    if kind != MessageType.authenticate or state.challenge is None:
+        return None, None
+    challenge, state.challenge = state.challenge, None
+    message = Authenticate.unpack(token)
+    user = (message.user_name or "").lower().split("\\")[-1]
+    with sim.lock:
+        password = sim.users.get(user)
+    valid = password and ntlm_v2_valid(
+        message.user_name or "",
+        message.domain_name or "",
+        password,
+        challenge,
+        message.nt_challenge_response or b"",
+    )
+    if not valid:
+        return None, None
+    state.user = user
+    with sim.lock:
+        sim.ntlm_logons.append((user, message.domain_name or ""))
+    return user, None
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
@@ -1126,6 +1243,7 @@ class _Server(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    ntlm: NtlmConnection | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -1136,19 +1254,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path.split("?")[0].lower() != PATH.lower():
             self._send(404, b"not found", "text/plain")
             return
-        user = self.server.sim.authenticate(self.headers.get("Authorization"))
+        header = self.headers.get("Authorization")
+        user, challenge = self._ntlm(header)
+        if user is None and challenge is None:
+            user = self.server.sim.authenticate(header)
         if user is not None and b"GetStreamingEvents" in body[:4096]:
             stream_events(self, user, body)
             return
         if user is None:
             self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="127.0.0.1"')
-            self.send_header("WWW-Authenticate", "Bearer")
+            if challenge is not None:
+                self.send_header("WWW-Authenticate", "NTLM " + base64.b64encode(challenge).decode())
+            else:
+                self.send_header("WWW-Authenticate", 'Basic realm="127.0.0.1"')
+                self.send_header("WWW-Authenticate", "Bearer")
+                self.send_header("WWW-Authenticate", "NTLM")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
         status, answer = self.server.sim.answer(user, body)
         self._send(status, answer, "text/xml; charset=utf-8")
+
+    def _ntlm(self, header: str | None) -> tuple[str | None, bytes | None]:
+        """(user, None) on a connection NTLM authenticated (or authenticating now),
+        (None, Type 2) mid-handshake, (None, None) when NTLM is not in play."""
+        scheme, _, value = (header or "").partition(" ")
+        if scheme.lower() not in ("ntlm", "negotiate"):
+            return (self.ntlm.user if self.ntlm is not None and not header else None), None
+        if self.ntlm is None:
+            self.ntlm = NtlmConnection()
+        try:
+            token = base64.b64decode(value.strip())
+            return ntlm_step(self.server.sim, self.ntlm, token)
+        except (binascii.Error, ValueError, struct.error):
+            return None, None
 
     def do_GET(self) -> None:
         self._send(405, b"use POST", "text/plain")

@@ -240,18 +240,39 @@ class GraphMailbox:
     async def _sync_act(self, result: PassResult, on_batch: BatchCallback | None) -> None:
         """Calendar, contacts and To Do tasks, when the mailbox syncs them
         (connectors/graph_act_sync.py; docs/act.md)."""
+        act_sync = self._act_sync_of()
+        if act_sync is None:
+            return
+        before = (result.created, result.updated, result.deleted)
+        await act_sync.run(result)
+        if on_batch is not None and (result.created, result.updated, result.deleted) != before:
+            await on_batch(result)
+
+    def _act_sync_of(self) -> GraphActSync | None:
+        """The ACT reader (made once), or None when the mailbox does not sync ACT items."""
         act = self.config.act
         if act is None or not act.enabled:
-            return
+            return None
         if self.act_sync is None:
             self.act_sync = GraphActSync(
                 self.client, self.user_path, self.config.mailbox_id, act, self.positions,
                 self._save_act, self._emit_act, self._notice, self.page_size,
             )  # fmt: skip
-        before = (result.created, result.updated, result.deleted)
-        await self.act_sync.run(result)
-        if on_batch is not None and (result.created, result.updated, result.deleted) != before:
-            await on_batch(result)
+        return self.act_sync
+
+    async def find_item(self, item_id: str, ical_uid: str) -> list[MailItemChanged]:
+        """The created event a sync emits for the ACT item whose Graph id is `item_id`
+        (an event, contact or To Do task of the enabled kinds), or for every event whose
+        iCalUId is `ical_uid` (GraphActSync.find). Empty when the mailbox does not sync
+        ACT items. Cursors do not move."""
+        act_sync = self._act_sync_of()
+        if act_sync is None:
+            return []
+        try:
+            return await act_sync.find(item_id, ical_uid)
+        except (ConnectorError, asyncio.CancelledError):
+            await self.client.close()
+            raise
 
     async def _save_act(self, folder: str, position: GraphFolderPosition) -> None:
         await self.store.save(self.config.mailbox_id, folder, position, self.partition, utc_now())

@@ -308,6 +308,78 @@ class GraphActSync:
             else:
                 result.deleted += 1
 
+    # -- manual tracking (tidings track --item-id / --ical-uid) ------------------
+
+    async def find(self, item_id: str, ical_uid: str) -> list[MailItemChanged]:
+        """The created events a first round would emit for the item whose Graph id is
+        `item_id` (tried as an event, a contact, then a To Do task, of the enabled kinds;
+        a 404 or a malformed-id 400 means "not this kind"), or for every event whose
+        iCalUId is `ical_uid` (GET /events?$filter=iCalUId eq '...'). A series is
+        folded with its instances in the calendar window the sync reads. Nothing is
+        stored and no cursor moves; one of `item_id` / `ical_uid` is ""."""
+        self.check()
+        observed = utc_now()
+        found: list[MailItemChanged] = []
+        if self.settings.appointments:
+            ids = await self._events_with_uid(ical_uid) if ical_uid else [item_id]
+            low, high = self._window()
+            calendar = ActFolder(CALENDAR, ActType.APPOINTMENT, "", "")
+            for event_id in ids:
+                _, build = await self._event(event_id, low, high)
+                if build is not None:
+                    found.append(self._created(calendar, event_id, observed, build))
+        if ical_uid or found:
+            return found
+        kinds: list[tuple[ActFolder, Callable[[dict[str, Any]], ActPayload]]] = []
+        if self.settings.contacts:
+            kinds.append((ActFolder(CONTACTS, ActType.CONTACT, "", "contacts"), to_contact))
+        if self.settings.tasks:
+            tasks = await self._tasks_path()
+            kinds.append((ActFolder(TASKS, ActType.TASK, "", tasks), to_task))
+        for folder, mapper in kinds:
+            path = f"{self.user_path}/{folder.folder_id.lstrip('/')}/{quote(item_id)}"
+            response = await self.client.request(
+                "GET", path, kind="act-find", headers={"Prefer": PREFER_UTC}
+            )
+            if _not_this_kind(response.status_code, response.content):
+                continue
+            if not 200 <= response.status_code < 300:
+                raise failure(response.status_code, error_code(response.content), "graph act-find")
+            row = response.json()
+            return [self._created(folder, item_id, observed, partial(mapper, row))]
+        return found
+
+    async def _events_with_uid(self, ical_uid: str) -> list[str]:
+        """The ids of the events (single instances and series masters) with `ical_uid`."""
+        literal = ical_uid.replace("'", "''")
+        ids: list[str] = []
+        url: str | None = f"{self.user_path}/events"
+        params: dict[str, str] | None = {"$filter": f"iCalUId eq '{literal}'", "$select": "id"}
+        while url is not None:
+            page = await self._get_json(url, "act-find", params)
+            ids.extend(str(row["id"]) for row in page.get("value") or [] if row.get("id"))
+            link = page.get("@odata.nextLink")
+            url, params = (str(link), None) if link else (None, None)
+        return ids
+
+    def _window(self) -> tuple[datetime, datetime]:
+        """The calendar window the next round reads (the stored one unless it is due)."""
+        today = utc_now().date()
+        position = self.positions.get(CALENDAR)
+        current = parse_window_id(position.folder_id) if position is not None else None
+        if current is None or window_due(current, today):
+            return window(today)
+        return current
+
+    def _created(
+        self, folder: ActFolder, item_id: str, observed: datetime, build: Callable[[], ActPayload]
+    ) -> MailItemChanged:
+        """The created event of an item as a first round maps it (unreadable if it
+        cannot be mapped), the known map untouched."""
+        event = self._mapped(folder, item_id, {}, observed, build)
+        assert event is not None  # nothing is known, so nothing is unchanged
+        return event
+
     # -- the calendar ----------------------------------------------------------
 
     async def _calendar(self, result: PassResult) -> None:
@@ -359,7 +431,7 @@ class GraphActSync:
         path = f"{self.user_path}/events/{quote(item_id)}"
         prefer = {"Prefer": PREFER_UTC}
         response = await self.client.request("GET", path, kind="act-event", headers=prefer)
-        if response.status_code == 404:
+        if _not_this_kind(response.status_code, response.content):
             return 404, None
         if not 200 <= response.status_code < 300:
             raise failure(response.status_code, error_code(response.content), "graph act-event")
@@ -384,3 +456,9 @@ class GraphActSync:
             link = page.get("@odata.nextLink")
             url, params = (str(link), None) if link else (None, None)
         return rows
+
+
+def _not_this_kind(status: int, body: bytes) -> bool:
+    """Whether a GET of an id under one kind's resource says "no such item here":
+    404, or 400 ErrorInvalidIdMalformed (an id Exchange cannot parse)."""
+    return status == 404 or (status == 400 and error_code(body) == "ErrorInvalidIdMalformed")

@@ -125,8 +125,8 @@ class MailboxSource(Protocol):
 @runtime_checkable
 class ItemFinder(Protocol):
     """A source that can look up one appointment, contact or task (manual tracking of
-    ACT items, docs/act.md): EWS so far (Graph not yet). Other sources are refused
-    with `item_lookup_refusal`."""
+    ACT items, docs/act.md): EWS and Graph. Other sources are refused with
+    `item_lookup_refusal`."""
 
     protocol: str
 
@@ -145,7 +145,7 @@ def item_lookup_refusal(source: object) -> str | None:
     protocol = getattr(source, "protocol", "this")
     return (
         f"a {protocol} mailbox cannot look up appointments, contacts or tasks; "
-        "--item-id and --ical-uid work for EWS mailboxes"
+        "--item-id and --ical-uid work for EWS mailboxes and Graph mailboxes"
     )
 
 

@@ -1162,7 +1162,7 @@ def track(
     Approval is not bypassed: an unapproved mailbox is not read at all.
     \b
     --item-id or --ical-uid instead ask for an appointment, contact or task of
-    the mailbox's ACT folders (EWS mailboxes with act.enabled; not Graph yet): it is
+    the mailbox's ACT folders (EWS and Graph mailboxes with act.enabled): it is
     sent to CRM as if it carried the tracked category (reason ManualTrack).
     \b
     See the outcome (with `tidings run` going):

@@ -20,7 +20,8 @@ What it answers, as documented (JSON shapes, status codes, error codes):
   `/messages/{id}/$value` (MIME), `/messages?$filter=internetMessageId eq '...'`,
   `POST /sendMail` (JSON message or base64 MIME as text/plain), `POST /$batch`
   (at most 20 requests, `dependsOn` sequencing, 424 for failed dependencies,
-  non-JSON bodies base64).
+  non-JSON bodies base64). ACT items: events/contacts/To Do tasks by id, their
+  deltas, and `/events?$filter=iCalUId eq '...'` (manual tracking).
 - Bearer tokens checked on every call: 401 `InvalidAuthenticationToken`.
 
 Knobs: `expire_delta_tokens` (410 `syncStateNotFound`), `throttle` (the next N
@@ -45,6 +46,7 @@ import hashlib
 import ipaddress
 import itertools
 import json
+import re
 import secrets
 import ssl
 import sys
@@ -654,6 +656,8 @@ class GraphSimulator:
         act = act_write_route(self, box, method, rest, query, body)
         if act is None:
             act = act_read_route(self, box, method, rest, query, headers)
+        if act is None:
+            act = act_find_route(self, box, method, rest, query)
         if act is not None:
             return act
         if method == "POST" and rest == ["sendMail"]:
@@ -1259,6 +1263,33 @@ def act_read_route(
         done["seen"] = state["next_seen"]
         answer["@odata.deltaLink"] = f"{url}?$deltatoken={reads.keep(done)}"
     return Answer(200, answer, {"Preference-Applied": f"odata.maxpagesize={page_size}"})
+
+
+# -- ACT lookup: GET /events?$filter=iCalUId eq '...' (manual tracking) -------------
+# Graph's /events lists single instances and series masters (never occurrences);
+# only the iCalUId equality filter is simulated, other filters are refused (400).
+
+
+def act_find_route(
+    sim: GraphSimulator, box: SimMailbox, method: str, rest: list[str], query: dict[str, str]
+) -> Answer | None:
+    """The answer to GET /events with an iCalUId filter; None: not one."""
+    if method != "GET" or rest != ["events"]:
+        return None
+    sim.requests["act-find"] += 1
+    found = re.fullmatch(r"iCalUId eq '((?:[^']|'')*)'", query.get("$filter", "").strip())
+    if found is None:
+        return graph_error(400, "BadRequest", "Only iCalUId eq filters on /events here.")
+    uid = found.group(1).replace("''", "'")
+    rows = [
+        _act_public(item)
+        for item in box.act_items.values()
+        if item.get("@kind") == "event" and item.get("iCalUId") == uid
+    ]
+    if "$select" in query:
+        keep = set(query["$select"].split(",")) | {"id"}
+        rows = [{k: v for k, v in row.items() if k in keep} for row in rows]
+    return Answer(200, {"value": rows})
 
 
 def _act_graph_time(moment: dt.datetime) -> dict[str, str]:

@@ -91,16 +91,17 @@ def test_item_fields_are_additive_on_the_wire() -> None:
     assert msgspec.json.decode(msgspec.json.encode(item), type=TrackRequest) == item
 
 
-def test_only_ews_sources_look_up_items_so_far() -> None:
+def test_only_ews_and_graph_sources_look_up_items() -> None:
     assert callable(getattr(EwsMailbox, "find_item", None))
-    for cls in (GraphMailbox, ImapMailbox, Pop3Mailbox, MaildirMailbox):
+    assert callable(getattr(GraphMailbox, "find_item", None))
+    for cls in (ImapMailbox, Pop3Mailbox, MaildirMailbox):
         assert not hasattr(cls, "find_item")
 
     class Refuser:
         protocol = "imap"
 
     why = item_lookup_refusal(Refuser())
-    assert why is not None and "imap" in why and "EWS mailboxes" in why
+    assert why is not None and "imap" in why and "EWS mailboxes and Graph" in why
     assert "\n" not in why
 
 

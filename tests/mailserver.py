@@ -367,9 +367,23 @@ class Dovecot:
 
     def kill_connections(self) -> None:
         """Disconnect every logged-in IMAP/POP3 session (`doveadm kick '*'`; clients see
-        "* BYE Server shutting down.") and wait until their processes are gone."""
+        "* BYE Server shutting down.") and wait until their processes are gone. A session
+        that logged in a moment ago may not be registered yet when the kick runs, so
+        the kick is repeated while mail processes remain."""
         if self._proc is None or not self.running:
             return
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            self._kick()
+            settle = time.monotonic() + 0.5
+            while time.monotonic() < settle:
+                mail = [c for c in _group_members(self._proc.pid) if _MAIL_PROCESS.match(c)]
+                if not mail:
+                    return
+                time.sleep(0.01)
+        raise RuntimeError(f"mail sessions still running after kicking for {_STOP_TIMEOUT}s")
+
+    def _kick(self) -> None:
         result = subprocess.run(
             [_binary("doveadm"), "-c", str(self.config_file), "kick", "*"],
             stdin=subprocess.DEVNULL,
@@ -380,12 +394,6 @@ class Dovecot:
         )
         if result.returncode not in (0, 68):  # 68: "no users kicked"
             raise RuntimeError(f"doveadm kick failed: {result.stderr.strip() or result.stdout}")
-        deadline = time.monotonic() + _STOP_TIMEOUT
-        while Path("/proc/self/stat").exists() and time.monotonic() < deadline:
-            mail = [c for c in _group_members(self._proc.pid) if _MAIL_PROCESS.match(c)]
-            if not mail:
-                return
-            time.sleep(0.01)
 
     def __enter__(self) -> Self:
         """Start the server (see `start`)."""

@@ -13,17 +13,24 @@ folder), so a series is one payload: its `ModifiedOccurrences` (new start and en
 plus subject and location read from the occurrence itself) and
 `DeletedOccurrences` (cancelled) become `exceptions`. Task regeneration patterns
 (regenerating tasks) are not mapped: such a task syncs without its recurrence.
+
+Time zones: times are UTC in the payload; `time_zone` (and the recurrence's) is the
+IANA name of the item's StartTimeZone (exchangelib maps the server's Windows id with
+the CLDR table; connectors/act_zones.py). An all-day item runs from midnight to
+midnight in that zone. EWS expands a series itself (ModifiedOccurrences,
+DeletedOccurrences), so this reader expands nothing.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import msgspec
 
+from connectors.act_zones import UnknownTimeZone, all_day_span, iana_name, zone
 from connectors.source import item_event
 from schemas.act import (
     BODY_LIMIT,
@@ -235,13 +242,37 @@ def occurrence_changes(item: Any, details: Mapping[str, Any]) -> list[Occurrence
 
 
 def zone_name(value: Any) -> str:
-    """The Windows time zone id of an exchangelib EWSTimeZone ("" unknown)."""
+    """The IANA name of an exchangelib EWSTimeZone (a ZoneInfo whose key is IANA,
+    mapped from the server's Windows id by exchangelib's CLDR map); "" when there is
+    none. UnsupportedItem for a zone connectors/act_zones.py cannot resolve."""
     if value is None:
         return ""
-    ms_id = getattr(value, "ms_id", None)
-    if ms_id:
-        return str(ms_id)
-    return str(getattr(value, "key", "") or "")
+    name = str(getattr(value, "key", "") or getattr(value, "ms_id", "") or "")
+    try:
+        return iana_name(name)
+    except UnknownTimeZone as exc:
+        raise UnsupportedItem(str(exc)) from None
+
+
+def item_zone(item: Any) -> str:
+    """The IANA name of a calendar item's zone: its StartTimeZone (Exchange 2010 and
+    later), else its MeetingTimeZone (2007); "" when the server gave none, or gave a
+    Windows id exchangelib's map does not know (exchangelib then warns and keeps
+    None: the times stay exact in UTC, only the zone name is unknown)."""
+    found = getattr(item, "_start_timezone", None) or getattr(item, "_meeting_timezone", None)
+    return zone_name(found)
+
+
+def all_day_times(item: Any, where: str) -> tuple[datetime, datetime] | None:
+    """An all-day item's (start, exclusive end) in UTC: midnight to midnight in its
+    zone (`where`, IANA; "" is UTC). exchangelib gives an all-day item's first and
+    last day as dates (the last day itself); None when they are not dates."""
+    if isinstance(item.start, datetime) or not isinstance(item.start, date):
+        return None
+    if isinstance(item.end, datetime) or not isinstance(item.end, date):
+        return None
+    last = max(plain_date(item.end), plain_date(item.start))
+    return all_day_span(plain_date(item.start), last, zone(where))
 
 
 def to_appointment(item: Any, details: Mapping[str, Any] | None = None) -> Appointment:
@@ -250,11 +281,12 @@ def to_appointment(item: Any, details: Mapping[str, Any] | None = None) -> Appoi
     start, end = utc(item.start), utc(item.end)
     if start is None or end is None:
         raise UnsupportedItem("the calendar item has no start or end")
-    if item.is_all_day and not isinstance(item.end, datetime):
+    where = item_zone(item)
+    days = all_day_times(item, where) if item.is_all_day else None
+    if days is not None:
         # exchangelib gives an all-day item's last day itself; the payload's end is
-        # exclusive (iCalendar's DTEND), the midnight after it
-        end += timedelta(days=1)
-    zone = zone_name(getattr(item, "_start_timezone", None))
+        # exclusive (iCalendar's DTEND): midnight after it, in the item's zone
+        start, end = days
     organizer = attendee(item.organizer, AttendeeRole.REQUIRED, "Organizer")
     return Appointment(
         ical_uid=item.uid or "",
@@ -264,11 +296,11 @@ def to_appointment(item: Any, details: Mapping[str, Any] | None = None) -> Appoi
         start=start,
         end=end,
         all_day=bool(item.is_all_day),
-        time_zone=zone,
+        time_zone=where,
         location=item.location or "",
         organizer=organizer,
         attendees=attendees(item),
-        recurrence=recurrence(item.recurrence, zone),
+        recurrence=recurrence(item.recurrence, where),
         exceptions=occurrence_changes(item, details or {}),
         is_cancelled=bool(item.is_cancelled),
         is_meeting=bool(item.is_meeting),

@@ -24,11 +24,16 @@ contact folder) and tasks `/todo/lists/{list}/tasks/delta` (the default To Do
 list: where connectors/act_graph_write.py writes them).
 
 Times: the reader asks for UTC (`Prefer: outlook.timezone="UTC"`); a dateTimeTimeZone
-in another zone is converted when the zone is an IANA name and refused (unreadable
-item) otherwise. A series' pattern is expanded in its `recurrenceTimeZone` when that
-is an IANA name or UTC, else in UTC: with a Windows zone name an occurrence after a
-daylight-saving change may be taken for cancelled (the EWS reader has no such limit:
-EWS lists deleted occurrences itself).
+in another zone (IANA, or a Windows name such as "Pacific Standard Time", Graph's
+default) is converted (connectors/act_zones.py, exchangelib's CLDR map). The payload's
+`time_zone` is the IANA name of the event's `originalStartTimeZone`, the recurrence's
+that of its `recurrenceTimeZone`. A series' pattern is expanded in that zone at its
+first occurrence's wall-clock time, as Exchange does, so a weekly 09:00 stays 09:00
+local across a daylight-saving change (and no occurrence is taken for cancelled). An
+all-day event runs from midnight to midnight in its zone (Graph gives all-day times
+as dates). A zone tidings cannot resolve makes a series or an all-day event
+unreadable (the reason names the zone); a single timed event keeps its exact UTC
+times with an empty `time_zone`.
 
 A `@removed` row does not prove a delete: a calendarView also drops an event that
 moved out of its window, so a removed single instance or master is confirmed by a
@@ -41,13 +46,19 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from dateutil import rrule as du_rrule
 
+from connectors.act_zones import (
+    UnknownTimeZone,
+    all_day_span,
+    at_local,
+    iana_name,
+    series_starts,
+    zone,
+)
 from connectors.ews_act import UnsupportedItem
 from connectors.graph_items import Known, change_hash
 from schemas.act import (
@@ -137,30 +148,26 @@ ACT_PAGE = msgspec.json.Decoder(ActPage)
 # -- values ---------------------------------------------------------------------------
 
 
-def _zone(name: str) -> ZoneInfo | None:
-    """The zone `name` names when it is UTC or an IANA name; None otherwise."""
-    if not name or name.upper() in ("UTC", "Z", "ETC/UTC"):
-        return ZoneInfo("UTC")
+def iana(name: str) -> str:
+    """The IANA name of a Graph zone name (IANA, UTC or Windows; "" stays "");
+    UnsupportedItem naming it when connectors/act_zones.py cannot resolve it."""
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
+        return iana_name(name)
+    except UnknownTimeZone as exc:
+        raise UnsupportedItem(str(exc)) from None
+
+
+def _wall(value: Mapping[str, Any]) -> datetime:
+    """The naive wall-clock time of a dateTimeTimeZone ("2026-03-02T09:00:00.0000000")."""
+    return datetime.fromisoformat(str(value["dateTime"])[:19])
 
 
 def graph_time(value: Mapping[str, Any] | None) -> datetime | None:
-    """A Graph dateTimeTimeZone as an aware UTC datetime (None when absent);
-    UnsupportedItem for a zone that is neither UTC nor an IANA name."""
+    """A Graph dateTimeTimeZone as an aware UTC datetime (None when absent); its zone
+    may be UTC, an IANA or a Windows name. UnsupportedItem for an unknown zone."""
     if not value or not value.get("dateTime"):
         return None
-    text = str(value["dateTime"])[:26].rstrip("Z")
-    naive = datetime.fromisoformat(text[:19])
-    zone = _zone(str(value.get("timeZone") or "UTC"))
-    if zone is None:
-        raise UnsupportedItem(
-            f"time zone {value.get('timeZone')!r} is not UTC or an IANA name "
-            '(tidings asks Graph for UTC with Prefer: outlook.timezone="UTC")'
-        )
-    return naive.replace(tzinfo=zone).astimezone(UTC)
+    return at_local(_wall(value), zone(iana(str(value.get("timeZone") or "UTC"))))
 
 
 def stamp(value: Any) -> datetime | None:
@@ -262,36 +269,18 @@ def recurrence_of(value: Mapping[str, Any] | None) -> Recurrence | None:
         start_date=date.fromisoformat(str(span["startDate"])[:10]),
         end_date=date.fromisoformat(str(end)[:10]) if end else None,
         count=int(count) if count else None,
-        time_zone=str(span.get("recurrenceTimeZone") or ""),
+        time_zone=iana(str(span.get("recurrenceTimeZone") or "")),
         first_day_of_week=DAY_CODES.get(str(pattern.get("firstDayOfWeek") or "").lower(), ""),
     )
 
 
 def occurrence_starts(series: Appointment, low: datetime, high: datetime) -> list[datetime]:
-    """The starts (UTC) the series' pattern gives in [low, high): evaluated in the
-    pattern's zone when it is UTC or an IANA name, else in UTC (module doc)."""
-    rec = series.recurrence
-    if rec is None:
-        return []
-    zone = _zone(rec.time_zone or series.time_zone) or ZoneInfo("UTC")
-    local_start = series.start.astimezone(zone)
-    first = datetime.combine(rec.start_date, local_start.time())
-    rule = du_rrule.rrulestr(rec.rrule, dtstart=first)
-    assert isinstance(rule, du_rrule.rrule)
-    if rec.count is not None:
-        rule = rule.replace(count=rec.count)
-    elif rec.end_date is not None:
-        rule = rule.replace(until=datetime.combine(rec.end_date, time(23, 59, 59)))
-    out: list[datetime] = []
-    for moment in rule:
-        at = moment.replace(tzinfo=zone).astimezone(UTC)
-        if at >= high:
-            break
-        if at >= low:
-            out.append(at)
-        if len(out) >= 2000:
-            break
-    return out
+    """The starts (UTC) the series' pattern gives in [low, high), expanded in the
+    series' zone at its local time (connectors/act_zones.py `series_starts`)."""
+    try:
+        return series_starts(series, low, high)
+    except UnknownTimeZone as exc:
+        raise UnsupportedItem(str(exc)) from None
 
 
 # -- resources → payloads -------------------------------------------------------------
@@ -309,6 +298,30 @@ def _text(body: Mapping[str, Any] | None) -> tuple[str, bool]:
     return text, False
 
 
+def event_zone(event: Mapping[str, Any]) -> str:
+    """The IANA name of an event's own zone (`originalStartTimeZone`, else its start's
+    zone; "" none). Unknown: UnsupportedItem for a series or an all-day event (their
+    times depend on it), "" for a single timed one (its UTC times are exact)."""
+    name = str(
+        event.get("originalStartTimeZone") or (event.get("start") or {}).get("timeZone") or ""
+    )
+    try:
+        return iana_name(name)
+    except UnknownTimeZone as exc:
+        if event.get("recurrence") or event.get("isAllDay"):
+            raise UnsupportedItem(str(exc)) from None
+        return ""
+
+
+def all_day_times(event: Mapping[str, Any], where: str) -> tuple[datetime, datetime]:
+    """An all-day event's (start, exclusive end) in UTC: Graph gives its days as
+    midnights (dates, whatever zone the answer is in), which run from midnight to
+    midnight in the event's zone (`where`, IANA; "" UTC)."""
+    first = _wall(event["start"]).date()
+    after = _wall(event["end"]).date()
+    return all_day_span(first, max(first, after - timedelta(days=1)), zone(where))
+
+
 def to_appointment(event: Mapping[str, Any]) -> Appointment:
     """A Graph event (a single instance or a series master) as an Appointment, without
     its exceptions (`fold_series` adds them)."""
@@ -319,7 +332,9 @@ def to_appointment(event: Mapping[str, Any]) -> Appointment:
     organizer_entry = event.get("organizer") or {}
     organizer = attendee_of(organizer_entry, organizer=True) if organizer_entry else None
     people = attendees_of(event)
-    zone = str(event.get("originalStartTimeZone") or (event.get("start") or {}).get("timeZone"))
+    where = event_zone(event)
+    if event.get("isAllDay"):
+        start, end = all_day_times(event, where)
     return Appointment(
         ical_uid=str(event.get("iCalUId") or ""),
         subject=str(event.get("subject") or ""),
@@ -328,7 +343,7 @@ def to_appointment(event: Mapping[str, Any]) -> Appointment:
         start=start,
         end=end,
         all_day=bool(event.get("isAllDay")),
-        time_zone=zone if zone != "None" else "",
+        time_zone=where,
         location=str((event.get("location") or {}).get("displayName") or ""),
         organizer=organizer,
         attendees=people,
@@ -458,13 +473,13 @@ def to_task(resource: Mapping[str, Any]) -> Task:
 # -- delta rounds ---------------------------------------------------------------------
 
 
-def window(today: date) -> tuple[datetime, datetime]:
-    """The calendar window around `today`: [today - past, today + future), UTC midnights."""
+def window(
+    today: date, past_days: int = CALENDAR_PAST_DAYS, future_days: int = CALENDAR_FUTURE_DAYS
+) -> tuple[datetime, datetime]:
+    """The calendar window around `today`: [today - past, today + future), UTC
+    midnights (`ActSettings.calendar_past_days` / `calendar_future_days`)."""
     midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
-    return (
-        midnight - timedelta(days=CALENDAR_PAST_DAYS),
-        midnight + timedelta(days=CALENDAR_FUTURE_DAYS),
-    )
+    return midnight - timedelta(days=past_days), midnight + timedelta(days=future_days)
 
 
 def window_id(low: datetime, high: datetime) -> str:
@@ -487,12 +502,23 @@ def parse_window_id(text: str) -> tuple[datetime, datetime] | None:
         return None
 
 
-def window_due(current: tuple[datetime, datetime] | None, today: date) -> bool:
-    """True when there is no window yet or it is WINDOW_RENEW_DAYS old."""
+def window_due(
+    current: tuple[datetime, datetime] | None,
+    today: date,
+    past_days: int = CALENDAR_PAST_DAYS,
+    future_days: int = CALENDAR_FUTURE_DAYS,
+) -> bool:
+    """True when there is no window yet, it is WINDOW_RENEW_DAYS old, or the
+    configured one starts earlier or spans a different number of days (the settings
+    changed)."""
     if current is None:
         return True
-    fresh, _ = window(today)
-    return fresh - current[0] >= timedelta(days=WINDOW_RENEW_DAYS)
+    low, high = window(today, past_days, future_days)
+    return (
+        low - current[0] >= timedelta(days=WINDOW_RENEW_DAYS)
+        or low < current[0]
+        or high - low != current[1] - current[0]
+    )
 
 
 @dataclass

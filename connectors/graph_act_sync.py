@@ -363,12 +363,14 @@ class GraphActSync:
         return ids
 
     def _window(self) -> tuple[datetime, datetime]:
-        """The calendar window the next round reads (the stored one unless it is due)."""
+        """The calendar window the next round reads (the stored one unless it is due;
+        its size from `ActSettings.calendar_past_days` / `calendar_future_days`)."""
         today = utc_now().date()
         position = self.positions.get(CALENDAR)
         current = parse_window_id(position.folder_id) if position is not None else None
-        if current is None or window_due(current, today):
-            return window(today)
+        span = (self.settings.calendar_past_days, self.settings.calendar_future_days)
+        if current is None or window_due(current, today, *span):
+            return window(today, *span)
         return current
 
     def _created(
@@ -387,8 +389,9 @@ class GraphActSync:
         today = utc_now().date()
         position = self.positions.get(CALENDAR)
         current = parse_window_id(position.folder_id) if position is not None else None
-        fresh = window_due(current, today)
-        low, high = window(today) if fresh or current is None else current
+        span = (self.settings.calendar_past_days, self.settings.calendar_future_days)
+        fresh = window_due(current, today, *span)
+        low, high = window(today, *span) if fresh or current is None else current
         url = f"{self.user_path}/calendarView/delta"
         folder = ActFolder(CALENDAR, ActType.APPOINTMENT, url, window_id(low, high))
         params = {

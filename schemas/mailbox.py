@@ -447,6 +447,11 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         return max(1, min(wanted, limit, max_connections))
 
 
+CALENDAR_WINDOW_MAX_DAYS = 1825
+"""The most days the Graph calendar window reaches back or ahead (five years): every
+renewal reads the whole window again, so it is kept bounded."""
+
+
 class ActSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Appointments, contacts and tasks of an Exchange (EWS) or Microsoft 365 (Graph)
     mailbox (docs/act.md).
@@ -471,10 +476,27 @@ class ActSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     crm_to_exchange: ActSyncSettings = msgspec.field(default_factory=ActSyncSettings)
     """CRM records written to the mailbox, and the two-way rules once linked
     (schemas/act_sync.py)."""
+    calendar_past_days: int = 90
+    """Graph only: days before today the calendar window starts (Graph v1.0 tracks
+    calendar changes only through calendarView delta over a fixed window; older
+    meetings are not read). 0..CALENDAR_WINDOW_MAX_DAYS."""
+    calendar_future_days: int = 365
+    """Graph only: days after today the calendar window ends (later occurrences are
+    not read). 1..CALENDAR_WINDOW_MAX_DAYS."""
 
     def __post_init__(self) -> None:
         if not self.tracked_category.strip():
             raise ValueError("act tracked_category must not be empty")
+        if not 0 <= self.calendar_past_days <= CALENDAR_WINDOW_MAX_DAYS:
+            raise ValueError(
+                f"act calendar_past_days must be 0..{CALENDAR_WINDOW_MAX_DAYS}, "
+                f"not {self.calendar_past_days}"
+            )
+        if not 1 <= self.calendar_future_days <= CALENDAR_WINDOW_MAX_DAYS:
+            raise ValueError(
+                f"act calendar_future_days must be 1..{CALENDAR_WINDOW_MAX_DAYS}, "
+                f"not {self.calendar_future_days}"
+            )
 
 
 class MailboxConfig(Record, frozen=True, kw_only=True):

@@ -26,8 +26,14 @@ holding a slot of the server profile's gate):
   Absolute/RelativeMonthly, Absolute/RelativeYearly; Numbered, EndDate or NoEnd
   range). A modified occurrence is an UpdateItem of its OccurrenceItemId
   (RecurringMasterId + InstanceIndex: its 1-based position in the pattern), a
-  cancelled one a DeleteItem of it. Times are written in UTC (StartTimeZone UTC),
-  so the pattern is evaluated in UTC, as the Graph target does.
+  cancelled one a DeleteItem of it.
+- time zones: an appointment is written in its own zone (`Appointment.time_zone`,
+  UTC when it has none): start and end as local times with StartTimeZone and
+  EndTimeZone set to exchangelib's EWSTimeZone of it (the Windows id from the CLDR
+  map), so Exchange evaluates the pattern there and a weekly 09:00 stays 09:00 local
+  across daylight saving; an all-day item runs from midnight to midnight in it;
+  occurrences are found (InstanceIndex) by the same local-time expansion. A zone
+  tidings cannot resolve fails the write (permanent, the reason names it).
 - delete: DeleteItem (HardDelete); the organizer's meeting with
   SendMeetingCancellations=SendToAllAndSaveCopy (Exchange cancels it for the
   attendees: "Delete appointments and cancel meetings by using EWS",
@@ -68,6 +74,9 @@ from exchangelib.errors import (
     ErrorCalendarOccurrenceIsDeletedFromRecurrence,
     ErrorItemNotFound,
 )
+from exchangelib.errors import (
+    UnknownTimeZone as ExchangelibUnknownTimeZone,
+)
 from exchangelib.fields import InvalidField
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 from exchangelib.items import (
@@ -92,7 +101,8 @@ from exchangelib.recurrence import (
 from exchangelib.recurrence import Recurrence as EwsRecurrence
 
 from connectors import errors
-from connectors.act_graph_write import ItemRef, MailboxItem, occurrence_starts
+from connectors.act_graph_write import UNSUPPORTED, ItemRef, MailboxItem, occurrence_starts
+from connectors.act_zones import UnknownTimeZone, iana_name
 from connectors.auth import secret_provider
 from connectors.errors import ConnectorError
 from connectors.ews_act import (
@@ -212,11 +222,22 @@ FIELD_MAPS = {
 }
 
 
-def ews_datetime(moment: datetime) -> EWSDateTime:
-    """An aware datetime as an EWSDateTime in UTC."""
-    utc = moment.astimezone(UTC)
+def ews_zone(time_zone: str) -> EWSTimeZone:
+    """The EWSTimeZone an item in zone `time_zone` (IANA, UTC or Windows; "" is UTC)
+    is written in; a permanent UnsupportedItem ConnectorError for a zone neither
+    connectors/act_zones.py nor exchangelib's Windows map knows."""
+    try:
+        name = iana_name(time_zone) or "UTC"
+        return UTC_ZONE if name == "UTC" else EWSTimeZone(name)
+    except (UnknownTimeZone, ExchangelibUnknownTimeZone) as exc:
+        raise errors.permanent(UNSUPPORTED, f"the appointment cannot be written: {exc}") from None
+
+
+def ews_datetime(moment: datetime, tz: EWSTimeZone = UTC_ZONE) -> EWSDateTime:
+    """An aware datetime as an EWSDateTime: its wall-clock time in `tz` (whole seconds)."""
+    wall = moment.astimezone(tz)
     return EWSDateTime(
-        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, tzinfo=UTC_ZONE
+        wall.year, wall.month, wall.day, wall.hour, wall.minute, wall.second, tzinfo=tz
     )
 
 
@@ -310,14 +331,18 @@ def _attendees(appointment: Appointment, role: AttendeeRole) -> list[EwsAttendee
 
 
 def appointment_values(appointment: Appointment) -> dict[str, Any]:
-    """The exchangelib CalendarItem attributes of an appointment (all-day items run
-    from the first day to the last day inclusive, as exchangelib writes dates)."""
+    """The exchangelib CalendarItem attributes of an appointment, in its zone
+    (StartTimeZone / EndTimeZone; UTC without one). All-day items run from the first
+    day to the last day inclusive, days in that zone, as exchangelib writes dates
+    (midnight to midnight there)."""
+    tz = ews_zone(appointment.time_zone)
     if appointment.all_day:
-        last = appointment.end - timedelta(days=1)
-        start: Any = ews_date(appointment.start)
-        end: Any = ews_date(max(last, appointment.start))
+        first = appointment.start.astimezone(tz).date()
+        last = (appointment.end.astimezone(tz) - timedelta(days=1)).date()
+        start: Any = ews_date(first)
+        end: Any = ews_date(max(last, first))
     else:
-        start, end = ews_datetime(appointment.start), ews_datetime(appointment.end)
+        start, end = ews_datetime(appointment.start, tz), ews_datetime(appointment.end, tz)
     return {
         "subject": _text(appointment.subject),
         "body": _body(appointment.body),
@@ -330,8 +355,8 @@ def appointment_values(appointment: Appointment) -> dict[str, Any]:
         "resources": _attendees(appointment, AttendeeRole.RESOURCE),
         "recurrence": pattern_of(appointment.recurrence) if appointment.recurrence else None,
         "categories": list(appointment.categories) or None,
-        "_start_timezone": UTC_ZONE,
-        "_end_timezone": UTC_ZONE,
+        "_start_timezone": tz,
+        "_end_timezone": tz,
     }
 
 
@@ -448,13 +473,14 @@ def instance_index(series: Appointment, original_start: datetime) -> int | None:
     return None
 
 
-def occurrence_values(change: OccurrenceChange) -> dict[str, Any]:
-    """The attributes a modified occurrence sets (start, end, subject, location)."""
+def occurrence_values(change: OccurrenceChange, tz: EWSTimeZone = UTC_ZONE) -> dict[str, Any]:
+    """The attributes a modified occurrence sets (start, end in the series' zone `tz`,
+    subject, location)."""
     values: dict[str, Any] = {}
     if change.start is not None:
-        values["start"] = ews_datetime(change.start)
+        values["start"] = ews_datetime(change.start, tz)
     if change.end is not None:
-        values["end"] = ews_datetime(change.end)
+        values["end"] = ews_datetime(change.end, tz)
     if change.subject is not None:
         values["subject"] = change.subject
     if change.location is not None:
@@ -591,8 +617,8 @@ class EwsActCalls:
                 changekey=ref.change_key,
                 **{n: values[n] for n in names},
             )
-            if kind is ActType.APPOINTMENT:
-                item._start_timezone = item._end_timezone = UTC_ZONE
+            if isinstance(merged, Appointment):
+                item._start_timezone = item._end_timezone = ews_zone(merged.time_zone)
             item.save(
                 update_fields=names,
                 conflict_resolution=AUTO_RESOLVE,
@@ -616,6 +642,7 @@ class EwsActCalls:
         already do): UpdateItem / DeleteItem of each OccurrenceItemId."""
         todo = [c for c in series.exceptions if c not in done]
         send = invitations(series)
+        tz = ews_zone(series.time_zone)
         for change in todo:
             index = instance_index(series, change.original_start)
             if index is None:
@@ -639,12 +666,12 @@ class EwsActCalls:
                         affected_task_occurrences=ALL_OCCURRENCES,
                     )
                 else:
-                    values = occurrence_values(change)
+                    values = occurrence_values(change, tz)
                     if not values:
                         continue
                     for name, value in values.items():
                         setattr(occurrence, name, value)
-                    occurrence._start_timezone = occurrence._end_timezone = UTC_ZONE
+                    occurrence._start_timezone = occurrence._end_timezone = tz
                     occurrence.save(
                         update_fields=list(values),
                         conflict_resolution=AUTO_RESOLVE,

@@ -13,6 +13,15 @@ read back for the two-way merge (connectors/act_writer.py decides what to write)
   (`GET /todo/lists`, `wellknownListName` "defaultList"):
   `POST /todo/lists/{list}/tasks`, `PATCH` / `DELETE .../tasks/{id}`.
 
+Time zones: an appointment is written in its own zone (`Appointment.time_zone`,
+UTC when it has none): start and end as dateTimeTimeZone values with the zone's
+Windows name (connectors/act_zones.py), the recurrence with it as
+`range.recurrenceTimeZone`, so Graph evaluates the pattern in that zone and a weekly
+09:00 stays 09:00 local across daylight saving. An all-day item is written as
+midnight to midnight in its zone. A zone tidings cannot resolve fails the write
+(permanent, the reason names the zone). Read-backs map zones as the Exchange → CRM
+reader does (connectors/graph_act.py).
+
 The payload → resource mapping and back is pure (functions below); the
 `GraphActTarget` makes the calls through the mailbox's GraphClient (its four
 request slots, throttling waits, token renewal).
@@ -26,9 +35,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from dateutil import rrule as du_rrule
-
 from connectors import errors
+from connectors.act_zones import UnknownTimeZone, local, series_starts, windows_name, zone
+from connectors.graph_act import UnsupportedItem, all_day_times, event_zone, iana
+from connectors.graph_act import graph_time as read_graph_time
 from connectors.graph_client import GraphClient, error_code, failure
 from schemas.act import (
     ActPayload,
@@ -87,20 +97,32 @@ class MailboxItem:
 # -- pure mapping: payload → Graph resource ------------------------------------------
 
 
-def graph_time(moment: datetime) -> dict[str, str]:
-    """A Graph dateTimeTimeZone in UTC."""
+UNSUPPORTED = "UnsupportedItem"
+"""The error code of a write whose payload Graph or EWS cannot hold (an unknown zone)."""
+
+
+def write_zone(name: str) -> str:
+    """The Windows zone name an item in zone `name` (IANA, UTC, Windows; "" is UTC) is
+    written with; a permanent UnsupportedItem ConnectorError for an unknown zone."""
+    try:
+        return windows_name(name)
+    except UnknownTimeZone as exc:
+        raise errors.permanent(UNSUPPORTED, f"the appointment cannot be written: {exc}") from None
+
+
+def graph_time(moment: datetime, time_zone: str = "") -> dict[str, str]:
+    """A Graph dateTimeTimeZone: `moment`'s wall-clock time in `time_zone` (IANA, UTC
+    or Windows; "" UTC) labelled with the zone's Windows name."""
+    label = write_zone(time_zone)
     return {
-        "dateTime": moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000"),
-        "timeZone": "UTC",
+        "dateTime": local(moment, zone(label)).strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+        "timeZone": label,
     }
 
 
 def parse_graph_time(value: dict[str, Any] | None) -> datetime | None:
-    """A Graph dateTimeTimeZone (UTC only: tidings asks for UTC) as an aware datetime."""
-    if not value or not value.get("dateTime"):
-        return None
-    text = str(value["dateTime"])[:19]
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    """A Graph dateTimeTimeZone (any zone Graph names) as an aware UTC datetime."""
+    return read_graph_time(value)
 
 
 def parse_stamp(value: Any) -> datetime | None:
@@ -110,9 +132,10 @@ def parse_stamp(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
 
 
-def pattern(recurrence: Recurrence) -> dict[str, Any]:
+def pattern(recurrence: Recurrence, time_zone: str = "") -> dict[str, Any]:
     """A Graph patternedRecurrence for an RRULE (DAILY, WEEKLY, MONTHLY by day of
-    month or by BYDAY+BYSETPOS, YEARLY by date); ValueError for other rules."""
+    month or by BYDAY+BYSETPOS, YEARLY by date), evaluated in the recurrence's zone,
+    else `time_zone` (the appointment's), else UTC; ValueError for other rules."""
     parts = dict(p.split("=", 1) for p in recurrence.rrule.upper().split(";") if "=" in p)
     freq = parts.get("FREQ", "")
     interval = int(parts.get("INTERVAL", "1"))
@@ -144,7 +167,10 @@ def pattern(recurrence: Recurrence) -> dict[str, Any]:
         span = {"type": "endDate", "endDate": recurrence.end_date.isoformat()}
     else:
         span = {"type": "noEnd"}
-    span |= {"startDate": recurrence.start_date.isoformat(), "recurrenceTimeZone": "UTC"}
+    span |= {
+        "startDate": recurrence.start_date.isoformat(),
+        "recurrenceTimeZone": write_zone(recurrence.time_zone or time_zone),
+    }
     return {"pattern": shape, "range": span}
 
 
@@ -171,31 +197,47 @@ def rrule_of(recurrence: dict[str, Any]) -> Recurrence:
         start_date=date.fromisoformat(span["startDate"]),
         end_date=date.fromisoformat(end) if end else None,
         count=int(count) if count else None,
+        time_zone=iana(str(span.get("recurrenceTimeZone") or "")),
     )
 
 
 def occurrence_starts(appointment: Appointment, limit: int = 500) -> list[datetime]:
-    """The start (UTC) of every occurrence of a series by its pattern (at most `limit`)."""
+    """The start (UTC) of every occurrence of a series by its pattern (at most
+    `limit`), expanded in the series' zone as Exchange and Graph do
+    (connectors/act_zones.py); a permanent error for an unknown zone."""
     assert appointment.recurrence is not None
-    rec = appointment.recurrence
-    start = appointment.start.astimezone(UTC)
-    first = datetime.combine(rec.start_date, start.timetz())
-    rule = du_rrule.rrulestr(rec.full_rrule(), dtstart=first.replace(tzinfo=None))
-    out: list[datetime] = []
-    for moment in rule:
-        out.append(moment.replace(tzinfo=UTC))
-        if len(out) >= limit:
-            break
-    return out
+    try:
+        return series_starts(appointment, limit=limit)
+    except UnknownTimeZone as exc:
+        raise errors.permanent(UNSUPPORTED, f"the series cannot be expanded: {exc}") from None
+
+
+def event_times(appointment: Appointment) -> tuple[dict[str, str], dict[str, str]]:
+    """The start and end dateTimeTimeZone of an appointment in its zone; an all-day
+    one as the midnights of its first day and of the day after its last, there."""
+    if not appointment.all_day:
+        return (
+            graph_time(appointment.start, appointment.time_zone),
+            graph_time(appointment.end, appointment.time_zone),
+        )
+    label = write_zone(appointment.time_zone)
+    where = zone(label)
+    first = local(appointment.start, where).date()
+    after = max(local(appointment.end, where).date(), first + timedelta(days=1))
+    return (
+        {"dateTime": f"{first:%Y-%m-%d}T00:00:00.0000000", "timeZone": label},
+        {"dateTime": f"{after:%Y-%m-%d}T00:00:00.0000000", "timeZone": label},
+    )
 
 
 def event_body(appointment: Appointment, fields: set[str] | None = None) -> dict[str, Any]:
     """The Graph event resource of an appointment (only `fields` when given: a PATCH)."""
+    start, end = event_times(appointment)
     full: dict[str, Any] = {
         "subject": appointment.subject,
         "body": {"contentType": "text", "content": appointment.body},
-        "start": graph_time(appointment.start),
-        "end": graph_time(appointment.end),
+        "start": start,
+        "end": end,
         "isAllDay": appointment.all_day,
         "location": {"displayName": appointment.location},
         "attendees": [
@@ -208,14 +250,16 @@ def event_body(appointment: Appointment, fields: set[str] | None = None) -> dict
             for a in appointment.attendees
         ],
         "categories": list(appointment.categories),
-        "recurrence": pattern(appointment.recurrence) if appointment.recurrence else None,
+        "recurrence": pattern(appointment.recurrence, appointment.time_zone)
+        if appointment.recurrence
+        else None,
     }
     names = {
         "subject": ["subject"],
         "body": ["body"],
         "start": ["start"],
         "end": ["end"],
-        "all_day": ["isAllDay"],
+        "all_day": ["isAllDay", "start", "end"],
         "location": ["location"],
         "attendees": ["attendees"],
         "categories": ["categories"],
@@ -228,17 +272,24 @@ def event_body(appointment: Appointment, fields: set[str] | None = None) -> dict
 
 
 def appointment_of(event: dict[str, Any], instances: list[dict[str, Any]] | None) -> Appointment:
-    """The Appointment of a Graph event (a series with its `instances`)."""
+    """The Appointment of a Graph event (a series with its `instances`): times in UTC,
+    `time_zone` the IANA name of its own zone, as the Exchange → CRM reader maps them.
+    UnsupportedItem (a ValueError) for a zone tidings cannot resolve."""
     organizer = (event.get("organizer") or {}).get("emailAddress") or {}
     roles = {"optional": AttendeeRole.OPTIONAL, "resource": AttendeeRole.RESOURCE}
+    where = event_zone(event)
+    start = parse_graph_time(event.get("start")) or datetime.now(UTC)
+    end = parse_graph_time(event.get("end")) or datetime.now(UTC)
+    if event.get("isAllDay") and event.get("start") and event.get("end"):
+        start, end = all_day_times(event, where)
     appointment = Appointment(
         ical_uid=str(event.get("iCalUId") or ""),
         subject=str(event.get("subject") or ""),
         body=str((event.get("body") or {}).get("content") or ""),
-        start=parse_graph_time(event.get("start")) or datetime.now(UTC),
-        end=parse_graph_time(event.get("end")) or datetime.now(UTC),
+        start=start,
+        end=end,
         all_day=bool(event.get("isAllDay")),
-        time_zone="UTC",
+        time_zone=where,
         location=str((event.get("location") or {}).get("displayName") or ""),
         organizer=Attendee(
             address=str(organizer.get("address", "")).lower(), name=organizer.get("name", "")
@@ -285,19 +336,27 @@ def appointment_of(event: dict[str, Any], instances: list[dict[str, Any]] | None
     return _replace(appointment, exceptions=sorted(changes, key=lambda c: c.original_start))
 
 
+def _mapped(event: dict[str, Any], instances: list[dict[str, Any]] | None) -> Appointment:
+    """`appointment_of`, an unmappable event (an unknown zone) a permanent error."""
+    try:
+        return appointment_of(event, instances)
+    except UnsupportedItem as exc:
+        raise errors.permanent(UNSUPPORTED, f"graph event {event.get('id')}: {exc}") from None
+
+
 def _replace(payload: Appointment, **changes: Any) -> Appointment:
     import msgspec
 
     return msgspec.structs.replace(payload, **changes)
 
 
-def exception_patch(change: OccurrenceChange) -> dict[str, Any]:
-    """The PATCH of one modified occurrence."""
+def exception_patch(change: OccurrenceChange, time_zone: str = "") -> dict[str, Any]:
+    """The PATCH of one modified occurrence (its times in the series' zone)."""
     body: dict[str, Any] = {}
     if change.start is not None:
-        body["start"] = graph_time(change.start)
+        body["start"] = graph_time(change.start, time_zone)
     if change.end is not None:
-        body["end"] = graph_time(change.end)
+        body["end"] = graph_time(change.end, time_zone)
     if change.subject is not None:
         body["subject"] = change.subject
     if change.location is not None:
@@ -458,13 +517,13 @@ class GraphActTarget:
             return None
         if kind is ActType.APPOINTMENT:
             instances = await self._instances(item_id, answer) if answer.get("recurrence") else None
-            return MailboxItem(self._ref(answer), appointment_of(answer, instances))
+            return MailboxItem(self._ref(answer), _mapped(answer, instances))
         if kind is ActType.CONTACT:
             return MailboxItem(self._ref(answer), contact_of(answer))
         return MailboxItem(self._ref(answer), task_of(answer))
 
     async def _instances(self, item_id: str, event: dict[str, Any]) -> list[dict[str, Any]]:
-        series = appointment_of(event, None)
+        series = _mapped(event, None)
         starts = occurrence_starts(series)
         if not starts:
             return []
@@ -544,7 +603,8 @@ class GraphActTarget:
             if change.cancelled:
                 await self._call("DELETE", path, None, kind="act-occurrence")
             else:
-                await self._call("PATCH", path, exception_patch(change), kind="act-occurrence")
+                patch = exception_patch(change, series.time_zone)
+                await self._call("PATCH", path, patch, kind="act-occurrence")
         master = await self._call("GET", f"/events/{quote(ref.item_id)}", None, kind="act-get")
         return self._ref(master) if master else ref
 

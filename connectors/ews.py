@@ -24,7 +24,9 @@ to wait in a pass becomes a transient ServerBusy for the runtime's retry clock.
 HTTP 401 is a permanent AuthenticationFailed; network failures are transient.
 
 Push: between passes `wait_for_change` listens to EWS streaming notifications on
-the synced folders (connectors/ews_push.py) unless the settings turn `streaming`
+the synced folders, and the Calendar / Contacts / Tasks folders when the mailbox
+syncs appointments, contacts and tasks (connectors/ews_push.py; an event on any
+wakes the whole pass, ACT folders included) unless the settings turn `streaming`
 off; while streaming fails the mailbox polls.
 """
 
@@ -548,7 +550,8 @@ class EwsMailbox:
         if not self.settings.streaming or client is None or folders is None:
             await asyncio.sleep(timeout_s)
             return False
-        pushed = await self.push.wait(client.account, [f.folder for f in folders], timeout_s)
+        watched = [f.folder for f in [*folders, *(self.act_folders or [])]]
+        pushed = await self.push.wait(client.account, watched, timeout_s)
         if pushed:
             metrics.CONNECTOR_PUSH_WAKEUPS.labels(PROTOCOL).inc()
         return pushed

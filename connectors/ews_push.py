@@ -1,11 +1,15 @@
 """EWS streaming notifications: the push path of an Exchange mailbox.
 
 A streaming subscription (Subscribe with StreamingSubscriptionRequest) covers the
-synced folders for NewMail, Created, Modified, Deleted, Moved and Copied events;
+synced mail folders, and the Calendar / Contacts / Tasks folders of a mailbox
+that syncs appointments, contacts and tasks (docs/act.md; the caller passes
+them), for NewMail, Created, Modified, Deleted, Moved and Copied events;
 one worker thread holds GetStreamingEvents open (`connection_timeout_min`
 minutes per connection, then the next one) and sets a flag whenever a
 notification carries such an event. `EwsPush.wait` returns True as soon as the
-flag is set, so a change arriving during a sync pass wakes the next wait at once.
+flag is set, so a change arriving during a sync pass wakes the next wait at once;
+the mailbox's pass reads the mail folders and the ACT folders alike, so a tracked
+appointment reaches the CRM as soon as a new message would.
 
 - A new subscription also sets the flag once: whatever arrived between the last
   pass and the subscription is caught by one more pass.

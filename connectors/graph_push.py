@@ -4,28 +4,43 @@ Graph posts notifications to a public HTTPS URL, so this is off unless
 `connectors.graph_notifications` is enabled with a `public_url`. Then the
 connectors process serves a small aiohttp webhook (`NotificationHub`, on the
 bind address, behind a reverse proxy that terminates TLS), and each Graph
-mailbox (`GraphPush`) subscribes its synced folders:
+mailbox (`GraphPush`) subscribes its synced folders and, when it syncs
+appointments, contacts and tasks (docs/act.md), those collections too:
 
     POST /subscriptions {changeType: "created,updated,deleted",
-        resource: "users/{user}/mailFolders('{id}')/messages",
-        notificationUrl: public_url, clientState: <random, per subscription>,
+        resource: "users/{user}/mailFolders('{id}')/messages"
+                | "users/{user}/events" | "users/{user}/contacts"
+                | "users/{user}/todo/lists/{listId}/tasks",
+        notificationUrl: public_url,
+        lifecycleNotificationUrl: public_url + "/lifecycle",
+        clientState: <random, per subscription>,
         expirationDateTime: now + lifetime_minutes}
 
-- Validation handshake: Graph first POSTs `?validationToken=...` to the URL;
+- Validation handshake: Graph first POSTs `?validationToken=...` to each URL;
   the hub answers 200 text/plain with the token (within Graph's 10 s).
 - Every notification is checked: its subscription must be one this process
   made and its `clientState` must match that subscription's secret (compared
   in constant time); anything else is ignored and counted. The hub answers
   202 at once whatever the verdict (Graph retries other answers).
+- A change notification wakes its mailbox: one pass reads every folder's delta
+  and the appointment / contact / task rounds (they are part of the same pass).
+- Lifecycle notifications (on the lifecycle path, clientState checked the same
+  way, counted by event in tidings_connector_push_notifications_total):
+  `reauthorizationRequired` → POST /subscriptions/{id}/reauthorize (a PATCH
+  renewal when Graph refuses that; a subscription Graph no longer knows is made
+  again); `subscriptionRemoved` → the subscription is made again, then one
+  delta pass; `missed` → one delta pass at once.
 - A subscription is renewed (PATCH expirationDateTime) once `renew_fraction`
   of the lifetime Graph granted has passed; one Graph no longer knows (404) is
   made again. A new subscription wakes the mailbox once, so what arrived before
   it began is caught by one delta pass.
-- When a subscription cannot be made or renewed, the failure is counted
-  (tidings_connector_push_failures_total), logged once per streak, and the
-  mailbox polls its delta; subscribing is tried again after `retry_s`.
-- Lifecycle notifications (reauthorizationRequired, missed) are not
-  subscribed: the delta poll, which never stops, covers missed notifications.
+- When a mail folder's subscription cannot be made or renewed, the failure is
+  counted (tidings_connector_push_failures_total), logged once per streak, and
+  the mailbox polls its delta; subscribing is tried again after `retry_s`. An
+  appointment / contact / task subscription Graph refuses (To Do tasks take no
+  application-permission subscriptions in some tenants) is set aside alone for
+  `retry_s`, counted and logged once: those items wait for the poll, mail keeps
+  its push.
 """
 
 from __future__ import annotations
@@ -41,8 +56,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 from aiohttp import web
@@ -58,6 +73,12 @@ log = logging.getLogger(__name__)
 PROTOCOL = "graph"
 CHANGE_TYPES = "created,updated,deleted"
 MAX_NOTIFICATION_BYTES = 4 * 1024 * 1024
+LIFECYCLE_SUFFIX = "/lifecycle"
+"""The lifecycle notification path: the notification path plus this."""
+MAX_MINUTES = 10080
+"""Graph's longest subscription on Outlook messages, events and contacts (minutes)."""
+TODO_MAX_MINUTES = 4230
+"""Graph's longest subscription on To Do tasks (minutes)."""
 
 
 # -- pure rules -------------------------------------------------------------------
@@ -71,6 +92,19 @@ class Verdict(StrEnum):
     UNKNOWN_SUBSCRIPTION = "unknown_subscription"
 
 
+class Lifecycle(StrEnum):
+    """Graph's lifecycle events (docs: "Reduce missing subscriptions and change
+    notifications")."""
+
+    REAUTHORIZATION_REQUIRED = "reauthorizationRequired"
+    SUBSCRIPTION_REMOVED = "subscriptionRemoved"
+    MISSED = "missed"
+
+
+UNKNOWN_LIFECYCLE = "lifecycle_unknown"
+"""The metric label of an accepted lifecycle notification with an event we do not know."""
+
+
 def verdict(notification: Mapping[str, Any], client_states: Mapping[str, str]) -> Verdict:
     """Accept a notification only for a subscription we made whose clientState matches
     (constant-time comparison)."""
@@ -82,6 +116,33 @@ def verdict(notification: Mapping[str, Any], client_states: Mapping[str, str]) -
     if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
         return Verdict.BAD_CLIENT_STATE
     return Verdict.ACCEPTED
+
+
+def lifecycle_event(notification: Mapping[str, Any]) -> Lifecycle | str | None:
+    """The notification's lifecycle event: None for a change notification, a Lifecycle,
+    or the raw text of an event this code does not know."""
+    event = notification.get("lifecycleEvent")
+    if event is None:
+        return None
+    try:
+        return Lifecycle(str(event))
+    except ValueError:
+        return str(event)
+
+
+def notification_label(found: Verdict, event: Lifecycle | str | None) -> str:
+    """The verdict label a notification is counted under: the lifecycle event of an
+    accepted lifecycle notification, else the verdict."""
+    if found != Verdict.ACCEPTED or event is None:
+        return str(found)
+    return str(event) if isinstance(event, Lifecycle) else UNKNOWN_LIFECYCLE
+
+
+def lifecycle_url(public_url: str) -> str:
+    """The lifecycleNotificationUrl served next to `public_url` (its path + /lifecycle)."""
+    parts = urlsplit(public_url)
+    path = parts.path.rstrip("/") + LIFECYCLE_SUFFIX
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 def expiration(now: datetime, lifetime_minutes: int) -> datetime:
@@ -132,12 +193,75 @@ def parse_graph_time(text: str) -> datetime:
     return datetime.fromisoformat(body + "+00:00")
 
 
+@dataclass(frozen=True)
+class Resource:
+    """What one subscription watches: Graph's resource path (no leading slash), whether
+    a refusal sets only it aside (appointments, contacts, tasks) rather than the
+    mailbox's push, and the longest lifetime Graph grants on it (minutes)."""
+
+    path: str
+    optional: bool = False
+    max_minutes: int = MAX_MINUTES
+
+
+def message_resource(user_path: str, folder_id: str) -> Resource:
+    """A mail folder's messages."""
+    return Resource(f"{user_path.strip('/')}/mailFolders('{folder_id}')/messages")
+
+
+def act_resources(
+    user_path: str, *, events: bool, contacts: bool, task_list: str | None
+) -> list[Resource]:
+    """The appointment / contact / To Do task collections the ACT sync reads: all
+    events (the calendar view's source), the personal contacts, and the tasks of
+    `task_list` (None: tasks are not synced)."""
+    user = user_path.strip("/")
+    found: list[Resource] = []
+    if events:
+        found.append(Resource(f"{user}/events", optional=True))
+    if contacts:
+        found.append(Resource(f"{user}/contacts", optional=True))
+    if task_list is not None:
+        path = f"{user}/todo/lists/{quote(task_list)}/tasks"
+        found.append(Resource(path, optional=True, max_minutes=TODO_MAX_MINUTES))
+    return found
+
+
+def lifetime(resource: Resource, lifetime_minutes: int) -> int:
+    """The lifetime to ask for on `resource`: the configured one, capped at Graph's."""
+    return min(lifetime_minutes, resource.max_minutes)
+
+
 # -- the webhook --------------------------------------------------------------------
 
 
+class Receiver(Protocol):
+    """Who a subscription's accepted notifications go to (GraphPush)."""
+
+    def changed(self, subscription_id: str) -> None:
+        """A change notification arrived."""
+
+    def lifecycle(self, subscription_id: str, event: Lifecycle) -> None:
+        """A lifecycle notification arrived."""
+
+
+@dataclass
+class _EventReceiver:
+    """A plain asyncio.Event as a receiver: any accepted notification sets it."""
+
+    event: asyncio.Event
+
+    def changed(self, subscription_id: str) -> None:
+        self.event.set()
+
+    def lifecycle(self, subscription_id: str, event: Lifecycle) -> None:
+        self.event.set()
+
+
 class NotificationHub:
-    """The webhook Graph posts to: validation handshakes and notifications, routed to
-    the mailbox that owns the subscription."""
+    """The webhook Graph posts to: validation handshakes, change notifications and
+    (on the lifecycle path) lifecycle notifications, routed to the mailbox that owns
+    the subscription."""
 
     def __init__(self, settings: GraphNotificationsConfig) -> None:
         problem = url_problem(settings.public_url)
@@ -147,9 +271,14 @@ class NotificationHub:
         self.settings = settings
         self.public_url = settings.public_url
         self.path = urlsplit(settings.public_url).path or "/"
+        self.lifecycle_url: str | None = (
+            lifecycle_url(settings.public_url) if settings.lifecycle else None
+        )
+        self.lifecycle_path = urlsplit(self.lifecycle_url).path if self.lifecycle_url else None
         self.client_states: dict[str, str] = {}
-        self.wakes: dict[str, asyncio.Event] = {}
+        self.receivers: dict[str, Receiver] = {}
         self.counts: dict[Verdict, int] = dict.fromkeys(Verdict, 0)
+        self.lifecycle_counts: dict[str, int] = {}
         self.port = settings.port
         self._runner: web.AppRunner | None = None
 
@@ -157,6 +286,8 @@ class NotificationHub:
         """Serve on the bind address (port 0 picks a free one, see `port`)."""
         app = web.Application(client_max_size=MAX_NOTIFICATION_BYTES)
         app.router.add_post(self.path, self._post)
+        if self.lifecycle_path is not None and self.lifecycle_path != self.path:
+            app.router.add_post(self.lifecycle_path, self._post)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
@@ -172,15 +303,20 @@ class NotificationHub:
         if runner is not None:
             await runner.cleanup()
 
-    def register(self, subscription_id: str, client_state: str, wake: asyncio.Event) -> None:
-        """Route `subscription_id`'s notifications (with this clientState) to `wake`."""
+    def register(
+        self, subscription_id: str, client_state: str, receiver: Receiver | asyncio.Event
+    ) -> None:
+        """Route `subscription_id`'s notifications (with this clientState) to `receiver`
+        (an asyncio.Event is set by any of them)."""
         self.client_states[subscription_id] = client_state
-        self.wakes[subscription_id] = wake
+        self.receivers[subscription_id] = (
+            _EventReceiver(receiver) if isinstance(receiver, asyncio.Event) else receiver
+        )
 
     def unregister(self, subscription_id: str) -> None:
         """Forget a subscription: its notifications are ignored from now on."""
         self.client_states.pop(subscription_id, None)
-        self.wakes.pop(subscription_id, None)
+        self.receivers.pop(subscription_id, None)
 
     async def _post(self, request: web.Request) -> web.Response:
         token = request.query.get("validationToken")
@@ -196,20 +332,44 @@ class NotificationHub:
             log.warning("graph notifications: an unreadable notification body was ignored")
             return web.Response(status=202)
         for note in notes:
-            if not isinstance(note, dict):
-                continue
-            found = verdict(note, self.client_states)
-            self.counts[found] += 1
-            metrics.CONNECTOR_PUSH_NOTIFICATIONS.labels(str(found)).inc()
-            if found == Verdict.ACCEPTED:
-                self.wakes[str(note["subscriptionId"])].set()
-            elif found == Verdict.BAD_CLIENT_STATE:
-                log.warning(
-                    "graph notifications: a notification for subscription %s had the wrong "
-                    "clientState and was ignored",
-                    note.get("subscriptionId"),
-                )
+            if isinstance(note, dict):
+                self._route(note)
         return web.Response(status=202)
+
+    def _route(self, note: dict[str, Any]) -> None:
+        """Check one notification, count it, and hand an accepted one to its receiver
+        (a notification carrying `lifecycleEvent` is a lifecycle one, whichever path
+        it came to)."""
+        found = verdict(note, self.client_states)
+        event = lifecycle_event(note)
+        self.counts[found] += 1
+        label = notification_label(found, event)
+        metrics.CONNECTOR_PUSH_NOTIFICATIONS.labels(label).inc()
+        subscription = note.get("subscriptionId")
+        if found == Verdict.BAD_CLIENT_STATE:
+            log.warning(
+                "graph notifications: a %s notification for subscription %s had the wrong "
+                "clientState and was ignored",
+                "lifecycle" if event is not None else "change",
+                subscription,
+            )
+            return
+        if found != Verdict.ACCEPTED:
+            return
+        receiver = self.receivers[str(subscription)]
+        if event is None:
+            receiver.changed(str(subscription))
+            return
+        self.lifecycle_counts[str(event)] = self.lifecycle_counts.get(str(event), 0) + 1
+        if isinstance(event, Lifecycle):
+            receiver.lifecycle(str(subscription), event)
+        else:
+            log.warning(
+                "graph notifications: lifecycle event %r for subscription %s is not one "
+                "tidings knows; ignored",
+                event,
+                subscription,
+            )
 
 
 _HUB: list[NotificationHub] = []
@@ -233,17 +393,17 @@ def current() -> NotificationHub | None:
 
 @dataclass
 class Subscription:
-    """One folder's subscription: Graph's id, our secret, and its lifetime."""
+    """One resource's subscription: Graph's id, our secret, and its lifetime."""
 
     subscription_id: str
-    folder_id: str
+    resource: Resource
     client_state: str
     since: datetime
     expires: datetime
 
 
 class GraphPush:
-    """A mailbox's subscriptions, one per synced folder (see module doc)."""
+    """A mailbox's subscriptions, one per watched resource (see module doc)."""
 
     def __init__(
         self, client: GraphClient, user_path: str, mailbox_id: str, hub: NotificationHub
@@ -254,99 +414,222 @@ class GraphPush:
         self.hub = hub
         self.settings = hub.settings
         self.subscriptions: dict[str, Subscription] = {}
+        """By resource path."""
         self.wake = asyncio.Event()
+        self.pushed = False
+        """A change notification arrived since the last wake-up."""
+        self.pending: list[tuple[str, Lifecycle]] = []
+        """Lifecycle notifications not handled yet."""
+        self.set_aside: dict[str, float] = {}
+        """Optional resources Graph refused, by path: when (monotonic)."""
         self.failed_at: float | None = None
         self.failing = False
 
-    async def wait(self, folder_ids: Sequence[str], timeout_s: float) -> bool:
-        """Until a notification (True) or `timeout_s` (False), renewing subscriptions
-        that come due meanwhile; a plain sleep while subscribing fails."""
+    # -- the hub's receiver ----------------------------------------------------
+
+    def changed(self, subscription_id: str) -> None:
+        self.pushed = True
+        self.wake.set()
+
+    def lifecycle(self, subscription_id: str, event: Lifecycle) -> None:
+        self.pending.append((subscription_id, event))
+        self.wake.set()
+
+    # -- waiting ---------------------------------------------------------------
+
+    async def wait(self, resources: Sequence[Resource | str], timeout_s: float) -> bool:
+        """Until a change notification, a new subscription or a lifecycle notification
+        asking for a delta pass (True), or `timeout_s` (False); renews subscriptions
+        that come due and answers lifecycle notifications meanwhile; a plain sleep
+        while subscribing fails. A plain string is a mail folder's id."""
+        wanted = [
+            r if isinstance(r, Resource) else message_resource(self.user_path, r) for r in resources
+        ]
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             if not retry_due(self.failed_at, time.monotonic(), self.settings.retry_s):
                 await asyncio.sleep(left)
                 return False
             try:
-                created = await self._ensure(folder_ids)
+                resync = await self._answer_lifecycle()
+                created = await self._ensure(wanted)
             except ConnectorError as exc:
                 await self._failed(exc)
                 continue
             if self.failing:
                 self.failing = False
                 log.info("mailbox %s: Graph change notifications work again", self.mailbox_id)
-            if created:
+            if created or resync or self.pushed:
+                # a change, or what arrived before a subscription began / was missed
+                self.pushed = False
                 self.wake.clear()
-                return True  # catch what arrived before the subscriptions began
-            if not self.subscriptions:  # no folder to watch
-                await asyncio.sleep(left)
-                return False
-            due = min(
-                renew_at(s.since, s.expires, self.settings.renew_fraction)
-                for s in self.subscriptions.values()
-            )
-            until_renewal = (due - utc_now()).total_seconds()
+                return True
+            if self.pending:
+                continue
+            self.wake.clear()
+            until = self._next_duty(left)
             try:
-                async with asyncio.timeout(max(0.0, min(left, until_renewal))):
+                async with asyncio.timeout(until):
                     await self.wake.wait()
             except TimeoutError:
                 continue
-            self.wake.clear()
-            return True
         return False
 
-    async def _ensure(self, folder_ids: Sequence[str]) -> bool:
-        """Subscribe folders without one, renew those due; True when any was created."""
-        created = False
-        wanted = set(folder_ids)
-        for folder_id in [f for f in self.subscriptions if f not in wanted]:
-            await self._delete(self.subscriptions.pop(folder_id))
+    def _next_duty(self, left: float) -> float:
+        """Seconds until the next renewal or set-aside retry, at most `left`."""
+        waits = [left]
+        fraction = self.settings.renew_fraction
         now = utc_now()
-        for folder_id in folder_ids:
-            current = self.subscriptions.get(folder_id)
-            if current is None:
-                self.subscriptions[folder_id] = await self._create(folder_id)
-                created = True
-            elif now >= renew_at(current.since, current.expires, self.settings.renew_fraction):
-                renewed = await self._renew(current)
-                if renewed is None:
-                    self.hub.unregister(current.subscription_id)
-                    self.subscriptions[folder_id] = await self._create(folder_id)
+        waits += [
+            (renew_at(s.since, s.expires, fraction) - now).total_seconds()
+            for s in self.subscriptions.values()
+        ]
+        clock = time.monotonic()
+        waits += [at + self.settings.retry_s - clock for at in self.set_aside.values()]
+        return max(0.0, min(waits))
+
+    # -- subscriptions ---------------------------------------------------------
+
+    async def _ensure(self, resources: Sequence[Resource]) -> bool:
+        """Subscribe resources without one, renew those due; True when any was created.
+        An optional resource Graph refuses is set aside for `retry_s` (others go on)."""
+        created = False
+        wanted = {r.path for r in resources}
+        for path in [p for p in self.subscriptions if p not in wanted]:
+            await self._delete(self.subscriptions.pop(path))
+        for path in [p for p in self.set_aside if p not in wanted]:
+            del self.set_aside[path]
+        now = utc_now()
+        for resource in resources:
+            refused = self.set_aside.get(resource.path)
+            if not retry_due(refused, time.monotonic(), self.settings.retry_s):
+                continue
+            try:
+                current = self.subscriptions.get(resource.path)
+                if current is None:
+                    self.subscriptions[resource.path] = await self._create(resource)
                     created = True
+                elif (
+                    now >= renew_at(current.since, current.expires, self.settings.renew_fraction)
+                    and await self._renew(current) is None
+                ):
+                    self.hub.unregister(current.subscription_id)
+                    del self.subscriptions[resource.path]
+                    self.subscriptions[resource.path] = await self._create(resource)
+                    created = True
+            except ConnectorError as exc:
+                if not resource.optional:
+                    raise
+                self._aside(resource, exc)
+                continue
+            if self.set_aside.pop(resource.path, None) is not None:
+                log.info(
+                    "mailbox %s: Graph change notifications on %s work again",
+                    self.mailbox_id,
+                    resource.path,
+                )
         return created
 
-    async def _create(self, folder_id: str) -> Subscription:
+    def _aside(self, resource: Resource, exc: ConnectorError) -> None:
+        """Set an optional resource aside after Graph refused it (count, log once)."""
+        metrics.CONNECTOR_PUSH_FAILURES.labels(PROTOCOL).inc()
+        if resource.path not in self.set_aside:
+            log.warning(
+                "mailbox %s: Graph change notifications on %s unavailable (%s); those items "
+                "wait for the poll, subscribing again in %.0fs",
+                self.mailbox_id,
+                resource.path,
+                exc.message,
+                self.settings.retry_s,
+            )
+        self.set_aside[resource.path] = time.monotonic()
+        stale = self.subscriptions.pop(resource.path, None)
+        if stale is not None:
+            self.hub.unregister(stale.subscription_id)
+
+    async def _answer_lifecycle(self) -> bool:
+        """Handle the lifecycle notifications received (module doc); True when a delta
+        pass is due (`missed`; a removed subscription is made again by `_ensure`, which
+        then asks for the pass itself)."""
+        pending, self.pending = self.pending, []
+        resync = False
+        for subscription_id, event in pending:
+            found = next(
+                (s for s in self.subscriptions.values() if s.subscription_id == subscription_id),
+                None,
+            )
+            if found is None:
+                continue  # replaced or deleted meanwhile
+            if event == Lifecycle.MISSED:
+                resync = True
+            elif event == Lifecycle.SUBSCRIPTION_REMOVED:
+                log.info(
+                    "mailbox %s: Graph removed the subscription on %s; subscribing again",
+                    self.mailbox_id,
+                    found.resource.path,
+                )
+                self._forget(found)
+            elif not await self._reauthorize(found):
+                self._forget(found)  # Graph no longer knows it: made again by _ensure
+        return resync
+
+    def _forget(self, subscription: Subscription) -> None:
+        self.hub.unregister(subscription.subscription_id)
+        self.subscriptions.pop(subscription.resource.path, None)
+
+    async def _reauthorize(self, current: Subscription) -> bool:
+        """POST /subscriptions/{id}/reauthorize; when Graph refuses that action, a
+        renewal (PATCH also reauthorizes). False when Graph no longer knows it."""
+        response = await self.client.request(
+            "POST", f"/subscriptions/{current.subscription_id}/reauthorize", kind="subscribe"
+        )
+        if 200 <= response.status_code < 300:
+            metrics.CONNECTOR_PUSH_SUBSCRIPTIONS.labels(PROTOCOL, "reauthorized").inc()
+            return True
+        if response.status_code == 404:
+            return False
+        log.info(
+            "mailbox %s: Graph refused to reauthorize the subscription on %s (HTTP %s); "
+            "renewing it instead",
+            self.mailbox_id,
+            current.resource.path,
+            response.status_code,
+        )
+        return await self._renew(current) is not None
+
+    async def _create(self, resource: Resource) -> Subscription:
         state = secrets.token_urlsafe(32)
         now = utc_now()
-        body = msgspec.json.encode(
-            {
-                "changeType": CHANGE_TYPES,
-                "notificationUrl": self.hub.public_url,
-                "resource": f"{self.user_path.lstrip('/')}/mailFolders('{folder_id}')/messages",
-                "expirationDateTime": graph_time(expiration(now, self.settings.lifetime_minutes)),
-                "clientState": state,
-            }
-        )
+        minutes = lifetime(resource, self.settings.lifetime_minutes)
+        spec: dict[str, Any] = {
+            "changeType": CHANGE_TYPES,
+            "notificationUrl": self.hub.public_url,
+            "resource": resource.path,
+            "expirationDateTime": graph_time(expiration(now, minutes)),
+            "clientState": state,
+        }
+        if self.hub.lifecycle_url is not None:
+            spec["lifecycleNotificationUrl"] = self.hub.lifecycle_url
         response = await self.client.request(
             "POST",
             "/subscriptions",
             kind="subscribe",
             headers={"Content-Type": "application/json"},
-            content=body,
+            content=msgspec.json.encode(spec),
         )
         if response.status_code != 201:
             raise failure(response.status_code, error_code(response.content), "graph subscription")
         answer = _subscription(response.content)
-        subscription = Subscription(answer["id"], folder_id, state, now, answer["expires"])
-        self.hub.register(subscription.subscription_id, state, self.wake)
+        subscription = Subscription(answer["id"], resource, state, now, answer["expires"])
+        self.hub.register(subscription.subscription_id, state, self)
         metrics.CONNECTOR_PUSH_SUBSCRIPTIONS.labels(PROTOCOL, "created").inc()
         return subscription
 
     async def _renew(self, current: Subscription) -> Subscription | None:
         """Extend a subscription; None when Graph no longer knows it."""
         now = utc_now()
-        body = msgspec.json.encode(
-            {"expirationDateTime": graph_time(expiration(now, self.settings.lifetime_minutes))}
-        )
+        minutes = lifetime(current.resource, self.settings.lifetime_minutes)
+        body = msgspec.json.encode({"expirationDateTime": graph_time(expiration(now, minutes))})
         response = await self.client.request(
             "PATCH",
             f"/subscriptions/{current.subscription_id}",
@@ -385,6 +668,7 @@ class GraphPush:
         for subscription in list(self.subscriptions.values()):
             self.hub.unregister(subscription.subscription_id)
         self.subscriptions.clear()
+        self.pending.clear()
 
     async def close(self) -> None:
         """Delete the subscriptions (bounded; Graph expires them anyway)."""

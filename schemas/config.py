@@ -275,7 +275,14 @@ class GraphNotificationsConfig(
     (Graph caps message subscriptions at 10080) and are renewed once
     `renew_fraction` of the lifetime Graph granted has passed. A subscription
     that cannot be made leaves the mailbox polling its delta, tried again after
-    `retry_s`.
+    `retry_s`. Mailboxes that sync appointments, contacts and tasks subscribe
+    those collections too (To Do tasks at most 4230 minutes, Graph's cap).
+
+    With `lifecycle` on (the default) subscriptions carry a
+    lifecycleNotificationUrl, `public_url` + "/lifecycle", served by the same
+    webhook: reauthorizationRequired, subscriptionRemoved and missed are
+    answered (docs/graph.md). Turn it off only when the reverse proxy cannot
+    route that path.
     """
 
     enabled: bool = False
@@ -285,6 +292,7 @@ class GraphNotificationsConfig(
     lifetime_minutes: Annotated[int, msgspec.Meta(ge=1, le=10080)] = 4230
     renew_fraction: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.75
     retry_s: float = 600.0
+    lifecycle: bool = True
 
     def __post_init__(self) -> None:
         if self.enabled and not self.public_url:

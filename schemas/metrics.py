@@ -86,13 +86,16 @@ CONNECTOR_PUSH_FAILURES = Counter(
 )
 CONNECTOR_PUSH_NOTIFICATIONS = Counter(
     "tidings_connector_push_notifications_total",
-    "Graph change notifications received by the webhook, by verdict (accepted, "
-    "bad_client_state, unknown_subscription, validation).",
+    "Graph notifications received by the webhook, by verdict (accepted, "
+    "bad_client_state, unknown_subscription, validation; an accepted lifecycle "
+    "notification by its event: reauthorizationRequired, subscriptionRemoved, missed, "
+    "lifecycle_unknown).",
     ["verdict"],
 )
 CONNECTOR_PUSH_SUBSCRIPTIONS = Counter(
     "tidings_connector_push_subscriptions_total",
-    "Push subscriptions made, by protocol and action (created, renewed, deleted).",
+    "Push subscriptions made, by protocol and action (created, renewed, reauthorized, "
+    "deleted).",
     ["protocol", "action"],
 )
 CONNECTOR_CLAIM_CHECKS = Counter(

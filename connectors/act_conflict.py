@@ -23,7 +23,8 @@ with them. Their hashes equal the link's, so nothing is written back
 (`is_echo` also recognises the mailbox item by the ChangeKey the server gave
 tidings' own write).
 
-Deletes (`on_crm_delete`, `on_exchange_delete`), as Dynamics 365 documents them
+Deletes (`on_crm_delete`, `on_exchange_delete`, defined in schemas/act_deletes.py
+because the Exchange → CRM stage applies them too, re-exported here), as Dynamics 365 documents them
 for tracked items, whether synchronized by the Outlook client or server-side
 synchronization ("Deleting records that have been tracked", Microsoft Docs,
 MicrosoftDocs/dynamics-365-customer-engagement,
@@ -59,6 +60,13 @@ from typing import Any
 import msgspec
 
 from schemas.act import ActPayload
+from schemas.act_deletes import (
+    DeleteAction,
+    DeleteDecision,
+    Role,
+    on_crm_delete,
+    on_exchange_delete,
+)
 from schemas.act_sync import NEVER_MERGED, FieldDirection, Side
 
 _ENCODER = msgspec.json.Encoder(order="sorted")
@@ -328,78 +336,23 @@ def is_echo(
     return all(synced.get(name) == field_hash(v) for name, v in exchange_fields.items())
 
 
-# -- deletes ---------------------------------------------------------------------
-
-
-class Role(StrEnum):
-    """The mailbox's user's part in a record."""
-
-    ORGANIZER = "organizer"
-    """Organizes the meeting, or owns the appointment, contact or task."""
-    ATTENDEE = "attendee"
-    OTHER = "other"
-
-
-class DeleteAction(StrEnum):
-    """What a delete on one side does on the other."""
-
-    DELETE_IN_EXCHANGE = "delete_in_exchange"
-    CANCEL_IN_EXCHANGE = "cancel_in_exchange"
-    """Delete the organizer's meeting, sending the attendees a cancellation."""
-    DELETE_IN_CRM = "delete_in_crm"
-    UNLINK = "unlink"
-    """Leave the other side alone; forget the link."""
-
-
-@dataclass(frozen=True)
-class DeleteDecision:
-    action: DeleteAction
-    reason: str
-
-
-def on_crm_delete(
-    record_type: str,
-    role: Role,
-    *,
-    now: datetime,
-    end: datetime | None = None,
-    has_attendees: bool = False,
-    completed: bool = False,
-    due: datetime | None = None,
-    delete_past: bool = False,
-) -> DeleteDecision:
-    """What deleting a linked record in the CRM does to the mailbox item."""
-    if record_type == "appointment":
-        if role is not Role.ORGANIZER:
-            return DeleteDecision(
-                DeleteAction.UNLINK, "an attendee's copy follows the organizer's cancellation"
-            )
-        if end is not None and end < now and not delete_past:
-            return DeleteDecision(DeleteAction.UNLINK, "the appointment is in the past: kept")
-        if has_attendees:
-            return DeleteDecision(
-                DeleteAction.CANCEL_IN_EXCHANGE, "organizer's meeting: cancelled for attendees"
-            )
-        return DeleteDecision(DeleteAction.DELETE_IN_EXCHANGE, "owner's appointment")
-    if record_type == "contact":
-        if role is Role.ORGANIZER:
-            return DeleteDecision(DeleteAction.UNLINK, "the contact's owner keeps it in Outlook")
-        return DeleteDecision(DeleteAction.DELETE_IN_EXCHANGE, "not the contact's owner")
-    if record_type == "task":
-        if completed or (due is not None and due < now):
-            return DeleteDecision(DeleteAction.UNLINK, "the task is not current: kept")
-        return DeleteDecision(DeleteAction.DELETE_IN_EXCHANGE, "current task")
-    return DeleteDecision(DeleteAction.UNLINK, f"unknown record type {record_type!r}")
-
-
-def on_exchange_delete(record_type: str, role: Role) -> DeleteDecision:
-    """What deleting a linked item in the mailbox does to the CRM record."""
-    if record_type == "appointment":
-        if role is Role.ORGANIZER:
-            return DeleteDecision(DeleteAction.DELETE_IN_CRM, "deleted by its organizer")
-        return DeleteDecision(DeleteAction.UNLINK, "an attendee removed only their copy")
-    if record_type == "contact":
-        return DeleteDecision(DeleteAction.UNLINK, "a mailbox delete never deletes a CRM contact")
-    if record_type == "task":
-        return DeleteDecision(DeleteAction.DELETE_IN_CRM, "tracked task deleted in the mailbox")
-    return DeleteDecision(DeleteAction.UNLINK, f"unknown record type {record_type!r}")
+__all__ = [
+    "Action",
+    "DeleteAction",
+    "DeleteDecision",
+    "FieldDecision",
+    "Resolution",
+    "Role",
+    "canonical_rrule",
+    "field_hash",
+    "field_hashes",
+    "is_echo",
+    "on_crm_delete",
+    "on_exchange_delete",
+    "payload_fields",
+    "resolve",
+    "resolve_field",
+    "sync_fields",
+    "winner",
+    "with_fields",
+]

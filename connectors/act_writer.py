@@ -33,8 +33,13 @@ committed only after the links of its batch were acknowledged: a crash re-reads
 the change, finds the link (or, for a create whose link was lost, Graph's
 transactionId or the EWS link property finds the item) and writes nothing twice.
 Failures are SyncErrors on sync.errors (component "act_writer", scope item); a
-transient one is retried `max_attempts` times with a growing pause, then reported
-and skipped.
+transient one is retried `max_attempts` times at once with a growing pause, then
+parked on act.retry and retried later by this writer with a growing delay, until
+it lands, a newer CRM change supersedes it, or `give_up_after_s` passed (a
+permanent SyncError `ActRetryGivenUp`); connectors/act_retry.py holds the rules
+and why the parked changes live on a topic. Permanent failures are reported and
+not retried. Settings: `[connectors.act_writer]` (schemas/act_sync.py
+`ActWriterSettings`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from connectors.act_conflict import (
 from connectors.act_ews_write import EwsActTarget
 from connectors.act_filters import targets
 from connectors.act_graph_write import GraphActTarget, ItemRef, MailboxItem
+from connectors.act_retry import describe, due, park, same_change, supersedes
 from connectors.emitter import Emitter
 from connectors.errors import ConnectorError
 from connectors.gate import GateRegistry, ServerGate
@@ -75,6 +81,7 @@ from connectors.graph_auth import GraphTokens
 from connectors.graph_client import GraphClient
 from connectors.group import PartitionListener, partition_counts, read_partition
 from connectors.outgoing_sender import MailboxDirectory
+from schemas import metrics
 from schemas.act import (
     ActPayload,
     ActRecord,
@@ -85,8 +92,8 @@ from schemas.act import (
     TaskStatus,
     version_of,
 )
-from schemas.act_changes import ActLink, CrmActChange, link_key
-from schemas.act_sync import ActSyncSettings, Side
+from schemas.act_changes import ActLink, ActParked, CrmActChange, link_key
+from schemas.act_sync import ActSyncSettings, ActWriterSettings, Side
 from schemas.base import utc_now
 from schemas.codec import encode_key
 from schemas.config import KafkaConfig
@@ -94,18 +101,19 @@ from schemas.errors import DecodeError, ErrorScope, Severity, StopAndAlert, Sync
 from schemas.ids import error_id
 from schemas.mailbox import ActSettings, GraphSettings, MailboxConfig, ServerProfile
 from schemas.mailbox import Protocol as MailProtocol
-from schemas.topics import ACT_LINKS, CRM_ACT, CRM_ACT_CHANGES, codec
+from schemas.topics import ACT_LINKS, ACT_RETRY, CRM_ACT, CRM_ACT_CHANGES, codec
 
 log = logging.getLogger(__name__)
 COMPONENT = "act_writer"
 _CHANGES = codec(CRM_ACT_CHANGES)
 _LINKS = codec(ACT_LINKS)
+_PARKED = codec(ACT_RETRY)
 _ACT = codec(CRM_ACT)
 FOLDERS = {ActType.APPOINTMENT: "Calendar", ActType.CONTACT: "Contacts", ActType.TASK: "Tasks"}
 
 
 class ActLayoutError(StopAndAlert):
-    """crm.act.changes and act.links must have the same number of partitions."""
+    """crm.act.changes, act.links and act.retry must have the same number of partitions."""
 
 
 class ActTarget(Protocol):
@@ -166,6 +174,8 @@ def is_replay(change: CrmActChange, link: ActLink) -> bool:
     through the Exchange → CRM path, or merges with the next CRM change."""
     if change.payload is None:
         return False
+    if link.owner is not None and link.owner != change.owner:
+        return False  # the CRM gave the record another owner: the link must learn it
     mine = field_hashes(sync_fields(change.record_type, change.payload))
     return all(link.synced.get(name) == value for name, value in mine.items())
 
@@ -229,17 +239,23 @@ class _Stats:
     unchanged: int = 0
     to_crm: int = 0
     failed: int = 0
+    parked: int = 0
+    retried: int = 0
 
 
 @dataclass
 class _Owned:
-    """The links of the owned partitions."""
+    """The links and parked changes of the owned partitions."""
 
     links: dict[str, ActLink] = field(default_factory=dict)
+    parked: dict[str, ActParked] = field(default_factory=dict)
     partitions: set[int] = field(default_factory=set)
 
     def of_record(self, record_id: str) -> list[ActLink]:
         return [v for k, v in self.links.items() if k.startswith(f"{record_id}|")]
+
+    def parked_of(self, record_id: str) -> list[ActParked]:
+        return [v for k, v in self.parked.items() if k.startswith(f"{record_id}|")]
 
 
 class ActWriter:
@@ -256,9 +272,12 @@ class ActWriter:
         worker: str | None = None,
         gates: GateRegistry | None = None,
         target_factory: TargetFactory = default_target,
-        max_attempts: int = 3,
-        retry_pause_s: float = 1.0,
+        settings: ActWriterSettings | None = None,
+        max_attempts: int | None = None,
+        retry_pause_s: float | None = None,
     ) -> None:
+        """`settings` holds the retries (`max_attempts` / `retry_pause_s`, when given,
+        override its immediate ones)."""
         self.kafka = kafka
         self.prefix = prefix
         self.profiles = profiles
@@ -267,10 +286,17 @@ class ActWriter:
         self.worker = worker or f"{socket.gethostname()}-{os.getpid()}"
         self.gates = gates or GateRegistry()
         self.target_factory = target_factory
-        self.max_attempts = max_attempts
-        self.retry_pause_s = retry_pause_s
+        settings = settings or ActWriterSettings()
+        overrides: dict[str, Any] = {}
+        if max_attempts is not None:
+            overrides["max_attempts"] = max_attempts
+        if retry_pause_s is not None:
+            overrides["retry_pause_s"] = retry_pause_s
+        self.settings = msgspec.structs.replace(settings, **overrides)
         self.changes_topic = CRM_ACT_CHANGES.name(prefix)
         self.links_topic = ACT_LINKS.name(prefix)
+        self.retry_topic = ACT_RETRY.name(prefix)
+        self.parking = self.settings.park  # off too when act.retry does not exist
         self.directory = MailboxDirectory(kafka, prefix)
         self.owned = _Owned()
         self.stats = _Stats()
@@ -279,6 +305,7 @@ class ActWriter:
         self._emitter: Emitter | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._link_partitions: dict[str, int] = {}
+        self._parked_partitions: dict[str, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -317,6 +344,7 @@ class ActWriter:
                     offsets[tp] = messages[-1].offset + 1
                 if offsets:
                     await consumer.commit(offsets)
+                await self._retry_due()
         finally:
             await consumer.stop()
             await self.directory.stop()
@@ -327,7 +355,7 @@ class ActWriter:
             await self._producer.stop()
 
     async def _check_layout(self) -> int:
-        topics = [self.changes_topic, self.links_topic, self.directory.topic]
+        topics = [self.changes_topic, self.links_topic, self.retry_topic, self.directory.topic]
         counts = await partition_counts(self.kafka, topics)
         changes, links = counts.get(self.changes_topic, 0), counts.get(self.links_topic, 0)
         if not changes:
@@ -337,6 +365,20 @@ class ActWriter:
                 f"{self.changes_topic} has {changes} partitions but {self.links_topic} has "
                 f"{links}; create them alike"
             )
+        retry = counts.get(self.retry_topic, 0)
+        if retry and retry != changes:
+            raise ActLayoutError(
+                f"{self.changes_topic} has {changes} partitions but {self.retry_topic} has "
+                f"{retry}; create them alike"
+            )
+        if not retry and self.parking:
+            log.warning(
+                "act writer: topic %s does not exist, so a change that fails after %d "
+                "attempts is reported and skipped, not retried later (create the topics)",
+                self.retry_topic,
+                self.settings.max_attempts,
+            )
+            self.parking = False
         if not counts.get(self.directory.topic):
             raise ActLayoutError(f"{self.directory.topic} does not exist")
         return counts[self.directory.topic]
@@ -344,11 +386,17 @@ class ActWriter:
     # -- ownership --------------------------------------------------------------------
 
     async def on_assigned(self, partitions: set[int]) -> None:
-        """Load the links of newly assigned partitions before reading their changes."""
+        """Load the links and parked changes of newly assigned partitions before
+        reading their changes."""
         new = sorted(partitions - self.owned.partitions)
         loaded = await asyncio.gather(*(self._load_links(p) for p in new))
         for found in loaded:
             self.owned.links.update(found)
+        if self.parking:
+            parked = await asyncio.gather(*(self._load_parked(p) for p in new))
+            for entries in parked:
+                self.owned.parked.update(entries)
+            metrics.ACT_WRITER_PARKED.set(len(self.owned.parked))
         self.owned.partitions |= set(new)
         log.info("act writer %s owns partitions %s", self.worker, sorted(self.owned.partitions))
 
@@ -359,6 +407,10 @@ class ActWriter:
         for key in revoked:
             self.owned.links.pop(key, None)
             self._link_partitions.pop(key, None)
+        for key in [k for k, v in self._parked_partitions.items() if v in partitions]:
+            self.owned.parked.pop(key, None)
+            self._parked_partitions.pop(key, None)
+        metrics.ACT_WRITER_PARKED.set(len(self.owned.parked))
 
     async def _load_links(self, partition: int, timeout_s: float = 60.0) -> dict[str, ActLink]:
         found: dict[str, ActLink] = {}
@@ -380,6 +432,26 @@ class ActWriter:
                 self._link_partitions[key] = partition
         return found
 
+    async def _load_parked(self, partition: int, timeout_s: float = 60.0) -> dict[str, ActParked]:
+        found: dict[str, ActParked] = {}
+        messages = read_partition(self.kafka, self.retry_topic, partition, timeout_s)
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                try:
+                    record = _PARKED.decode_record(message, self.retry_topic, partition)
+                except DecodeError as exc:
+                    log.error("act writer ignores an undecodable parked change: %s", exc)
+                    continue
+                if record is None:
+                    continue
+                key, entry = record
+                if entry is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = entry
+                self._parked_partitions[key] = partition
+        return found
+
     # -- one change -------------------------------------------------------------------
 
     async def _on_record(self, partition: int, message: Any) -> None:
@@ -396,37 +468,216 @@ class ActWriter:
     async def apply(self, change: CrmActChange, partition: int) -> None:
         """Write one CRM change into every mailbox it belongs in."""
         if change.deleted:
+            linked: set[str] = set()
             for link in self.owned.of_record(change.record_id):
+                linked.add(link.mailbox_id)
                 if link.deleted:
                     self.stats.unchanged += 1
                     continue
                 await self._attempt(link.mailbox_id, change, partition, self._delete, link)
+            await self._supersede(change, partition, keep=linked)
             return
         configs = list(self.directory.configs.values())
         if not configs:
             await self.directory.caught_up()
             configs = list(self.directory.configs.values())
-        for mailbox_id, role in sorted(targets(change, configs).items()):
+        wanted = targets(change, configs)
+        for mailbox_id, role in sorted(wanted.items()):
             await self._attempt(mailbox_id, change, partition, self._write, role)
+        await self._supersede(change, partition, keep=set(wanted))
+
+    async def _supersede(self, change: CrmActChange, partition: int, keep: set[str]) -> None:
+        """End the parked changes of the record in mailboxes this newer change does
+        not go to (a parked create must not resurrect a deleted record, nor write
+        into a mailbox the record left)."""
+        for entry in self.owned.parked_of(change.record_id):
+            if entry.mailbox_id in keep or not supersedes(change, entry):
+                continue
+            log.info(
+                "act writer: a newer change of %s ends its parked change in %s",
+                change.record_id,
+                entry.mailbox_id,
+            )
+            metrics.ACT_WRITER_RETRIES.labels("superseded").inc()
+            await self._unpark(link_key(entry.record_id, entry.mailbox_id), partition)
 
     async def _attempt(
         self, mailbox_id: str, change: CrmActChange, partition: int, step: Any, arg: Any
     ) -> None:
-        for attempt in range(1, self.max_attempts + 1):
+        """Write one change into one mailbox: `max_attempts` at once, then park it
+        (connectors/act_retry.py). A parked newer version of the record wins over
+        an older change."""
+        key = link_key(change.record_id, mailbox_id)
+        parked = self.owned.parked.get(key)
+        if parked is not None and not supersedes(change, parked):
+            log.info(
+                "act writer: %s in %s: a newer parked version waits; this one is older",
+                change.record_id,
+                mailbox_id,
+            )
+            self.stats.unchanged += 1
+            return
+        failure = await self._try(
+            mailbox_id, change, partition, step, arg, self.settings.max_attempts, first=1
+        )
+        await self._settle(key, partition, mailbox_id, change, failure, parked)
+
+    async def _try(
+        self,
+        mailbox_id: str,
+        change: CrmActChange,
+        partition: int,
+        step: Any,
+        arg: Any,
+        attempts: int,
+        *,
+        first: int,
+    ) -> ConnectorError | None:
+        """Up to `attempts` attempts (numbered from `first` in the SyncErrors);
+        the last failure, or None when the change landed."""
+        for n in range(attempts):
+            attempt = first + n
             try:
                 await step(mailbox_id, change, partition, arg)
-                return
+                return None
             except ConnectorError as exc:
-                last = attempt >= self.max_attempts or exc.permanent
-                severity = Severity.PERMANENT if last else Severity.TRANSIENT
+                last = n + 1 >= attempts or exc.permanent
+                final = exc.permanent or (last and not self.parking)
+                severity = Severity.PERMANENT if final else Severity.TRANSIENT
                 await self._report(
-                    mailbox_id, change.record_id, exc.code, exc.message, severity, attempt
+                    mailbox_id,
+                    change.record_id,
+                    exc.code,
+                    exc.message,
+                    severity,
+                    attempt,
+                    change.crm_change_time,
                 )
-                if last:
-                    self.stats.failed += 1
-                    return
                 await self._drop_target(mailbox_id)
-                await asyncio.sleep(self.retry_pause_s * attempt)
+                if last:
+                    return exc
+                await asyncio.sleep(self.settings.retry_pause_s * (n + 1))
+        return None  # pragma: no cover (attempts >= 1)
+
+    async def _settle(
+        self,
+        key: str,
+        partition: int,
+        mailbox_id: str,
+        change: CrmActChange,
+        failure: ConnectorError | None,
+        parked: ActParked | None,
+    ) -> None:
+        """After the attempts at `change`: end, keep or replace the parked entry."""
+        later = parked is not None and same_change(parked.change, change)
+        if failure is None or failure.permanent:
+            if failure is not None:
+                self.stats.failed += 1
+            if parked is not None:
+                outcome = ("written" if failure is None else "failed") if later else "superseded"
+                metrics.ACT_WRITER_RETRIES.labels(outcome).inc()
+                await self._unpark(key, partition)
+            return
+        if not self.parking:
+            self.stats.failed += 1
+            return
+        now = utc_now()
+        entry = park(change, mailbox_id, failure.code, failure.message, now, parked, self.settings)
+        if entry is None:
+            assert parked is not None
+            self.stats.failed += 1
+            metrics.ACT_WRITER_RETRIES.labels("gave_up").inc()
+            await self._report(
+                mailbox_id,
+                change.record_id,
+                "ActRetryGivenUp",
+                f"given up after {parked.retries + 1} later retries since "
+                f"{parked.first_failed_at:%Y-%m-%d %H:%M}Z; last {failure.code}: "
+                f"{failure.message}",
+                Severity.PERMANENT,
+                self.settings.max_attempts + parked.retries + 1,
+                change.crm_change_time,
+            )
+            await self._unpark(key, partition)
+            return
+        if not later:
+            if parked is not None:
+                metrics.ACT_WRITER_RETRIES.labels("superseded").inc()
+            metrics.ACT_WRITER_RETRIES.labels("parked").inc()
+            self.stats.parked += 1
+            await self._report(
+                mailbox_id,
+                change.record_id,
+                "ActChangeParked",
+                describe(entry, self.settings),
+                Severity.TRANSIENT,
+                self.settings.max_attempts,
+                change.crm_change_time,
+            )
+        await self._park(key, partition, entry)
+
+    async def _retry_due(self) -> None:
+        """Retry the parked changes that are due (one attempt each, at most one per
+        mailbox per round)."""
+        if not self.owned.parked:
+            return
+        for entry in due(self.owned.parked.values(), utc_now()):
+            key = link_key(entry.record_id, entry.mailbox_id)
+            partition = self._parked_partitions.get(key)
+            if partition is None or partition not in self.owned.partitions:
+                continue
+            await self._retry(key, partition, entry)
+
+    async def _retry(self, key: str, partition: int, entry: ActParked) -> None:
+        change, mailbox_id = entry.change, entry.mailbox_id
+        metrics.ACT_WRITER_RETRIES.labels("retried").inc()
+        self.stats.retried += 1
+        step: Any
+        arg: Any
+        if change.deleted:
+            link = self.owned.links.get(key)
+            if link is None or link.deleted:  # nothing left to delete
+                metrics.ACT_WRITER_RETRIES.labels("written").inc()
+                await self._unpark(key, partition)
+                return
+            step, arg = self._delete, link
+        else:
+            configs = list(self.directory.configs.values())
+            role = targets(change, configs).get(mailbox_id)
+            if role is None:
+                log.info(
+                    "act writer: %s no longer goes to %s; its parked change is dropped",
+                    change.record_id,
+                    mailbox_id,
+                )
+                metrics.ACT_WRITER_RETRIES.labels("dropped").inc()
+                await self._unpark(key, partition)
+                return
+            step, arg = self._write, role
+        log.info("act writer: retry %d of %s in %s", entry.retries + 1, key, mailbox_id)
+        failure = await self._try(
+            mailbox_id,
+            change,
+            partition,
+            step,
+            arg,
+            1,
+            first=self.settings.max_attempts + entry.retries + 1,
+        )
+        await self._settle(key, partition, mailbox_id, change, failure, entry)
+
+    async def _park(self, key: str, partition: int, entry: ActParked) -> None:
+        await self._send(self.retry_topic, key, _PARKED.encode(entry), partition)
+        self.owned.parked[key] = entry
+        self._parked_partitions[key] = partition
+        metrics.ACT_WRITER_PARKED.set(len(self.owned.parked))
+
+    async def _unpark(self, key: str, partition: int) -> None:
+        """Tombstone a parked entry (it landed, was superseded, failed or given up)."""
+        await self._send(self.retry_topic, key, None, partition)
+        self.owned.parked.pop(key, None)
+        self._parked_partitions.pop(key, None)
+        metrics.ACT_WRITER_PARKED.set(len(self.owned.parked))
 
     async def _write(
         self, mailbox_id: str, change: CrmActChange, partition: int, role: Role
@@ -459,6 +710,7 @@ class ActWriter:
                     origin=Side.CRM,
                     organizer=role is Role.ORGANIZER,
                     updated_at=utc_now(),
+                    owner=change.owner,
                 ),
             )
             log.info("act writer created %s %s in %s", kind, change.record_id, mailbox_id)
@@ -501,6 +753,7 @@ class ActWriter:
                 exchange_change_time=ref.change_time,
                 synced=resolution.synced,
                 updated_at=utc_now(),
+                owner=change.owner,
             ),
         )
 
@@ -586,6 +839,8 @@ class ActWriter:
 
     async def _link(self, partition: int, link: ActLink) -> None:
         key = link_key(link.record_id, link.mailbox_id)
+        if link.partition != partition:
+            link = msgspec.structs.replace(link, partition=partition)
         await self._send(self.links_topic, key, _LINKS.encode(link), partition)
         self.owned.links[key] = link
         self._link_partitions[key] = partition
@@ -614,12 +869,16 @@ class ActWriter:
         message: str,
         severity: Severity,
         attempt: int,
+        version: datetime | None = None,
     ) -> None:
+        """One SyncError; `version` (the CRM change time) keeps the errors of two
+        versions of a record apart (the error id is stable per version and attempt)."""
         log.warning("act writer: %s %s: %s", mailbox_id or "-", record_id, message)
         if self._emitter is None:
             return
+        scope = f"act:{record_id}:{mailbox_id}" + (f":{version.isoformat()}" if version else "")
         error = SyncError(
-            error_id=error_id(f"act:{record_id}:{mailbox_id}", code, attempt),
+            error_id=error_id(scope, code, attempt),
             mailbox_id=mailbox_id or "",
             scope=ErrorScope.ITEM,
             severity=severity,

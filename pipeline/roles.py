@@ -124,6 +124,7 @@ async def _connectors_and_sender(
         ack_timeout_s=config.connectors.ack_timeout_s,
         worker=runtime.worker,
         gates=runtime.gates,
+        settings=config.connectors.act_writer,
     )
     if not config.outgoing.enabled:
         await _together(runtime.run(stop), act_writer.run(stop), stop)

@@ -16,7 +16,12 @@ remembers the mailbox item, its ChangeKey after tidings' last write, both sides'
 change times and a hash of every field as last synchronized: what the two-way
 merge (connectors/act_conflict.py) compares against, and how echoes of tidings'
 own writes are recognised on both sides. The Exchange → CRM path reads it to map
-a mailbox item back to the CRM record it is linked to.
+a mailbox item back to the CRM record it is linked to, and marks a link deleted
+when the linked item is deleted in the mailbox (the only write to act.links not
+made by the writer).
+
+act.retry holds the CRM changes the writer parked after transient failures
+(`ActParked`), keyed and partitioned like act.links.
 """
 
 from __future__ import annotations
@@ -80,6 +85,41 @@ class ActLink(Record, frozen=True, kw_only=True):
     deleted: bool = False
     """The record was deleted (in the CRM, or the item in the mailbox): nothing is
     written for it again, and replayed older versions cannot resurrect it."""
+    updated_at: datetime
+    owner: RecordRef | None = None
+    """The CRM record's owner as the CRM last gave it: the Exchange → CRM stage keeps
+    it on the records it writes for the item (an explicit CRM-side owner stays).
+    None on links written before the field existed."""
+    partition: int | None = None
+    """The act.links partition the link lives on (its record's crm.act.changes
+    partition), so a reader that is not the writer can publish the link's
+    successor where the writer reads it: the Exchange → CRM stage marks a link
+    deleted when the mailbox item is deleted. None on older links."""
+
+
+class ActParked(Record, frozen=True, kw_only=True):
+    """A CRM change the writer could not write into one mailbox after its immediate
+    attempts (transient failures), parked to be retried later. Keyed by
+    `link_key(record id, mailbox id)` on act.retry (compacted), on the partition
+    its record has on crm.act.changes (like its links), so the writer that owns
+    the record retries it, after a restart too. A tombstone ends the entry: the
+    change landed, a newer change superseded it, it failed for good, or the
+    writer gave up (`give_up_after_s` past `first_failed_at`).
+
+    `change` is the whole CRM version to write (a newer one for the record
+    replaces it); `retries` counts the later retries made so far (0: only the
+    immediate attempts); `next_attempt_at` is when the next one is due;
+    `last_code` / `last_message` are the last failure's.
+    """
+
+    record_id: str
+    mailbox_id: str
+    change: CrmActChange
+    retries: int = 0
+    first_failed_at: datetime
+    next_attempt_at: datetime
+    last_code: str = ""
+    last_message: str = ""
     updated_at: datetime
 
 

@@ -92,3 +92,33 @@ class ActSyncSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         if found is not None:
             return found
         return DEFAULT_DIRECTIONS.get(field, FieldDirection.BOTH)
+
+
+class ActWriterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The CRM → Exchange writer's retries (`[connectors.act_writer]`).
+
+    A change that fails transiently is tried `max_attempts` times at once, with
+    pauses growing from `retry_pause_s`; then it is parked on act.retry and retried
+    later by the writer: first `retry_delay_s` after, the delay doubling per retry
+    up to `retry_max_delay_s`. `give_up_after_s` after its first failure the writer
+    gives up on it (a permanent SyncError, code `ActRetryGivenUp`). `park` off
+    restores the old behaviour: report and skip after the immediate attempts.
+    """
+
+    max_attempts: int = 3
+    retry_pause_s: float = 1.0
+    park: bool = True
+    retry_delay_s: float = 60.0
+    retry_max_delay_s: float = 3600.0
+    give_up_after_s: float = 86400.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("connectors.act_writer.max_attempts must be at least 1")
+        if not 0 < self.retry_delay_s <= self.retry_max_delay_s:
+            raise ValueError(
+                "connectors.act_writer: retry_delay_s must be positive and at most "
+                "retry_max_delay_s"
+            )
+        if self.give_up_after_s <= 0:
+            raise ValueError("connectors.act_writer.give_up_after_s must be positive")

@@ -230,6 +230,20 @@ SINK_PAUSED = Gauge(
     "1 while the sink has paused its partitions (backpressure from ClickHouse), else 0.",
 )
 
+# --- CRM → Exchange act writer (connectors) ---------------------------------
+ACT_WRITER_RETRIES = Counter(
+    "tidings_act_writer_retries_total",
+    "Parked CRM changes of the act writer (act.retry), by outcome: parked (after the "
+    "immediate attempts), retried (a later attempt made), written (a retry landed), "
+    "superseded (a newer CRM change replaced it), failed (a permanent error), gave_up "
+    "(past give_up_after_s), dropped (the mailbox no longer takes the record).",
+    ["outcome"],
+)
+ACT_WRITER_PARKED = Gauge(
+    "tidings_act_writer_parked",
+    "CRM changes parked on act.retry in the partitions this writer owns.",
+)
+
 # --- every consumer ---------------------------------------------------------
 DLQ_MESSAGES = Counter(
     "tidings_dlq_messages_total",

@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar, cast
 import msgspec
 
 from schemas.act import ActRecord
-from schemas.act_changes import ActLink, CrmActChange
+from schemas.act_changes import ActLink, ActParked, CrmActChange
 from schemas.codec import Codec
 from schemas.crm import Activity, CrmRecord, PromotionDecision
 from schemas.errors import SyncError
@@ -226,6 +226,17 @@ ACT_LINKS = TopicSpec(
     "item id, ChangeKey, both change times, per-field hashes as last synced; a tombstone "
     "drops a link. Same partition count as crm.act.changes.",
 )
+ACT_RETRY = TopicSpec(
+    "act.retry",
+    "record id|mailbox id (partition of its crm.act.changes record)",
+    ActParked,
+    Cleanup.COMPACT,
+    "CRM → Exchange writer (connectors)",
+    "CRM → Exchange writer",
+    "CRM changes the writer parked after transient failures, retried later with a growing "
+    "delay; a tombstone ends the entry (written, superseded, failed or given up). Same "
+    "partition count as crm.act.changes.",
+)
 
 TOPICS: tuple[TopicSpec[Any], ...] = (
     MAILBOX_CONFIG,
@@ -244,6 +255,7 @@ TOPICS: tuple[TopicSpec[Any], ...] = (
     CRM_ACT,
     CRM_ACT_CHANGES,
     ACT_LINKS,
+    ACT_RETRY,
     DLQ,
 )
 

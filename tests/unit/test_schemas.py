@@ -24,9 +24,10 @@ from schemas.act import (
     OccurrenceChange,
     Recurrence,
     ResponseStatus,
+    Task,
     appointment_record_id,
 )
-from schemas.act_changes import ActLink, CrmActChange, link_key
+from schemas.act_changes import ActLink, ActParked, CrmActChange, link_key
 from schemas.act_sync import Side
 from schemas.base import RecordRef
 from schemas.codec import decode_key, encode_key
@@ -326,6 +327,25 @@ SAMPLES: dict[type[Any], Any] = {
         exchange_change_time=T1,
         synced={"subject": "0123456789abcdef01234567"},
         origin=Side.CRM,
+        updated_at=T1,
+        owner=RecordRef("user", "alice"),
+        partition=0,
+    ),
+    ActParked: ActParked(
+        record_id="crm-appt-1",
+        mailbox_id="mb-alice",
+        change=CrmActChange(
+            record_id="crm-appt-1",
+            record_type=ActType.TASK,
+            owner=RecordRef("user", "alice"),
+            payload=Task(subject="Send the quote", due=T1),
+            crm_change_time=T1,
+        ),
+        retries=1,
+        first_failed_at=T0,
+        next_attempt_at=T1,
+        last_code="ServerBusy",
+        last_message="ews busy",
         updated_at=T1,
     ),
 }

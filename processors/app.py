@@ -49,6 +49,7 @@ that gap, or before its parent, is decided by what is known then
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -68,7 +69,13 @@ from schemas.base import utc_now
 from schemas.blobs import open_blob_store
 from schemas.codec import Codec, encode_key
 from schemas.config import TidingsConfig
-from schemas.crm import Activity, DecisionStatus, PromotionDecision
+from schemas.crm import (
+    Activity,
+    CorrelationMethod,
+    DecisionStatus,
+    PromotionDecision,
+    ReasonCode,
+)
 from schemas.dlq import DeadLetterFlood, FloodGuard, dead_letter_headers
 from schemas.errors import DecodeError, SyncError
 from schemas.mail import MailItemChanged, ParsedEmail
@@ -88,6 +95,19 @@ from schemas.topics import (
 
 log = logging.getLogger(__name__)
 _ACT_MEMORY: Codec[ActMemory] = Codec(ActMemory)
+
+
+@functools.cache
+def _decision_counter(status: DecisionStatus, reason: ReasonCode) -> Any:
+    """The decisions counter's child for one status and reason (looked up once:
+    `labels()` costs a lock and a tuple per call)."""
+    return metrics.PROCESSOR_DECISIONS.labels(status.value, reason.value)
+
+
+@functools.cache
+def _correlation_counter(method: CorrelationMethod) -> Any:
+    """The correlations counter's child for one method (looked up once)."""
+    return metrics.PROCESSOR_CORRELATIONS.labels(method.value)
 
 
 class ProcessorApp:
@@ -192,6 +212,10 @@ class ProcessorApp:
             self.state, self.directory, self.mailboxes, self.activity_index, self.settings
         )
         self._flood = FloodGuard.from_settings(self.settings)
+        self._views_ready = False
+        self._topic_names = {
+            suffix: topic.get_topic_name() for suffix, topic in self.topics.items()
+        }
         self._crashing: asyncio.Future[None] | None = None
         self._register()
 
@@ -225,8 +249,11 @@ class ProcessorApp:
         )
 
     async def views_ready(self) -> None:
-        """Wait until every global view caught up with its topic."""
-        await asyncio.gather(*(view.ready.wait() for view in self.views))
+        """Wait until every global view caught up with its topic (at once once they
+        have: a view never goes back to not ready)."""
+        if not self._views_ready:
+            await asyncio.gather(*(view.ready.wait() for view in self.views))
+            self._views_ready = True
 
     # -- wiring ----------------------------------------------------------------
 
@@ -316,7 +343,7 @@ class ProcessorApp:
             await self._send(CRM_ACT.suffix, out.record.record_id, out.record, codec(CRM_ACT))
         if out.tombstone is not None:
             sent: Any = await self.app.producer.send(
-                self.topics[CRM_ACT.suffix].get_topic_name(),
+                self._topic_names[CRM_ACT.suffix],
                 encode_key(out.tombstone),
                 None,
                 None,
@@ -360,9 +387,9 @@ class ProcessorApp:
         )
 
     async def _send_decision(self, decision: PromotionDecision) -> None:
-        metrics.PROCESSOR_DECISIONS.labels(decision.status.value, decision.reason.value).inc()
+        _decision_counter(decision.status, decision.reason).inc()
         if decision.status == DecisionStatus.PROMOTED and decision.correlated_activity_id:
-            metrics.PROCESSOR_CORRELATIONS.labels(decision.correlation_method.value).inc()
+            _correlation_counter(decision.correlation_method).inc()
         await self._send(
             PROMOTION_DECISIONS.suffix, decision.item_key, decision, codec(PROMOTION_DECISIONS)
         )
@@ -381,7 +408,7 @@ class ProcessorApp:
         commits input offsets; a record the producer gives up on crashes the
         worker, so its input is read again instead of being committed."""
         sent: Any = await self.app.producer.send(
-            self.topics[suffix].get_topic_name(),
+            self._topic_names[suffix],
             encode_key(key),
             value_codec.encode(value),
             None,

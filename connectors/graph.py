@@ -18,8 +18,10 @@ Requests go through GraphClient (connectors/graph_client.py): at most four at
 once per mailbox, throttling waited out, tokens from msal
 (connectors/graph_auth.py). A pass holds one slot of the server profile's gate.
 Between passes `wait_for_change` waits for Graph change notifications when the
-process serves the webhook (connectors/graph_push.py); else, or while
-subscribing fails, the delta is polled (see docs/graph.md).
+process serves the webhook (connectors/graph_push.py), on the mail folders and
+the calendar, contacts and To Do list the ACT sync reads (a notification on any
+wakes the whole pass, ACT rounds included); else, or while subscribing fails,
+the delta is polled (see docs/graph.md).
 `send_mime` sends a message as the mailbox (POST sendMail).
 """
 
@@ -618,10 +620,24 @@ class GraphMailbox:
             self.push = graph_push.GraphPush(
                 self.client, self.user_path, self.config.mailbox_id, hub
             )
-        pushed = await self.push.wait([f.folder_id for f in folders], timeout_s)
+        resources = [graph_push.message_resource(self.user_path, f.folder_id) for f in folders]
+        resources += await self._act_resources()
+        pushed = await self.push.wait(resources, timeout_s)
         if pushed:
             metrics.CONNECTOR_PUSH_WAKEUPS.labels(PROTOCOL).inc()
         return pushed
+
+    async def _act_resources(self) -> list[graph_push.Resource]:
+        """The ACT collections to subscribe (none when the mailbox does not sync them,
+        or the To Do list cannot be resolved now: those items wait for the poll)."""
+        act_sync = self.act_sync
+        if act_sync is None:
+            return []
+        try:
+            return await act_sync.push_resources()
+        except ConnectorError as exc:
+            log.info("mailbox %s: no push for ACT items now (%s)", self.config.mailbox_id, exc)
+            return []
 
     async def find_message(self, message_id: str) -> list[MailItemChanged]:
         """The created event a sync emits for every message of the synced folders whose

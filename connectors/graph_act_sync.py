@@ -50,6 +50,7 @@ from connectors.graph_act import (
 )
 from connectors.graph_client import DeltaExpired, GraphClient, error_code, failure
 from connectors.graph_items import Known, pack_known, unpack_known
+from connectors.graph_push import Resource, act_resources
 from connectors.source import PassResult
 from schemas.act import ActPayload, ActType
 from schemas.base import utc_now
@@ -130,6 +131,20 @@ class GraphActSync:
             tasks = await self._tasks_path()
             url = f"{self.user_path}{tasks}/delta"
             await self._simple(ActFolder(TASKS, ActType.TASK, url, tasks), result)
+
+    async def push_resources(self) -> list[Resource]:
+        """The Graph subscription resources covering the enabled kinds: all events,
+        the personal contacts, the default To Do list's tasks (connectors/graph_push.py)."""
+        task_list = None
+        if self.settings.tasks:
+            await self._tasks_path()
+            task_list = self._task_list
+        return act_resources(
+            self.user_path,
+            events=self.settings.appointments,
+            contacts=self.settings.contacts,
+            task_list=task_list,
+        )
 
     # -- reading ---------------------------------------------------------------
 

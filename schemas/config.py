@@ -276,7 +276,14 @@ class GraphNotificationsConfig(
     (Graph caps message subscriptions at 10080) and are renewed once
     `renew_fraction` of the lifetime Graph granted has passed. A subscription
     that cannot be made leaves the mailbox polling its delta, tried again after
-    `retry_s`.
+    `retry_s`. Mailboxes that sync appointments, contacts and tasks subscribe
+    those collections too (To Do tasks at most 4230 minutes, Graph's cap).
+
+    With `lifecycle` on (the default) subscriptions carry a
+    lifecycleNotificationUrl, `public_url` + "/lifecycle", served by the same
+    webhook: reauthorizationRequired, subscriptionRemoved and missed are
+    answered (docs/graph.md). Turn it off only when the reverse proxy cannot
+    route that path.
     """
 
     enabled: bool = False
@@ -286,6 +293,7 @@ class GraphNotificationsConfig(
     lifetime_minutes: Annotated[int, msgspec.Meta(ge=1, le=10080)] = 4230
     renew_fraction: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.75
     retry_s: float = 600.0
+    lifecycle: bool = True
 
     def __post_init__(self) -> None:
         if self.enabled and not self.public_url:
@@ -327,6 +335,8 @@ class ConnectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     graph_notifications: GraphNotificationsConfig = msgspec.field(
         default_factory=GraphNotificationsConfig
     )
+    act_writer: ActWriterSettings = msgspec.field(default_factory=ActWriterSettings)
+    """The CRM → Exchange writer's immediate and later retries (schemas/act_sync.py)."""
 
 
 class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -335,8 +345,6 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     group_id: str = "tidings-sinks"
     batch_max_rows: int = 5000
     batch_max_age_s: float = 0.2
-    act_writer: ActWriterSettings = msgspec.field(default_factory=ActWriterSettings)
-    """The CRM → Exchange writer's immediate and later retries (schemas/act_sync.py)."""
     max_buffered_rows: int = 100_000
     dlq_max_consecutive: int = 100
     dlq_max_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5

@@ -1065,6 +1065,7 @@ def add_act_item(
             props=dict(props),
         )
         target.items[item.item_id] = item
+        box.sim.streaming.notify(box, target, item, "CreatedEvent")
         return item
 
 
@@ -1130,6 +1131,7 @@ def update_act_item(
         item.props.update(props)
         if categories is not None:
             item.categories = list(categories)
+        box.sim.streaming.notify(box, folder, item, "ModifiedEvent")
         return item
 
 
@@ -1338,6 +1340,8 @@ def sample_message(
 # after ConnectionTimeout minutes. Knobs: `refuse(code)` (Subscribe answers that
 # error), `expire()` (every subscription is forgotten: open streams end with
 # ErrorSubscriptionNotFound, as after the server's 30 minutes without a client).
+# Calendar, Contacts and Tasks folders are subscribed alike: `add_act_item` and
+# `update_act_item` queue Created / Modified events as the write operations do.
 
 
 @dataclass

@@ -943,6 +943,7 @@ def _act_new(
         item["_occurrences"] = {}
     _act_touch(item)
     box.act_items[item_id] = item
+    sim.subscriptions.act_changed(box, kind, item_id, "created")
     return item
 
 
@@ -1113,9 +1114,11 @@ def _act_item_route(
             item["_occurrences"] = {}
             item["type"] = "seriesMaster" if payload["recurrence"] else "singleInstance"
         _act_touch(item)
+        sim.subscriptions.act_changed(box, kind, master_id, "updated")
         return Answer(200, _act_public(item))
     if method == "DELETE":
         del box.act_items[master_id]
+        sim.subscriptions.act_changed(box, kind, master_id, "deleted")
         return Answer(204)
     return graph_error(405, "MethodNotAllowed", "Method not allowed.")
 
@@ -1128,6 +1131,7 @@ def act_edit(
     item = sim.mailboxes[upn.lower()].act_items[item_id]
     item.update(changes)
     _act_touch(item, at)
+    sim.subscriptions.act_changed(sim.mailboxes[upn.lower()], item["@kind"], item_id, "updated")
     return _act_public(item)
 
 
@@ -1399,6 +1403,7 @@ def act_change_occurrence(
         override["end"] = _act_graph_time(end)
     master["_occurrences"][key] = override
     _act_touch(master)
+    sim.subscriptions.act_changed(sim.mailboxes[upn.lower()], "event", master_id, "updated")
 
 
 def act_cancel_occurrence(
@@ -1410,11 +1415,13 @@ def act_cancel_occurrence(
     key = _act_occurrence_key(original_start)
     master["_occurrences"][key] = {"isCancelled": True} if attendee else None
     _act_touch(master)
+    sim.subscriptions.act_changed(sim.mailboxes[upn.lower()], "event", master_id, "updated")
 
 
 def act_delete(sim: GraphSimulator, upn: str, item_id: str) -> None:
     """Delete an event, contact or task as its user would."""
-    del sim.mailboxes[upn.lower()].act_items[item_id]
+    item = sim.mailboxes[upn.lower()].act_items.pop(item_id)
+    sim.subscriptions.act_changed(sim.mailboxes[upn.lower()], item["@kind"], item_id, "deleted")
 
 
 # -- change notifications: /subscriptions -------------------------------------------
@@ -1430,6 +1437,16 @@ def act_delete(sim: GraphSimulator, upn: str, item_id: str) -> None:
 # or https; the simulator trusts any certificate). Knobs: `refuse(status, code)`
 # (POST /subscriptions answers that), `max_lifetime_s`; records: `renewals`,
 # `deliveries` (url, status) and `validations`.
+# Appointments, contacts, To Do tasks: resources "users/{user}/events",
+# "users/{user}/contacts" and "users/{user}/todo/lists/{list}/tasks" are
+# subscribed alike; an ACT item created, changed or deleted (by the helpers or the
+# write routes) notifies them. Lifecycle: a `lifecycleNotificationUrl` is
+# validated like the notificationUrl; `lifecycle(id, event)` posts a lifecycle
+# notification there (`remove(id)`: the subscription is gone, then
+# subscriptionRemoved); POST /subscriptions/{id}/reauthorize answers 204
+# (`reauthorizations`); `paused` drops change notifications (counted in
+# `dropped`), as Graph does before a `missed`; `refused_kinds` ("event",
+# "contact", "task", "message") answers 403 to subscriptions on those.
 
 
 @dataclass
@@ -1442,6 +1459,8 @@ class SimSubscription:
     client_state: str | None
     expires: dt.datetime
     resource: str
+    kind: str = "message"
+    lifecycle_url: str | None = None
 
 
 class SubscriptionState:
@@ -1457,6 +1476,10 @@ class SubscriptionState:
         self.validations = 0
         self.deliveries: list[tuple[str, int]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self.reauthorizations = 0
+        self.paused = False
+        self.dropped = 0
+        self.refused_kinds: set[str] = set()
 
     def refuse(
         self, status: int | None = 403, code: str = "ExtensionError", upns: set[str] | None = None
@@ -1498,6 +1521,11 @@ class SubscriptionState:
         if method == "GET" and len(parts) == 1:
             return Answer(200, {"value": [self._resource(s) for s in self.live()]})
         live = {s.id: s for s in self.live()}
+        if len(parts) == 3 and parts[2] == "reauthorize" and method == "POST":
+            if parts[1] not in live:
+                return graph_error(404, "ResourceNotFound", "The object was not found.")
+            self.reauthorizations += 1
+            return Answer(204)
         sub = live.get(parts[1]) if len(parts) == 2 else None
         if sub is None:
             return graph_error(404, "ResourceNotFound", "The object was not found.")
@@ -1525,16 +1553,26 @@ class SubscriptionState:
         except (ValueError, KeyError, TypeError):
             return graph_error(400, "InvalidRequest", "Cannot read the subscription request.")
         parts = resource.split("/")
-        box = self.sim.mailboxes.get(parts[1].lower()) if len(parts) == 4 else None
-        folder_key = parts[2].removeprefix("mailFolders('").removesuffix("')") if box else ""
-        folder = box.folder(folder_key) if box is not None else None
-        if box is None or folder is None or parts[0].lower() != "users" or parts[3] != "messages":
+        kind = _act_subscription_kind(parts) or "message"
+        box = self.sim.mailboxes.get(parts[1].lower()) if len(parts) >= 3 else None
+        folder_id: str | None = ""  # ACT collections have no folder here
+        if kind == "message":
+            mail = box is not None and len(parts) == 4 and parts[3] == "messages"
+            key = parts[2].removeprefix("mailFolders('").removesuffix("')") if mail else ""
+            folder = box.folder(key) if box is not None and mail else None
+            folder_id = folder.id if folder is not None else None
+        if box is None or folder_id is None or parts[0].lower() != "users":
             return graph_error(400, "InvalidRequest", f"Unsupported resource {resource!r}.")
         if grant.user is not None and self.sim.mailboxes.get(grant.user) is not box:
             return graph_error(403, "ErrorAccessDenied", "Access is denied.")
         if self.refused is not None and (self.refused_for is None or box.upn in self.refused_for):
             return graph_error(self.refused[0], self.refused[1], "Subscriptions are refused.")
-        if not await self._validate(url):
+        if kind in self.refused_kinds:
+            return graph_error(403, "ExtensionError", f"No subscriptions on {kind} here.")
+        lifecycle_url = spec.get("lifecycleNotificationUrl")
+        if not await self._validate(url) or (
+            lifecycle_url is not None and not await self._validate(str(lifecycle_url))
+        ):
             return graph_error(
                 400,
                 "ValidationError",
@@ -1544,12 +1582,14 @@ class SubscriptionState:
         sub = SimSubscription(
             id=secrets.token_hex(16),
             upn=box.upn,
-            folder_id=folder.id,
+            folder_id=folder_id,
             change_types=types,
             url=url,
             client_state=spec.get("clientState"),
             expires=self._granted(spec.get("expirationDateTime")),
             resource=resource,
+            kind=kind,
+            lifecycle_url=None if lifecycle_url is None else str(lifecycle_url),
         )
         self.items[sub.id] = sub
         return Answer(201, self._resource(sub))
@@ -1575,8 +1615,13 @@ class SubscriptionState:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if self.paused:
+            self.dropped += 1
+            return
         for sub in self.live():
             if sub.upn != box.upn or sub.folder_id != folder_id or change not in sub.change_types:
+                continue
+            if sub.kind != "message":
                 continue
             note = {
                 "subscriptionId": sub.id,
@@ -1595,6 +1640,65 @@ class SubscriptionState:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def act_changed(self, box: SimMailbox, kind: str, item_id: str, change: str) -> None:
+        """Notify the subscriptions on `box`'s collection of `kind` ("event", "contact",
+        "task") of `change` (from a running loop; nothing when `paused`)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.paused:
+            self.dropped += 1
+            return
+        segment = {"event": "Events", "contact": "Contacts", "task": "Tasks"}[kind]
+        for sub in self.live():
+            if sub.upn != box.upn or sub.kind != kind or change not in sub.change_types:
+                continue
+            note = {
+                "subscriptionId": sub.id,
+                "subscriptionExpirationDateTime": self._resource(sub)["expirationDateTime"],
+                "changeType": change,
+                "resource": f"Users/{box.user_id}/{segment}/{item_id}",
+                "resourceData": {"@odata.id": f"Users/{box.user_id}/{segment}/{item_id}",
+                                 "id": item_id},
+                "clientState": sub.client_state,
+                "tenantId": TENANT,
+            }  # fmt: skip
+            task = loop.create_task(self._deliver(sub.url, {"value": [note]}))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def lifecycle(
+        self, subscription_id: str, event: str, client_state: str | None = None
+    ) -> int:
+        """POST a lifecycle notification (`event`: reauthorizationRequired,
+        subscriptionRemoved, missed) for a subscription to its lifecycleNotificationUrl,
+        with its clientState unless `client_state` is given; the answer's status."""
+        import aiohttp
+
+        sub = self.items[subscription_id]
+        assert sub.lifecycle_url is not None, "subscribed without a lifecycleNotificationUrl"
+        note = {
+            "subscriptionId": sub.id,
+            "subscriptionExpirationDateTime": self._resource(sub)["expirationDateTime"],
+            "tenantId": TENANT,
+            "clientState": sub.client_state if client_state is None else client_state,
+            "lifecycleEvent": event,
+        }
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.post(sub.lifecycle_url, json={"value": [note]}, ssl=False) as response,
+        ):
+            self.deliveries.append((sub.lifecycle_url, response.status))
+            return response.status
+
+    async def remove(self, subscription_id: str) -> int:
+        """Graph removes a subscription: it is gone (404 from now on), then
+        subscriptionRemoved goes to its lifecycleNotificationUrl."""
+        status = await self.lifecycle(subscription_id, "subscriptionRemoved")
+        self.items.pop(subscription_id, None)
+        return status
+
     async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
         import aiohttp
 
@@ -1606,6 +1710,19 @@ class SubscriptionState:
                 self.deliveries.append((url, response.status))
         except (aiohttp.ClientError, TimeoutError):
             self.deliveries.append((url, 0))
+
+
+def _act_subscription_kind(parts: list[str]) -> str | None:
+    """The ACT kind a subscription resource's segments name ("users", user, ...):
+    "event", "contact", "task", or None (not an ACT collection)."""
+    tail = parts[2:]
+    if tail == ["events"]:
+        return "event"
+    if tail == ["contacts"]:
+        return "contact"
+    if len(tail) == 4 and tail[:2] == ["todo", "lists"] and tail[3] == "tasks":
+        return "task"
+    return None
 
 
 async def _serve(args: argparse.Namespace) -> None:

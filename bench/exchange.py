@@ -29,7 +29,6 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ from exchangelib import (
     Version,
 )
 
-from bench.harness import SyncRun, connector_figures, timed_syncs
+from bench.harness import SyncRun, comparison_figures, timed_syncs
 from connectors.ews import EwsMailbox
 from connectors.ews_client import FULL_FIELDS, SYNC_FIELDS
 from schemas.base import RecordRef, RecordType
@@ -230,11 +229,6 @@ def run_ews(args: argparse.Namespace) -> dict[str, Any]:
             )
     finally:
         sim.stop()
-    assert all(count == args.messages for _, count in bare_runs), bare_runs
-    assert all(r.events == args.messages for r in ours), ours
-    bare_s = statistics.median(seconds for seconds, _ in bare_runs)
-    ours_s = statistics.median(r.seconds for r in ours)
-    bare_rate, ours_rate = args.messages / bare_s, args.messages / ours_s
     return {
         "messages": args.messages,
         "message_body_bytes": args.size,
@@ -243,14 +237,7 @@ def run_ews(args: argparse.Namespace) -> dict[str, Any]:
         "get_item_batch": args.get_item_batch,
         "broker_storage": args.storage,
         "runs_each": args.repeat,
-        "bare_exchangelib": {
-            "median_seconds": round(bare_s, 3),
-            "messages_per_s": round(bare_rate),
-            "runs_s": [round(seconds, 3) for seconds, _ in bare_runs],
-        },
-        "tidings_connector_into_kafka": connector_figures(ours, args.messages),
-        "ratio": round(ours_rate / bare_rate, 3),
-        "aim": ">= 0.5",
+        **comparison_figures(bare_runs, ours, args.messages, "bare_exchangelib"),
     }
 
 

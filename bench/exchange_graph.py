@@ -26,7 +26,6 @@ import base64
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import SyncRun, connector_figures, timed_syncs
+from bench.harness import SyncRun, comparison_figures, timed_syncs
 from connectors.graph import GraphMailbox
 from connectors.graph_auth import GraphTokens, forget_apps
 from connectors.graph_client import ssl_context
@@ -225,11 +224,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ours = asyncio.run(connector_syncs(profile, root / "data", args.storage, args.repeat))
         finally:
             sim.stop()
-    assert all(count == args.messages for _, count in bare_runs), bare_runs
-    assert all(r.events == args.messages for r in ours), ours
-    bare_s = statistics.median(seconds for seconds, _ in bare_runs)
-    ours_s = statistics.median(r.seconds for r in ours)
-    bare_rate, ours_rate = args.messages / bare_s, args.messages / ours_s
     figures: dict[str, Any] = {
         "benchmark": "exchange_graph",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -240,14 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": CONCURRENCY,
         "broker_storage": args.storage,
         "runs_each": args.repeat,
-        "bare_httpx": {
-            "median_seconds": round(bare_s, 3),
-            "messages_per_s": round(bare_rate),
-            "runs_s": [round(seconds, 3) for seconds, _ in bare_runs],
-        },
-        "tidings_connector_into_kafka": connector_figures(ours, args.messages),
-        "ratio": round(ours_rate / bare_rate, 3),
-        "aim": ">= 0.5",
+        **comparison_figures(bare_runs, ours, args.messages, "bare_httpx"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import CountingEmitter
 from connectors.auth import secret_provider
 from connectors.claimcheck import ClaimCheck
 from connectors.gate import ServerGate
@@ -72,19 +73,6 @@ def message(mailbox: int, n: int) -> bytes:
         f"From: dana@contoso.example\r\nTo: u{mailbox}@northwind.example\r\n"
         f"Subject: fleet {n}\r\nMessage-ID: <fleet-{mailbox}-{n}@contoso.example>\r\n\r\nhi\r\n"
     ).encode()
-
-
-class CountingEmitter:
-    """Stands in for Kafka: counts the created events each poll found."""
-
-    def __init__(self) -> None:
-        self.events = 0
-
-    async def emit_changes(self, events: Any, protocol: str) -> None:
-        self.events += len(events)
-
-    async def emit_error(self, error: Any, protocol: str) -> None:
-        pass
 
 
 class NullStore:

@@ -105,6 +105,21 @@ async def timed_syncs(
     return runs
 
 
+class CountingEmitter:
+    """Stands in for Kafka where a bench measures polling alone: counts the change
+    events and the error events a source would publish."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.errors = 0
+
+    async def emit_changes(self, events: Any, protocol: str) -> None:
+        self.events += len(events)
+
+    async def emit_error(self, error: Any, protocol: str) -> None:
+        self.errors += 1
+
+
 def connector_figures(runs: list[SyncRun], messages: int) -> dict[str, Any]:
     """The connector side's figures for `messages` synced per run: median wall
     seconds, rate, each run's seconds, median CPU microseconds per message."""
@@ -115,4 +130,26 @@ def connector_figures(runs: list[SyncRun], messages: int) -> dict[str, Any]:
         "messages_per_s": round(messages / seconds),
         "runs_s": [round(run.seconds, 3) for run in runs],
         "cpu_us_per_message": round(cpu_seconds / messages * 1e6, 1),
+    }
+
+
+def comparison_figures(
+    bare_runs: list[tuple[float, int]], runs: list[SyncRun], messages: int, bare_name: str
+) -> dict[str, Any]:
+    """The bare client's figures (`bare_name`: (seconds, messages synced) per run),
+    the connector's (`connector_figures`) and the ratio of their median rates, after
+    checking every run of both synced all `messages`."""
+    assert all(count == messages for _, count in bare_runs), bare_runs
+    assert all(run.events == messages for run in runs), runs
+    bare_s = statistics.median(seconds for seconds, _ in bare_runs)
+    ours_s = statistics.median(run.seconds for run in runs)
+    return {
+        bare_name: {
+            "median_seconds": round(bare_s, 3),
+            "messages_per_s": round(messages / bare_s),
+            "runs_s": [round(seconds, 3) for seconds, _ in bare_runs],
+        },
+        "tidings_connector_into_kafka": connector_figures(runs, messages),
+        "ratio": round(bare_s / ours_s, 3),
+        "aim": ">= 0.5",
     }

@@ -1041,6 +1041,8 @@ def _task_xml(item: SimActItem) -> str:
         ]
     )
 
+            _zone_xml("StartTimeZone", props.get("start_tz")),
+            _zone_xml("EndTimeZone", props.get("end_tz") or props.get("start_tz")),
 
 def add_act_item(
     box: SimMailbox,
@@ -1078,7 +1080,9 @@ def add_calendar_item(
 ) -> SimActItem:
     """A calendar item (props: uid, subject, start, end, location, body, organizer
     (address, name), required / optional / resources [(address, name, ResponseType)],
-    recurrence (see `weekly`), deleted [original starts], all_day, cancelled).
+    recurrence (see `weekly`), deleted [original starts], all_day, cancelled,
+    start_tz / end_tz: Windows zone ids, e.g. "Eastern Standard Time", in which
+    Exchange expands the series and which GetItem answers as StartTimeZone).
     `modified` lists changed occurrences of a series: (new start, new end, original
     start, their own props such as subject or location)."""
     occurrences = []
@@ -1784,6 +1788,9 @@ def _delete_field(item: SimActItem, uri: etree._Element) -> None:
                 sub = {"CountryOrRegion": "country", "PostalCode": "postal_code"}.get(
                     part, part.lower()
                 )
+        elif name in ("StartTimeZone", "EndTimeZone", "MeetingTimeZone"):
+            key = "end_tz" if name == "EndTimeZone" else "start_tz"
+            props[key] = child.get("Id") or child.get("TimeZoneName") or child.get("Name") or ""
                 entry.pop(sub, None)
                 if not any(entry.values()):
                     item.props["addresses"].pop(index, None)
@@ -1860,7 +1867,8 @@ def _occurrence_starts(props: dict[str, Any], limit: int = 500) -> list[datetime
         options["bymonth"] = months.index(month) + 1
         options["interval"] = 1
     first = datetime.fromisoformat((bound.findtext(_t("StartDate")) or "")[:10])
-    begin = datetime.combine(first.date(), props["start"].astimezone(UTC).time())
+    zone = _sim_zone(props.get("start_tz"))  # Exchange expands in the StartTimeZone
+    begin = datetime.combine(first.date(), props["start"].astimezone(zone).time())
     if bound.findtext(_t("NumberOfOccurrences")):
         options["count"] = int(bound.findtext(_t("NumberOfOccurrences")) or 1)
     elif bound.findtext(_t("EndDate")):
@@ -1868,7 +1876,7 @@ def _occurrence_starts(props: dict[str, Any], limit: int = 500) -> list[datetime
         options["until"] = datetime.combine(end.date(), datetime.max.time())
     out: list[datetime] = []
     for moment in du.rrule(freq, dtstart=begin, **options):
-        out.append(moment.replace(tzinfo=UTC))
+        out.append(moment.replace(tzinfo=zone).astimezone(UTC))
         if len(out) >= limit:
             break
     return out
@@ -1907,6 +1915,22 @@ def _occurrence(
             "The occurrence was deleted from the recurrence.",
         )
     return box, folder, master, original
+def _sim_zone(ms_id: str | None) -> Any:
+    """The ZoneInfo of a Windows time zone id (exchangelib's CLDR map, as Exchange
+    knows them; an IANA name is taken as is); UTC for none."""
+    from zoneinfo import ZoneInfo
+
+    from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
+
+    text = ms_id or "UTC"
+    return ZoneInfo(MS_TIMEZONE_TO_IANA_MAP.get(text, text))
+
+
+def _zone_xml(name: str, ms_id: str | None) -> str:
+    """A t:StartTimeZone / t:EndTimeZone element as GetItem returns it (Id only)."""
+    return f'<t:{name} Id="{escape(ms_id)}" Name="{escape(ms_id)}"/>' if ms_id else ""
+
+
 
 
 def _ok(operation: str, inner: str = "") -> str:

@@ -988,8 +988,10 @@ def _act_occurrences(master: dict[str, Any]) -> list[dict[str, Any]]:
         kwargs["count"] = 500
     first = dt.datetime.combine(dt.date.fromisoformat(span["startDate"]), start.time())
     out = []
-    for moment in du_rrule.rrule(freq, dtstart=first, **kwargs):
-        key = moment.strftime("%Y%m%dT%H%M%S")
+    for wall in du_rrule.rrule(freq, dtstart=first, **kwargs):
+        utc = wall.replace(tzinfo=zone).astimezone(dt.UTC)
+        moment = wall if all_day else utc.replace(tzinfo=None)
+        key = utc.strftime("%Y%m%dT%H%M%S")
         change = master["_occurrences"].get(key, {})
         if change is None:
             continue  # cancelled
@@ -998,10 +1000,10 @@ def _act_occurrences(master: dict[str, Any]) -> list[dict[str, Any]]:
             "id": f"{master['id']}_OID_{key}",
             "seriesMasterId": master["id"],
             "type": "exception" if change else "occurrence",
-            "originalStart": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "originalStart": utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "start": {"dateTime": moment.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"},
             "end": {
-                "dateTime": (moment + (end - start)).strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+                "dateTime": (moment + length).strftime("%Y-%m-%dT%H:%M:%S.0000000"),
                 "timeZone": "UTC",
             },
             "recurrence": None,
@@ -1011,6 +1013,12 @@ def _act_occurrences(master: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+    # Graph expands a series in its recurrenceTimeZone at the local time of its start
+    zone = _act_zone(span.get("recurrenceTimeZone") or master.get("originalStartTimeZone"))
+    all_day = bool(master.get("isAllDay"))
+    length = end - start
+    if not all_day:  # stored in UTC (`_act_zoned`); all-day times are wall dates
+        start = start.replace(tzinfo=dt.UTC).astimezone(zone).replace(tzinfo=None)
 def act_write_route(
     sim: GraphSimulator,
     box: SimMailbox,
@@ -1068,6 +1076,37 @@ def _act_item_route(
     missing = graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
     item_id = tail[0]
     master_id, _, occurrence_key = item_id.partition("_OID_")
+def _act_zone(name: str | None) -> Any:
+    """The ZoneInfo of a Graph zone name: UTC, IANA, or Windows (exchangelib's CLDR map,
+    as Graph maps them); UTC for none."""
+    from zoneinfo import ZoneInfo
+
+    from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
+
+    text = (name or "UTC").strip()
+    return ZoneInfo(MS_TIMEZONE_TO_IANA_MAP.get(text, "UTC" if text == "UTC" else text))
+
+
+def _act_zoned(payload: dict[str, Any]) -> dict[str, Any]:
+    """An event write as Graph stores it: start and end (given in any zone) kept in UTC,
+    which Graph answers by default and for `Prefer: outlook.timezone="UTC"` (other
+    Prefer zones are not simulated), the zone the client gave kept as
+    `originalStartTimeZone` / `originalEndTimeZone`. An all-day event's times are
+    dates: kept as given (midnights), labelled UTC, as Graph answers them."""
+    out = dict(payload)
+    for key, original in (("start", "originalStartTimeZone"), ("end", "originalEndTimeZone")):
+        value = payload.get(key)
+        if not isinstance(value, dict) or not value.get("dateTime"):
+            continue
+        given = str(value.get("timeZone") or "UTC")
+        wall = dt.datetime.fromisoformat(str(value["dateTime"])[:19])
+        if not payload.get("isAllDay"):
+            wall = wall.replace(tzinfo=_act_zone(given)).astimezone(dt.UTC).replace(tzinfo=None)
+        out[key] = {"dateTime": wall.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"}
+        out.setdefault(original, given)
+    return out
+
+
     item = box.act_items.get(master_id)
     if item is None or item["@kind"] != kind:
         return missing
@@ -1097,6 +1136,8 @@ def _act_item_route(
         high = query.get("endDateTime", "9999")
         found = [o for o in _act_occurrences(item) if low <= o["originalStart"] < high]
         return Answer(200, {"value": found})
+    if kind == "event":
+        payload = _act_zoned(payload)
     if tail[1:] == ["cancel"] and method == "POST":
         if kind != "event" or not item.get("isOrganizer"):
             return graph_error(400, "ErrorAccessDenied", "Only the organizer can cancel.")
@@ -1303,21 +1344,22 @@ def _act_graph_time(moment: dt.datetime) -> dict[str, str]:
     }
 
 
-def act_weekly(start: dt.datetime, count: int) -> dict[str, Any]:
-    """A Graph patternedRecurrence: weekly on `start`'s weekday, `count` times (UTC)."""
+def act_weekly(start: dt.datetime, count: int, time_zone: str = "UTC") -> dict[str, Any]:
+    """A Graph patternedRecurrence: weekly on `start`'s weekday, `count` times, in
+    `time_zone` (UTC, IANA or a Windows name such as "Eastern Standard Time")."""
     day = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
     return {
         "pattern": {
             "type": "weekly",
             "interval": 1,
-            "daysOfWeek": [day[start.astimezone(dt.UTC).weekday()]],
+            "daysOfWeek": [day[local.weekday()]],
             "firstDayOfWeek": "sunday",
         },
         "range": {
             "type": "numbered",
             "numberOfOccurrences": count,
-            "startDate": start.astimezone(dt.UTC).date().isoformat(),
-            "recurrenceTimeZone": "UTC",
+            "startDate": local.date().isoformat(),
+            "recurrenceTimeZone": time_zone,
         },
     }
 
@@ -1339,14 +1381,16 @@ def act_add_event(
 ) -> dict[str, Any]:
     """An event in `upn`'s calendar: its own meeting, or (with another `organizer`,
     address and name) an attendee's copy of one. `attendees` are (address, name,
-    type, response) with Graph's values ("required", "accepted")."""
+    type, response) with Graph's values ("required", "accepted"). `time_zone` is the
+    zone Outlook created it in (`originalStartTimeZone`; times are kept in UTC)."""
     box = sim.mailboxes[upn.lower()]
     resource: dict[str, Any] = {
         "subject": subject,
         "body": {"contentType": "text", "content": body},
         "start": _act_graph_time(start),
         "end": _act_graph_time(end),
-        "originalStartTimeZone": "UTC",
+        "originalStartTimeZone": time_zone,
+        "originalEndTimeZone": time_zone,
         "isAllDay": False,
         "isCancelled": False,
         "showAs": "busy",
@@ -1363,6 +1407,7 @@ def act_add_event(
         ],
         "recurrence": recurrence,
     }
+    local = start.astimezone(_act_zone(time_zone))
     item = _act_new(sim, box, "event", resource)
     if ical_uid is not None:
         item["iCalUId"] = ical_uid
@@ -1393,6 +1438,7 @@ def act_change_occurrence(
     end: dt.datetime | None = None,
     **changes: Any,
 ) -> None:
+    time_zone: str = "UTC",
     """Make one occurrence of a series an exception (new times, subject, location...)."""
     master = sim.mailboxes[upn.lower()].act_items[master_id]
     key = _act_occurrence_key(original_start)

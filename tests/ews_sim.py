@@ -23,6 +23,15 @@ fault ErrorServerBusy with BackOffMilliseconds in MessageXml), wrong credentials
 role (else ErrorImpersonateUserDenied), delegate access checked against each mailbox's
 delegates (else ErrorAccessDenied). Authentication: HTTP Basic, OAuth bearer tokens
 (`add_token`) and a genuine NTLMv2 handshake per connection (see the NTLM section).
+`hold_sends(at)` holds the next sending CreateItem so a test can kill the client
+there (see SendHold).
+
+SOAP Autodiscover (Exchange 2010 and later) on the same port: GetUserSettings at
+/autodiscover/autodiscover.svc (`sim.autodiscover_url`), authenticated like EWS,
+answers each known mailbox's ExternalEwsUrl (this simulator's EWS URL, or
+`autodiscover_ews_url`), InternalEwsUrl, AutoDiscoverSMTPAddress,
+EwsSupportedSchemas, UserDisplayName and CasVersion (other requested settings as
+UserSettingErrors SettingIsNotAvailable), an unknown one InvalidUser.
 
 Run alone (for benchmarks in another process):
     python -m tests.ews_sim --user alice@northwind.example --password pw --messages 5000
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email.parser
 import email.policy
 import email.utils
@@ -70,6 +80,7 @@ M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 T = "http://schemas.microsoft.com/exchange/services/2006/types"
 E = "http://schemas.microsoft.com/exchange/services/2006/errors"
 PATH = "/EWS/Exchange.asmx"
+AUTODISCOVER_PATH = "/autodiscover/autodiscover.svc"
 
 DISTINGUISHED = {
     "root": ("Root", None),
@@ -292,6 +303,28 @@ class SimMailbox:
             )
 
 
+HOLD_MAX_S = 60.0
+"""The longest a held send waits for its release."""
+
+
+@dataclass
+class SendHold:
+    """The next sending CreateItem (SendAndSaveCopy or SendOnly), held at `at`:
+
+    - "answer": the server has taken the message (sent, its copy filed in Sent
+      Items) and holds the HTTP answer;
+    - "arrival": the request is held unprocessed, then dropped without an answer
+      and without sending anything (as a request that never reached Exchange).
+
+    `reached` is set once the request is held; the handler waits for `release`
+    (at most HOLD_MAX_S); `dropped` counts requests dropped at arrival."""
+
+    at: str
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    dropped: int = 0
+
+
 @dataclass
 class RequestRecord:
     """What one request was: the operation, who authenticated, whom it impersonated."""
@@ -324,6 +357,8 @@ class EwsSimulator:
         self.streaming = StreamingState(self)
         self.act_invitations: list[tuple[str, str]] = []  # (attendee, subject): write side
         self.act_cancellations: list[tuple[str, str]] = []
+        self.send_hold: SendHold | None = None
+        self.autodiscover_ews_url: str | None = None  # None: this simulator's EWS URL
         self._thread: threading.Thread | None = None
 
     # -- setup -------------------------------------------------------------------
@@ -375,10 +410,40 @@ class EwsSimulator:
             self.busy_backoff_ms = backoff_ms
             self.busy_operations = set(operations) if operations is not None else None
 
+    def hold_sends(self, at: str = "answer") -> SendHold:
+        """Hold the next sending CreateItem at `at` ("answer" or "arrival", see SendHold)."""
+        if at not in ("answer", "arrival"):
+            raise ValueError(f"hold_sends: at must be 'answer' or 'arrival', not {at!r}")
+        with self.lock:
+            self.send_hold = SendHold(at)
+            return self.send_hold
+
+    def take_send_hold(self, body: bytes) -> SendHold | None:
+        """The pending hold when `body` is a sending CreateItem (the hold is used up)."""
+        if self.send_hold is None or b"CreateItem" not in body:
+            return None
+        try:
+            envelope = etree.fromstring(body)
+        except etree.XMLSyntaxError:
+            return None
+        create = envelope.find(f"{{{SOAP}}}Body/{_m('CreateItem')}")
+        sending = ("SendAndSaveCopy", "SendOnly")
+        if create is None or create.get("MessageDisposition") not in sending:
+            return None
+        with self.lock:
+            hold, self.send_hold = self.send_hold, None
+        return hold
+
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}{PATH}"
+
+    @property
+    def autodiscover_url(self) -> str:
+        """The SOAP Autodiscover endpoint (GetUserSettings)."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}{AUTODISCOVER_PATH}"
 
     @property
     def port(self) -> int:
@@ -1257,13 +1322,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if self.path.split("?")[0].lower() != PATH.lower():
+        path = self.path.split("?")[0].lower()
+        if path not in (PATH.lower(), AUTODISCOVER_PATH):
             self._send(404, b"not found", "text/plain")
             return
         header = self.headers.get("Authorization")
         user, challenge = self._ntlm(header)
         if user is None and challenge is None:
             user = self.server.sim.authenticate(header)
+        if user is not None and path == AUTODISCOVER_PATH:
+            status, answer = autodiscover_answer(self.server.sim, user, body)
+            self._send(status, answer, "text/xml; charset=utf-8")
+            return
         if user is not None and b"GetStreamingEvents" in body[:4096]:
             stream_events(self, user, body)
             return
@@ -1278,7 +1348,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        hold = self.server.sim.take_send_hold(body)
+        if hold is not None and hold.at == "arrival":
+            hold.reached.set()
+            hold.release.wait(HOLD_MAX_S)
+            hold.dropped += 1
+            self.close_connection = True  # dropped: never processed, never answered
+            return
         status, answer = self.server.sim.answer(user, body)
+        if hold is not None:
+            hold.reached.set()
+            hold.release.wait(HOLD_MAX_S)
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client may be gone by now
+                self._send(status, answer, "text/xml; charset=utf-8")
+            return
         self._send(status, answer, "text/xml; charset=utf-8")
 
     def _ntlm(self, header: str | None) -> tuple[str | None, bytes | None]:
@@ -2188,6 +2272,97 @@ def act_edit(
         _touch(folder, item, at)
         box.sim.streaming.notify(box, folder, item, "ModifiedEvent")
         return item
+
+
+# -- SOAP Autodiscover --------------------------------------------------------------
+#
+# GetUserSettings as documented for Exchange 2010 and later (the operation
+# exchangelib 5's Autodiscovery sends): a SOAP 1.1 envelope with WS-Addressing
+# headers; the answer carries ServerVersionInfo in the Autodiscover namespace and one
+# UserResponse per requested user, with the requested UserSettings that exist and
+# UserSettingErrors for the others.
+
+AUTODISCOVER = "http://schemas.microsoft.com/exchange/2010/Autodiscover"
+WSA = "http://www.w3.org/2005/08/addressing"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+EWS_SCHEMAS = (
+    "Exchange2007, Exchange2007_SP1, Exchange2010, Exchange2010_SP1, Exchange2010_SP2, "
+    "Exchange2013, Exchange2013_SP1, Exchange2015, Exchange2016"
+)
+
+
+def _user_settings(sim: EwsSimulator, box: SimMailbox) -> dict[str, str]:
+    ews_url = sim.autodiscover_ews_url or sim.url
+    return {
+        "UserDisplayName": box.address.split("@", maxsplit=1)[0].title(),
+        "AutoDiscoverSMTPAddress": box.address,
+        "ExternalEwsUrl": ews_url,
+        "InternalEwsUrl": ews_url,
+        "EwsSupportedSchemas": EWS_SCHEMAS,
+        "CasVersion": "15.01.2507.006",
+    }
+
+
+def _user_response(sim: EwsSimulator, address: str, wanted: list[str]) -> str:
+    box = sim.mailboxes.get(address.lower())
+    if box is None:
+        return (
+            "<UserResponse><ErrorCode>InvalidUser</ErrorCode>"
+            f"<ErrorMessage>Invalid user: '{escape(address)}'</ErrorMessage>"
+            '<RedirectTarget i:nil="true"/><UserSettingErrors/><UserSettings/></UserResponse>'
+        )
+    settings = _user_settings(sim, box)
+    found = "".join(
+        f'<UserSetting i:type="StringSetting"><Name>{name}</Name>'
+        f"<Value>{escape(settings[name])}</Value></UserSetting>"
+        for name in wanted
+        if name in settings
+    )
+    missing = "".join(
+        f"<UserSettingError><ErrorCode>SettingIsNotAvailable</ErrorCode>"
+        f"<ErrorMessage>User setting '{name}' is not available.</ErrorMessage>"
+        f"<SettingName>{name}</SettingName></UserSettingError>"
+        for name in wanted
+        if name not in settings
+    )
+    return (
+        "<UserResponse><ErrorCode>NoError</ErrorCode><ErrorMessage>No error.</ErrorMessage>"
+        f'<RedirectTarget i:nil="true"/><UserSettingErrors>{missing}</UserSettingErrors>'
+        f"<UserSettings>{found}</UserSettings></UserResponse>"
+    )
+
+
+def autodiscover_answer(sim: EwsSimulator, user: str, body: bytes) -> tuple[int, bytes]:
+    """HTTP status and SOAP envelope for one Autodiscover request (GetUserSettings)."""
+    try:
+        envelope = etree.fromstring(body)
+    except etree.XMLSyntaxError:
+        return 500, _fault("ErrorSchemaValidation", "The request is not valid XML.")
+    request = envelope.find(
+        f"{{{SOAP}}}Body/{{{AUTODISCOVER}}}GetUserSettingsRequestMessage/{{{AUTODISCOVER}}}Request"
+    )
+    if request is None:
+        return 500, _fault("ErrorInvalidRequest", "Only GetUserSettings is simulated.")
+    a = f"{{{AUTODISCOVER}}}"
+    users = [m.text or "" for m in request.iterfind(f"{a}Users/{a}User/{a}Mailbox")]
+    wanted = [s.text or "" for s in request.iterfind(f"{a}RequestedSettings/{a}Setting")]
+    with sim.lock:
+        sim.requests.append(RequestRecord("GetUserSettings", user, None))
+        responses = "".join(_user_response(sim, u.strip(), wanted) for u in users)
+    answer = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        f'<s:Envelope xmlns:s="{SOAP}" xmlns:a="{WSA}"><s:Header>'
+        f'<a:Action s:mustUnderstand="1">{AUTODISCOVER}/Autodiscover/GetUserSettingsResponse'
+        f'</a:Action><h:ServerVersionInfo xmlns:h="{AUTODISCOVER}" xmlns:i="{XSI}">'
+        "<h:MajorVersion>15</h:MajorVersion><h:MinorVersion>1</h:MinorVersion>"
+        "<h:MajorBuildNumber>2507</h:MajorBuildNumber><h:MinorBuildNumber>6</h:MinorBuildNumber>"
+        "<h:Version>Exchange2015</h:Version></h:ServerVersionInfo></s:Header><s:Body>"
+        f'<GetUserSettingsResponseMessage xmlns="{AUTODISCOVER}">'
+        f'<Response xmlns:i="{XSI}"><ErrorCode>NoError</ErrorCode><ErrorMessage/>'
+        f"<UserResponses>{responses}</UserResponses></Response>"
+        "</GetUserSettingsResponseMessage></s:Body></s:Envelope>"
+    )
+    return 200, answer.encode()
 
 
 def main(argv: list[str]) -> None:

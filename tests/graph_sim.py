@@ -26,7 +26,8 @@ What it answers, as documented (JSON shapes, status codes, error codes):
 
 Knobs: `expire_delta_tokens` (410 `syncStateNotFound`), `throttle` (the next N
 calls answer 429 `TooManyRequests` with Retry-After), `revoke_tokens`,
-`latency_s`. Like Exchange Online, a mailbox serves at most 4 requests at once:
+`latency_s`, `hold_sends(at)` (the next sendMail held so a test can kill the client
+there: see SendHold). Like Exchange Online, a mailbox serves at most 4 requests at once:
 the fifth concurrent one (a batch's parallel members count each) answers 429
 `ApplicationThrottled` "MailboxConcurrency"; `max_in_flight` per mailbox and
 `requests` (by kind) let tests check a client's manners.
@@ -236,6 +237,28 @@ class Grant:
     expires_at: float
 
 
+HOLD_MAX_S = 60.0
+"""The longest a held sendMail waits for its release."""
+
+
+@dataclass
+class SendHold:
+    """The next sendMail, held at `at`:
+
+    - "answer": the server has taken the message (sent, its copy in Sent Items)
+      and holds the 202;
+    - "arrival": the request is held unprocessed, then dropped (connection closed,
+      nothing sent), as a request that never reached Exchange Online.
+
+    `reached` is set once the request is held; the handler waits for `release`
+    (at most HOLD_MAX_S); `dropped` counts requests dropped at arrival."""
+
+    at: str
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+
+
 class GraphSimulator:
     """The simulator's state and its aiohttp application (see the module docstring)."""
 
@@ -257,6 +280,7 @@ class GraphSimulator:
         self.act_invitations: list[tuple[str, str]] = []  # ACT writes: (address, subject)
         self.act_cancellations: list[tuple[str, str]] = []
         self.port = 0
+        self.send_hold: SendHold | None = None
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.subscriptions = SubscriptionState(self)
@@ -424,6 +448,27 @@ class GraphSimulator:
         self.throttle_retry_after = retry_after
         self.throttle_status = status
 
+    def hold_sends(self, at: str = "answer") -> SendHold:
+        """Hold the next sendMail at `at` ("answer" or "arrival", see SendHold)."""
+        if at not in ("answer", "arrival"):
+            raise ValueError(f"hold_sends: at must be 'answer' or 'arrival', not {at!r}")
+        self.send_hold = SendHold(at)
+        return self.send_hold
+
+    def _take_hold(self, request: web.Request, path: str) -> SendHold | None:
+        """The pending hold when `request` is a sendMail (the hold is used up)."""
+        hold = self.send_hold
+        if hold is None or request.method != "POST" or not path.endswith("/sendMail"):
+            return None
+        self.send_hold = None
+        return hold
+
+    @staticmethod
+    async def _wait_held(hold: SendHold) -> None:
+        hold.reached.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hold.release.wait(), HOLD_MAX_S)
+
     def revoke_tokens(self) -> None:
         """Every access token issued so far is refused from now on (401)."""
         self.tokens.clear()
@@ -523,7 +568,19 @@ class GraphSimulator:
         else:
             path = "/" + request.match_info["tail"]
             body = await request.read()
-            if request.method == "POST" and path == "/$batch":
+            hold = self._take_hold(request, path)
+            if hold is not None and hold.at == "arrival":
+                await self._wait_held(hold)
+                hold.dropped += 1
+                if request.transport is not None:
+                    request.transport.close()  # dropped: never processed, never answered
+                return web.Response(status=503)
+            if hold is not None:
+                answer = await self._call(
+                    grant, request.method, path, dict(request.query), dict(request.headers), body
+                )
+                await self._wait_held(hold)
+            elif request.method == "POST" and path == "/$batch":
                 answer = await self._batch(grant, body)
             elif path.split("/")[1] == "subscriptions":
                 answer = await self.subscriptions.call(grant, request.method, path, body)

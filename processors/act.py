@@ -19,13 +19,26 @@ every attendee's copy are one record (schemas/act.py explains); a recurring seri
 one record holding its recurrence and exceptions. The organizer resolves like an
 email's sender (the first record in Dynamics' order: user, contact, account, lead,
 others), attendees like recipients (every match, none when ambiguous and the setting
-says so). The owner is the owner of the mailbox the version came from; `version` is the
-change time in milliseconds, so whichever copy changed last wins in the sinks.
+says so). `version` is the change time in milliseconds, so whichever copy changed last
+wins in the sinks.
+
+Owner (`record_owner`), stable whichever copy changed last: the CRM's owner when the
+item is linked to a CRM record (an explicit CRM-side owner is kept); else a contact's
+or task's mailbox owner; else, for a meeting, the owner of the organizer's mailbox
+when this copy is the organizer's, else the owner the record already has (the mailbox
+that tracked it first, or the organizer's since it tracked it), else this mailbox's
+owner. "Already has" comes from `OwnerLookup`, a view of crm.act (`ActOwnerIndex`).
 
 Deletes: a contact or a task belongs to the mailbox it came from, so its delete is a
 tombstone. A meeting is shared: the organizer's delete cancels the record (a new
 version with `is_cancelled`), an attendee's delete changes nothing (NotOrganizer).
-Only items this stage tracked are affected.
+Only items this stage tracked are affected. A LINKED item's delete (one the CRM →
+Exchange writer linked on act.links, tracked or not) follows the two-way delete rules
+instead (schemas/act_deletes.py, `on_linked_delete`): the organizer's delete of a
+meeting, or a task's delete, deletes the CRM record (a tombstone on crm.act); an
+attendee's or a contact's delete leaves the record alone; either way the link is
+marked deleted on act.links (at the partition the link names), so the writer stops
+writing into the item and the link's CRM record stops taking it back.
 
 Identity with the CRM → Exchange direction: an item the CRM → Exchange writer
 created (or merged) is linked on act.links to the CRM record it came from, and
@@ -42,7 +55,7 @@ the record it had is tombstoned.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
@@ -60,6 +73,7 @@ from schemas.act import (
     version_of,
 )
 from schemas.act_changes import ActLink
+from schemas.act_deletes import DeleteAction, Role, on_exchange_delete
 from schemas.base import RecordRef
 from schemas.crm import (
     MANUAL_DECISION_VERSION,
@@ -79,14 +93,20 @@ Resolver = Callable[[str], list[RecordRef]]
 
 @dataclass(frozen=True)
 class LinkedRecord:
-    """The CRM record a mailbox item is linked to, and whether it was deleted."""
+    """The CRM record a mailbox item is linked to, whether it was deleted, and the
+    link found (for a match by iCalendar UID, the link of another mailbox's copy of
+    the same record; None when a lookup only knows the record). Equality ignores
+    the link."""
 
     record_id: str
     deleted: bool = False
+    link: ActLink | None = field(default=None, compare=False)
 
 
 LinkLookup = Callable[[str, str, str], LinkedRecord | None]
 """(mailbox id, item id, iCalendar UID or "") → the linked CRM record, if any."""
+OwnerLookup = Callable[[str], RecordRef | None]
+"""record id → the owner the record has on crm.act, if known."""
 
 
 class ActLinkIndex:
@@ -113,7 +133,7 @@ class ActLinkIndex:
         if link is None:
             return
         self._by_key[key] = link
-        linked = LinkedRecord(link.record_id, link.deleted)
+        linked = LinkedRecord(link.record_id, link.deleted, link)
         self._by_item[(link.mailbox_id, link.item_id)] = linked
         uid = normalize_uid(link.ical_uid)
         if uid and link.record_type == ActType.APPOINTMENT:
@@ -125,6 +145,29 @@ class ActLinkIndex:
         if found is None and ical_uid:
             found = self._by_uid.get(normalize_uid(ical_uid))
         return found
+
+
+class ActOwnerIndex:
+    """crm.act (compacted) as record id → owner, for appointments only (contacts and
+    tasks belong to one mailbox). Pure, in memory; the processors feed it from a
+    CompactedView and pass `lookup` to `handle_act` as `owners`."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, RecordRef] = {}
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def apply(self, key: str, record: ActRecord | None) -> None:
+        """Take one crm.act record (None: a tombstone)."""
+        if record is None or record.owner is None or record.record_type != ActType.APPOINTMENT:
+            self._owners.pop(key, None)
+            return
+        self._owners[key] = record.owner
+
+    def lookup(self, record_id: str) -> RecordRef | None:
+        """The owner the record has now, if known."""
+        return self._owners.get(record_id)
 
 
 ROLES = {
@@ -156,6 +199,9 @@ class ActOutput:
     record: ActRecord | None = None
     tombstone: str | None = None
     memory: ActMemory | None = None
+    link: ActLink | None = None
+    """A link to publish on act.links (key `link_key`, at `link.partition`): a linked
+    item deleted in the mailbox marks its link deleted."""
 
 
 def is_act(change: MailItemChanged) -> bool:
@@ -206,6 +252,65 @@ def is_organizer_copy(payload: ActPayload, mailbox: MailboxConfig) -> bool:
     return payload.organizer.address == mailbox.email_address.strip().lower()
 
 
+def record_owner(
+    payload: ActPayload,
+    mailbox: MailboxConfig,
+    *,
+    crm_owner: RecordRef | None = None,
+    current: RecordRef | None = None,
+) -> RecordRef:
+    """The owner of the record a tracked item's version writes (module docstring):
+    the CRM's (`crm_owner`, from the item's link) when known; a contact's or task's
+    mailbox owner; for a meeting, this mailbox's owner when it is the organizer's
+    copy, else the record's `current` owner, else this mailbox's owner."""
+    if crm_owner is not None:
+        return crm_owner
+    if not isinstance(payload, Appointment) or is_organizer_copy(payload, mailbox):
+        return mailbox.owner
+    return current if current is not None else mailbox.owner
+
+
+@dataclass(frozen=True)
+class LinkedDelete:
+    """What a linked item's delete in the mailbox does: the CRM record to delete
+    (None: it stays), the link marked deleted to publish (None: already deleted, or
+    its partition is unknown: the writer drops it at the record's next change), a
+    decision reason and why."""
+
+    action: DeleteAction
+    reason: ReasonCode
+    explanation: str
+    tombstone: str | None = None
+    link: ActLink | None = None
+
+
+def on_linked_delete(link: ActLink, now: datetime) -> LinkedDelete:
+    """The two-way delete rule (schemas/act_deletes.py `on_exchange_delete`) for a
+    linked item deleted in its mailbox: the organizer's meeting (or the owner's
+    appointment) and a task delete the CRM record; an attendee's copy and a
+    contact only lose their link."""
+    if link.deleted:
+        why = f"linked to CRM record {link.record_id}, already unlinked; nothing changes"
+        return LinkedDelete(DeleteAction.UNLINK, ReasonCode.ITEM_DELETED, why)
+    role = Role.ORGANIZER if link.organizer else Role.ATTENDEE
+    rule = on_exchange_delete(str(link.record_type), role)
+    dropped = msgspec.structs.replace(link, deleted=True, updated_at=now)
+    published = dropped if link.partition is not None else None
+    unlinked = "the link is dropped" if published else "the writer drops the link"
+    if rule.action is DeleteAction.DELETE_IN_CRM:
+        why = f"linked {link.record_type} {rule.reason}: CRM record {link.record_id} deleted"
+        return LinkedDelete(
+            rule.action, ReasonCode.ITEM_DELETED, f"{why}; {unlinked}", link.record_id, published
+        )
+    reason = (
+        ReasonCode.NOT_ORGANIZER
+        if link.record_type == ActType.APPOINTMENT
+        else ReasonCode.ITEM_DELETED
+    )
+    why = f"linked {link.record_type}: {rule.reason}; CRM record {link.record_id} stays"
+    return LinkedDelete(rule.action, reason, f"{why}; {unlinked}", None, published)
+
+
 def handle_act(
     change: MailItemChanged,
     mailbox: MailboxConfig | None,
@@ -215,9 +320,11 @@ def handle_act(
     *,
     leave_ambiguous: bool = False,
     links: LinkLookup | None = None,
+    owners: OwnerLookup | None = None,
 ) -> ActOutput:
     """The outcome of one appointment / contact / task event (module doc); `links`
-    finds the CRM record an item is linked to (None: no links known)."""
+    finds the CRM record an item is linked to (None: no links known); `owners` the
+    owner a record has now (None: not known, the copy's mailbox owner is used)."""
     memory = memory or ActMemory()
     count = memory.decisions + 1
     if mailbox is None:
@@ -227,6 +334,13 @@ def handle_act(
         why = "the mailbox does not sync appointments, contacts and tasks"
         return _skip(change, ReasonCode.ACT_DISABLED, why, now, memory, count)
     if change.change == ChangeKind.DELETED:
+        known = links(mailbox.mailbox_id, change.item_id, "") if links is not None else None
+        mine = known.link if known is not None else None
+        if mine is not None and (mine.mailbox_id, mine.item_id) == (
+            mailbox.mailbox_id,
+            change.item_id,
+        ):
+            return _linked_deleted(change, mine, now)
         return _deleted(change, mailbox, memory, now)
     if change.act is None:
         code = change.unreadable_code or "NoPayload"
@@ -254,6 +368,14 @@ def handle_act(
         change, mailbox, payload, resolve, now, leave_ambiguous,
         record_id=linked.record_id if linked is not None else None,
     )  # fmt: skip
+    owner = record_owner(
+        payload,
+        mailbox,
+        crm_owner=linked.link.owner if linked is not None and linked.link is not None else None,
+        current=owners(record.record_id) if owners is not None else None,
+    )
+    if owner != record.owner:
+        record = msgspec.structs.replace(record, owner=owner)
     moved = memory.record.record_id if memory.record is not None else None
     tombstone = moved if moved is not None and moved != record.record_id else None
     if manual:
@@ -307,6 +429,16 @@ def build_record(
         origin="exchange",
         change_time=changed_at,
         updated_at=now,
+    )
+
+
+def _linked_deleted(change: MailItemChanged, link: ActLink, now: datetime) -> ActOutput:
+    rule = on_linked_delete(link, now)
+    decision = _decision(change, DecisionStatus.REMOVED, rule.reason, rule.explanation, now)
+    return ActOutput(
+        decision=msgspec.structs.replace(decision, activity_id=link.record_id),
+        tombstone=rule.tombstone,
+        link=rule.link,
     )
 
 

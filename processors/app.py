@@ -57,7 +57,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processors.act import ActLinkIndex, ActMemory, handle_act, is_act
+from processors.act import ActLinkIndex, ActMemory, ActOwnerIndex, handle_act, is_act
 from processors.changes import StageOutput, handle_change, needs_blob, read_blob
 from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine
@@ -65,6 +65,7 @@ from processors.faust_state import TableState
 from processors.index_store import IndexStore
 from processors.views import CompactedView
 from schemas import metrics, producer_drain
+from schemas.act_changes import link_key
 from schemas.base import utc_now
 from schemas.blobs import open_blob_store
 from schemas.codec import Codec, encode_key
@@ -179,6 +180,7 @@ class ProcessorApp:
         self.held = self._table("held")
         self.act_items = self._table("act-items")
         self.act_links = ActLinkIndex()  # CRM → Exchange links: item → CRM record id
+        self.act_owners = ActOwnerIndex()  # crm.act: meeting → owner (a stable owner)
         self.directory = Directory()
         self.mailboxes = Mailboxes()
         correlation = self.settings.correlation
@@ -206,6 +208,7 @@ class ProcessorApp:
                 self.act_links.apply,
                 optional=True,
             ),
+            CompactedView(kafka, CRM_ACT.name(prefix), codec(CRM_ACT), self.act_owners.apply),
         ]
         self.state = TableState(self.tracked, self.held)
         self.engine = DecisionEngine(
@@ -338,6 +341,7 @@ class ProcessorApp:
             utc_now(),
             leave_ambiguous=self.settings.leave_ambiguous_recipients_unresolved,
             links=self.act_links.lookup,
+            owners=self.act_owners.lookup,
         )
         if out.record is not None:
             await self._send(CRM_ACT.suffix, out.record.record_id, out.record, codec(CRM_ACT))
@@ -351,6 +355,18 @@ class ProcessorApp:
                 None,
             )
             sent.add_done_callback(self._check_sent)
+        if out.link is not None and out.link.partition is not None:
+            # A linked item deleted in the mailbox: its link, marked deleted, where the
+            # writer reads it (the partition its record has on crm.act.changes).
+            dropped: Any = await self.app.producer.send(
+                ACT_LINKS.name(self.config.topic_prefix),
+                encode_key(link_key(out.link.record_id, out.link.mailbox_id)),
+                codec(ACT_LINKS).encode(out.link),
+                out.link.partition,
+                None,
+                None,
+            )
+            dropped.add_done_callback(self._check_sent)
         await self._send_decision(out.decision)
         if out.memory is not None:
             self.act_items[change.item_key] = _ACT_MEMORY.encode(out.memory)

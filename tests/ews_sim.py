@@ -1041,6 +1041,8 @@ def _calendar_xml(item: SimActItem) -> str:
             _text("UID", props.get("uid")),
             _text("Start", _ews_time(props["start"])),
             _text("End", _ews_time(props["end"])),
+            _zone_xml("StartTimeZone", props.get("start_tz")),
+            _zone_xml("EndTimeZone", props.get("end_tz") or props.get("start_tz")),
             _text("IsAllDayEvent", "true" if props.get("all_day") else "false"),
             _text("LegacyFreeBusyStatus", props.get("show_as", "Busy")),
             _text("Location", props.get("location", "")),
@@ -1106,8 +1108,6 @@ def _task_xml(item: SimActItem) -> str:
         ]
     )
 
-            _zone_xml("StartTimeZone", props.get("start_tz")),
-            _zone_xml("EndTimeZone", props.get("end_tz") or props.get("start_tz")),
 
 def add_act_item(
     box: SimMailbox,
@@ -1788,6 +1788,9 @@ def _parse_act(elem: etree._Element) -> tuple[dict[str, Any], list[str] | None]:
             props[key] = _when(text)
         elif name == "IsAllDayEvent":
             props["all_day"] = text.strip() == "true"
+        elif name in ("StartTimeZone", "EndTimeZone", "MeetingTimeZone"):
+            key = "end_tz" if name == "EndTimeZone" else "start_tz"
+            props[key] = child.get("Id") or child.get("TimeZoneName") or child.get("Name") or ""
         elif name in ("RequiredAttendees", "OptionalAttendees", "Resources"):
             key = {"RequiredAttendees": "required", "OptionalAttendees": "optional"}.get(
                 name, "resources"
@@ -1872,9 +1875,6 @@ def _delete_field(item: SimActItem, uri: etree._Element) -> None:
                 sub = {"CountryOrRegion": "country", "PostalCode": "postal_code"}.get(
                     part, part.lower()
                 )
-        elif name in ("StartTimeZone", "EndTimeZone", "MeetingTimeZone"):
-            key = "end_tz" if name == "EndTimeZone" else "start_tz"
-            props[key] = child.get("Id") or child.get("TimeZoneName") or child.get("Name") or ""
                 entry.pop(sub, None)
                 if not any(entry.values()):
                     item.props["addresses"].pop(index, None)
@@ -1912,6 +1912,22 @@ def _record(
     if mode in _SENDS:
         for address in _attendee_addresses(item):
             log.append((address, subject or item.subject))
+
+
+def _sim_zone(ms_id: str | None) -> Any:
+    """The ZoneInfo of a Windows time zone id (exchangelib's CLDR map, as Exchange
+    knows them; an IANA name is taken as is); UTC for none."""
+    from zoneinfo import ZoneInfo
+
+    from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
+
+    text = ms_id or "UTC"
+    return ZoneInfo(MS_TIMEZONE_TO_IANA_MAP.get(text, text))
+
+
+def _zone_xml(name: str, ms_id: str | None) -> str:
+    """A t:StartTimeZone / t:EndTimeZone element as GetItem returns it (Id only)."""
+    return f'<t:{name} Id="{escape(ms_id)}" Name="{escape(ms_id)}"/>' if ms_id else ""
 
 
 def _occurrence_starts(props: dict[str, Any], limit: int = 500) -> list[datetime]:
@@ -1999,22 +2015,6 @@ def _occurrence(
             "The occurrence was deleted from the recurrence.",
         )
     return box, folder, master, original
-def _sim_zone(ms_id: str | None) -> Any:
-    """The ZoneInfo of a Windows time zone id (exchangelib's CLDR map, as Exchange
-    knows them; an IANA name is taken as is); UTC for none."""
-    from zoneinfo import ZoneInfo
-
-    from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
-
-    text = ms_id or "UTC"
-    return ZoneInfo(MS_TIMEZONE_TO_IANA_MAP.get(text, text))
-
-
-def _zone_xml(name: str, ms_id: str | None) -> str:
-    """A t:StartTimeZone / t:EndTimeZone element as GetItem returns it (Id only)."""
-    return f'<t:{name} Id="{escape(ms_id)}" Name="{escape(ms_id)}"/>' if ms_id else ""
-
-
 
 
 def _ok(operation: str, inner: str = "") -> str:

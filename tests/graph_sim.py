@@ -1011,6 +1011,12 @@ def _act_occurrences(master: dict[str, Any]) -> list[dict[str, Any]]:
     pattern, span = master["recurrence"]["pattern"], master["recurrence"]["range"]
     start = dt.datetime.fromisoformat(master["start"]["dateTime"][:19])
     end = dt.datetime.fromisoformat(master["end"]["dateTime"][:19])
+    # Graph expands a series in its recurrenceTimeZone at the local time of its start
+    zone = _act_zone(span.get("recurrenceTimeZone") or master.get("originalStartTimeZone"))
+    all_day = bool(master.get("isAllDay"))
+    length = end - start
+    if not all_day:  # stored in UTC (`_act_zoned`); all-day times are wall dates
+        start = start.replace(tzinfo=dt.UTC).astimezone(zone).replace(tzinfo=None)
     days = {
         "monday": 0,
         "tuesday": 1,
@@ -1070,69 +1076,6 @@ def _act_occurrences(master: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-    # Graph expands a series in its recurrenceTimeZone at the local time of its start
-    zone = _act_zone(span.get("recurrenceTimeZone") or master.get("originalStartTimeZone"))
-    all_day = bool(master.get("isAllDay"))
-    length = end - start
-    if not all_day:  # stored in UTC (`_act_zoned`); all-day times are wall dates
-        start = start.replace(tzinfo=dt.UTC).astimezone(zone).replace(tzinfo=None)
-def act_write_route(
-    sim: GraphSimulator,
-    box: SimMailbox,
-    method: str,
-    rest: list[str],
-    query: dict[str, str],
-    body: bytes,
-) -> Answer | None:
-    """The answer to an ACT write (or the reads the writer needs); None: not one."""
-    if rest == ["todo", "lists"] and method == "GET":
-        sim.requests["act"] += 1
-        return Answer(
-            200,
-            {
-                "value": [
-                    {"id": _ACT_LIST_ID, "displayName": "Tasks", "wellknownListName": "defaultList"}
-                ]
-            },
-        )
-    if rest[:3] == ["todo", "lists", _ACT_LIST_ID] and rest[3:4] == ["tasks"]:
-        kind, tail = "task", rest[4:]
-    elif rest and rest[0] in _ACT_KINDS:
-        kind, tail = _ACT_KINDS[rest[0]], rest[1:]
-    else:
-        return None
-    if tail[:1] == ["delta"] or (kind == "event" and not tail and method == "GET"):
-        return None  # reads of whole folders belong to the reading side
-    sim.requests["act"] += 1
-    payload: dict[str, Any] = json.loads(body) if body else {}
-    if not tail:
-        if method != "POST":
-            return graph_error(405, "MethodNotAllowed", "Method not allowed.")
-        transaction = payload.get("transactionId")
-        if transaction:
-            for item in box.act_items.values():
-                if item.get("transactionId") == transaction:
-                    return Answer(201, _act_public(item))
-        item = _act_new(sim, box, kind, payload)
-        if kind == "event":
-            for attendee in payload.get("attendees") or []:
-                sim.act_invitations.append((attendee["emailAddress"]["address"], item["subject"]))
-        return Answer(201, _act_public(item))
-    return _act_item_route(sim, box, kind, method, tail, query, payload)
-
-
-def _act_item_route(
-    sim: GraphSimulator,
-    box: SimMailbox,
-    kind: str,
-    method: str,
-    tail: list[str],
-    query: dict[str, str],
-    payload: dict[str, Any],
-) -> Answer:
-    missing = graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
-    item_id = tail[0]
-    master_id, _, occurrence_key = item_id.partition("_OID_")
 def _act_zone(name: str | None) -> Any:
     """The ZoneInfo of a Graph zone name: UTC, IANA, or Windows (exchangelib's CLDR map,
     as Graph maps them); UTC for none."""
@@ -1164,6 +1107,65 @@ def _act_zoned(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def act_write_route(
+    sim: GraphSimulator,
+    box: SimMailbox,
+    method: str,
+    rest: list[str],
+    query: dict[str, str],
+    body: bytes,
+) -> Answer | None:
+    """The answer to an ACT write (or the reads the writer needs); None: not one."""
+    if rest == ["todo", "lists"] and method == "GET":
+        sim.requests["act"] += 1
+        return Answer(
+            200,
+            {
+                "value": [
+                    {"id": _ACT_LIST_ID, "displayName": "Tasks", "wellknownListName": "defaultList"}
+                ]
+            },
+        )
+    if rest[:3] == ["todo", "lists", _ACT_LIST_ID] and rest[3:4] == ["tasks"]:
+        kind, tail = "task", rest[4:]
+    elif rest and rest[0] in _ACT_KINDS:
+        kind, tail = _ACT_KINDS[rest[0]], rest[1:]
+    else:
+        return None
+    if tail[:1] == ["delta"] or (kind == "event" and not tail and method == "GET"):
+        return None  # reads of whole folders belong to the reading side
+    sim.requests["act"] += 1
+    payload: dict[str, Any] = json.loads(body) if body else {}
+    if kind == "event":
+        payload = _act_zoned(payload)
+    if not tail:
+        if method != "POST":
+            return graph_error(405, "MethodNotAllowed", "Method not allowed.")
+        transaction = payload.get("transactionId")
+        if transaction:
+            for item in box.act_items.values():
+                if item.get("transactionId") == transaction:
+                    return Answer(201, _act_public(item))
+        item = _act_new(sim, box, kind, payload)
+        if kind == "event":
+            for attendee in payload.get("attendees") or []:
+                sim.act_invitations.append((attendee["emailAddress"]["address"], item["subject"]))
+        return Answer(201, _act_public(item))
+    return _act_item_route(sim, box, kind, method, tail, query, payload)
+
+
+def _act_item_route(
+    sim: GraphSimulator,
+    box: SimMailbox,
+    kind: str,
+    method: str,
+    tail: list[str],
+    query: dict[str, str],
+    payload: dict[str, Any],
+) -> Answer:
+    missing = graph_error(404, "ErrorItemNotFound", "The specified object was not found.")
+    item_id = tail[0]
+    master_id, _, occurrence_key = item_id.partition("_OID_")
     item = box.act_items.get(master_id)
     if item is None or item["@kind"] != kind:
         return missing
@@ -1193,8 +1195,6 @@ def _act_zoned(payload: dict[str, Any]) -> dict[str, Any]:
         high = query.get("endDateTime", "9999")
         found = [o for o in _act_occurrences(item) if low <= o["originalStart"] < high]
         return Answer(200, {"value": found})
-    if kind == "event":
-        payload = _act_zoned(payload)
     if tail[1:] == ["cancel"] and method == "POST":
         if kind != "event" or not item.get("isOrganizer"):
             return graph_error(400, "ErrorAccessDenied", "Only the organizer can cancel.")
@@ -1405,6 +1405,7 @@ def act_weekly(start: dt.datetime, count: int, time_zone: str = "UTC") -> dict[s
     """A Graph patternedRecurrence: weekly on `start`'s weekday, `count` times, in
     `time_zone` (UTC, IANA or a Windows name such as "Eastern Standard Time")."""
     day = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    local = start.astimezone(_act_zone(time_zone))
     return {
         "pattern": {
             "type": "weekly",
@@ -1435,6 +1436,7 @@ def act_add_event(
     recurrence: dict[str, Any] | None = None,
     location: str = "",
     body: str = "",
+    time_zone: str = "UTC",
 ) -> dict[str, Any]:
     """An event in `upn`'s calendar: its own meeting, or (with another `organizer`,
     address and name) an attendee's copy of one. `attendees` are (address, name,
@@ -1464,7 +1466,6 @@ def act_add_event(
         ],
         "recurrence": recurrence,
     }
-    local = start.astimezone(_act_zone(time_zone))
     item = _act_new(sim, box, "event", resource)
     if ical_uid is not None:
         item["iCalUId"] = ical_uid
@@ -1495,7 +1496,6 @@ def act_change_occurrence(
     end: dt.datetime | None = None,
     **changes: Any,
 ) -> None:
-    time_zone: str = "UTC",
     """Make one occurrence of a series an exception (new times, subject, location...)."""
     master = sim.mailboxes[upn.lower()].act_items[master_id]
     key = _act_occurrence_key(original_start)

@@ -9,13 +9,8 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import os
-import signal
 import ssl
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,7 +43,7 @@ from schemas.topics import OUTGOING_STATUS
 from tests.act_harness import outgoing_sender, outgoing_statuses, queue_mail
 from tests.connector_harness import PASSWORD_ENV, ConnectorHarness, mailbox
 from tests.mailserver import Dovecot
-from tests.workspace import ROOT
+from tests.sender_process import crash_and_restart
 
 pytestmark = pytest.mark.integration
 
@@ -366,82 +361,19 @@ async def test_permanent_failures_fail_the_item_with_a_sync_error(
 
 # -- a crash between acceptance and the status write -------------------------------
 
-_SENDER_SCRIPT = """
-import asyncio, os, sys
-import msgspec
-from connectors.outgoing_sender import OutgoingSender
-from pipeline import tansu_compat
-from pipeline.config import load_config
-from schemas.config import OutgoingConfig
-from schemas.mailbox import ServerProfile
-
-config = load_config(env=os.environ)
-profiles = msgspec.json.decode(os.environ["TEST_PROFILES"], type=dict[str, ServerProfile])
-settings = msgspec.json.decode(os.environ["TEST_OUTGOING"], type=OutgoingConfig)
-tansu_compat.install()
-sender = OutgoingSender(
-    config.kafka, config.topic_prefix, settings, config.processors.correlation, profiles,
-    worker=sys.argv[1],
-)
-asyncio.run(sender.run(asyncio.Event()))
-"""
-
-
-def start_sender(h: ConnectorHarness, name: str, log: Path) -> subprocess.Popen[bytes]:
-    """The sender in a process of its own (so it can be killed -9)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    env.update(
-        TIDINGS_DATA_DIR=str(h.config.data_dir),
-        TIDINGS_KAFKA__BOOTSTRAP_SERVERS=",".join(h.config.kafka.bootstrap_servers),
-        TIDINGS_KAFKA__BROKER="tansu",
-        TEST_PROFILES=msgspec.json.encode(h.config.server_profiles).decode(),
-        TEST_OUTGOING=msgspec.json.encode(FAST).decode(),
-    )
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", _SENDER_SCRIPT, name],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-4000:]
-
-
-def kill(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(30)
-
 
 async def crash_after_acceptance(
     h: ConnectorHarness, handler: Handler, activity_id: str, mailbox_id: str, log: Path
 ) -> list[OutgoingStatus]:
     """Queue an email, kill -9 the sender once the server has the message (its answer
     held back), restart the sender and return the email's statuses."""
-    first = start_sender(h, "sender-1", log)
-    try:
-        await queue_mail(h, outgoing_email(activity_id, mailbox_id))
-        deadline = time.monotonic() + 90
-        while not handler.accepted_event.is_set():
-            alive = first.poll() is None and time.monotonic() < deadline
-            assert alive, _tail(log)
-            await asyncio.sleep(0.05)
-        kill(first)
-    finally:
-        kill(first)
-    before = [s.status for s in await h.read(OUTGOING_STATUS, activity_id)]
-    assert before[-1] == SendStatus.SENDING, before
-    second = start_sender(h, "sender-2", log)
-    try:
-        return await outgoing_statuses(h, activity_id)
-    finally:
-        kill(second)
+    return await crash_and_restart(
+        h,
+        outgoing_email(activity_id, mailbox_id),
+        reached=handler.accepted_event.is_set,
+        log=log,
+        settings=FAST,
+    )
 
 
 async def test_crash_after_acceptance_without_a_sent_folder_fails_as_unknown_never_resent(

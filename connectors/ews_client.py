@@ -30,6 +30,7 @@ from exchangelib import (
     Version,
 )
 from exchangelib import errors as ews_errors
+from exchangelib.autodiscover import AutodiscoverProtocol, autodiscover_cache
 from exchangelib.folders import BaseFolder, FolderCollection
 from exchangelib.items import ID_ONLY, Message
 from exchangelib.properties import FieldPath, ItemId
@@ -121,17 +122,7 @@ def endpoint(config: MailboxConfig, profile: ServerProfile, settings: EwsSetting
         scheme = "http" if plain else "https"
         port = f":{profile.port}" if profile.port is not None else ""
         url = f"{scheme}://{profile.host}{port}/EWS/Exchange.asmx"
-    if url.startswith("http://") and not profile.allow_plaintext:
-        raise errors.permanent(
-            errors.PLAINTEXT_REFUSED,
-            f"mailbox {config.mailbox_id}: EWS URL is http (no TLS) and the server profile "
-            "does not set allow_plaintext",
-        )
-    if not url.startswith(("http://", "https://")):
-        raise errors.permanent(
-            errors.CONFIGURATION, f"mailbox {config.mailbox_id}: EWS server_url must be http(s)"
-        )
-    return url
+    return _checked_url(config, profile, url, "the EWS URL (ews.server_url)")
 
 
 def make_account(
@@ -163,7 +154,7 @@ def make_account(
             retry_policy=FailFast(),
             max_connections=concurrency,
         )
-        return Account(config.email_address, config=auto, autodiscover=True, access_type=access)
+        return discovered_account(config, profile, settings, auto, access)
     configuration = Configuration(
         service_endpoint=endpoint(config, profile, settings),
         credentials=credentials,
@@ -175,6 +166,85 @@ def make_account(
     return Account(
         config.email_address, config=configuration, autodiscover=False, access_type=access
     )
+
+
+def discovered_account(
+    config: MailboxConfig,
+    profile: ServerProfile,
+    settings: EwsSettings,
+    auto: Configuration,
+    access: str,
+) -> Account:
+    """An Account whose EWS URL exchangelib's Autodiscovery finds (SOAP GetUserSettings).
+
+    With `autodiscover_url`, exchangelib's autodiscover cache is primed with that
+    service for the address's domain, so Autodiscovery asks it first (and, should it
+    stop answering, drops it and walks the documented steps: the domain, the
+    autodiscover host, the http redirect, the DNS SRV record). Finding nothing is a
+    permanent Configuration error naming the settings to use instead; an address
+    the service does not know, a permanent MailboxMissing; a discovered http URL
+    the profile does not allow, PlaintextRefused."""
+    mailbox, address = config.mailbox_id, config.email_address
+    if settings.autodiscover_url is not None:
+        service = _checked_url(config, profile, settings.autodiscover_url, "autodiscover_url")
+        prime_autodiscover(address, service, auto)
+    try:
+        account = Account(address, config=auto, autodiscover=True, access_type=access)
+    except ews_errors.ErrorNonExistentMailbox:
+        raise errors.permanent(
+            errors.MAILBOX_MISSING,
+            f"mailbox {mailbox}: Autodiscover does not know {address}; check the mailbox address",
+        ) from None
+    except (ews_errors.AutoDiscoverFailed, ews_errors.AutoDiscoverCircularRedirect) as exc:
+        asked = f" (asked {settings.autodiscover_url} first)" if settings.autodiscover_url else ""
+        raise errors.permanent(
+            errors.CONFIGURATION,
+            f"mailbox {mailbox}: Autodiscover found no EWS URL for {address}{asked}: "
+            f"{_autodiscover_reason(exc)}. Set ews.server_url to the EWS URL (e.g. "
+            "https://mail.example.com/EWS/Exchange.asmx) with autodiscover = false, or "
+            "ews.autodiscover_url to the Autodiscover service",
+        ) from None
+    _checked_url(config, profile, account.protocol.service_endpoint, "the discovered EWS URL")
+    return account
+
+
+def prime_autodiscover(address: str, service: str, auto: Configuration) -> None:
+    """Make `service` the Autodiscover endpoint exchangelib asks first for `address`'s
+    domain (its autodiscover cache: in-process, and the shelve file it shares between
+    processes)."""
+    domain = address.rpartition("@")[2].lower()
+    protocol = AutodiscoverProtocol(
+        config=Configuration(
+            service_endpoint=service,
+            credentials=auto.credentials,
+            auth_type=auto.auth_type,
+            retry_policy=FailFast(),
+        )
+    )
+    with autodiscover_cache:
+        autodiscover_cache[(domain, auto.credentials)] = protocol
+
+
+def _checked_url(config: MailboxConfig, profile: ServerProfile, url: str, what: str) -> str:
+    """`url` when it is https, or http and the profile allows plaintext; else permanent."""
+    if url.startswith("http://") and not profile.allow_plaintext:
+        raise errors.permanent(
+            errors.PLAINTEXT_REFUSED,
+            f"mailbox {config.mailbox_id}: {what} is http (no TLS) and the server profile "
+            "does not set allow_plaintext",
+        )
+    if not url.startswith(("http://", "https://")):
+        raise errors.permanent(
+            errors.CONFIGURATION, f"mailbox {config.mailbox_id}: {what} must be http(s)"
+        )
+    return url
+
+
+def _autodiscover_reason(exc: Exception) -> str:
+    """exchangelib's Autodiscover failure in a few words (its own text points at
+    Microsoft's connectivity analyzer)."""
+    text = str(exc).split(". If you think", maxsplit=1)[0].strip().rstrip(".")
+    return text or type(exc).__name__
 
 
 class EwsClient:

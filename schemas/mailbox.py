@@ -401,7 +401,11 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     `server_url` is the EWS endpoint (None: https://HOST[:PORT]/EWS/Exchange.asmx
     from the server profile; http only where the profile allows plaintext);
-    `autodiscover` finds it from the mailbox address instead. `access` is
+    `autodiscover` finds it from the mailbox address instead (exchangelib's SOAP
+    Autodiscover: https://DOMAIN/autodiscover/autodiscover.svc, then
+    https://autodiscover.DOMAIN/..., the http redirect and the DNS SRV record), asking
+    `autodiscover_url` first when set (a known Autodiscover service, e.g.
+    https://mail.example.com/autodiscover/autodiscover.svc). `access` is
     delegate (the credentials' user owns the mailbox or is its delegate) or
     impersonation (a service account). Inbox and, unless `include_sent` is off,
     Sent Items are read, plus `folders` (display names below the top of the
@@ -420,6 +424,7 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     server_url: str | None = None
     autodiscover: bool = False
+    autodiscover_url: str | None = None
     access: EwsAccess = EwsAccess.DELEGATE
     auth: EwsAuth = EwsAuth.NTLM
     version: ExchangeVersion = ExchangeVersion.EXCHANGE_2016
@@ -438,6 +443,12 @@ class EwsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ValueError("ews get_item_batch must be between 1 and 500")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError("ews max_concurrency must be at least 1")
+        if self.autodiscover and self.server_url is not None:
+            raise ValueError(
+                "ews: set server_url (an explicit EWS URL) or autodiscover = true, not both"
+            )
+        if self.autodiscover_url is not None and not self.autodiscover:
+            raise ValueError("ews autodiscover_url is set but autodiscover is off")
 
     def concurrency(self, max_connections: int) -> int:
         """Concurrent EWS requests allowed: the setting (or the version's

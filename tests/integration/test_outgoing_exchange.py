@@ -4,7 +4,9 @@ the same statuses as SMTP (pending → sending → sent, the copy filed in Sent 
 by the server itself), Bcc delivered, an email queued twice sent once, a crash
 between the server's acceptance and the `sent` status resolved by looking the
 Message-ID up in Sent Items (sent when there, OutgoingOutcomeUnknown and never
-resent when not), and a permanent refusal failing with a SyncError."""
+resent when not), and a permanent refusal failing with a SyncError. The crashes
+are staged here (statuses published, Sent Items filled by hand); the sender
+really killed -9 mid-send is test_outgoing_exchange_crash.py."""
 
 from __future__ import annotations
 

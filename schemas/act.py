@@ -4,8 +4,10 @@ Connectors (EWS, Graph) map a mailbox item to one of the three payloads and send
 mail.changes (`MailItemChanged.act`); the processors turn a tracked one into an
 `ActRecord` on crm.act (key: `record_id`, compacted, tombstone = deleted); the CRM →
 Exchange writer reads the same payloads back. Every timestamp is timezone-aware UTC;
-`time_zone` fields keep the item's own zone name (Windows or IANA, as the server gave
-it) so a writer can put it back and a reader can show local times.
+`time_zone` fields hold the item's own zone as an IANA name (a Windows name the server
+gave is mapped, connectors/act_zones.py; "" when unknown: times stay exact in UTC), so
+a series keeps its local time across daylight-saving changes, a writer can put the
+zone back and a reader can show local times.
 
 Identity (why the ids are what they are):
 

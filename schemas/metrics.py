@@ -94,8 +94,7 @@ CONNECTOR_PUSH_NOTIFICATIONS = Counter(
 )
 CONNECTOR_PUSH_SUBSCRIPTIONS = Counter(
     "tidings_connector_push_subscriptions_total",
-    "Push subscriptions made, by protocol and action (created, renewed, reauthorized, "
-    "deleted).",
+    "Push subscriptions made, by protocol and action (created, renewed, reauthorized, deleted).",
     ["protocol", "action"],
 )
 CONNECTOR_CLAIM_CHECKS = Counter(

@@ -460,7 +460,6 @@ class EwsMailbox:
         payload: MessagePayload | None = None,
         unreadable: tuple[str, str] | None = None,
     ) -> MailItemChanged:
-        code, reason = unreadable or (None, None)
         return item_event(
             self.config.mailbox_id,
             folder.name,
@@ -473,8 +472,7 @@ class EwsMailbox:
             size=message.size,
             flags=event_flags(message),
             folder_role=folder.role,
-            unreadable_code=code,
-            unreadable_reason=reason,
+            unreadable=unreadable,
         )
 
     def _unreadable(
@@ -491,8 +489,7 @@ class EwsMailbox:
             ChangeKind.CREATED,
             observed,
             folder_role=folder.role,
-            unreadable_code=code,
-            unreadable_reason=f"GetItem answered {code} for this item",
+            unreadable=(code, f"GetItem answered {code} for this item"),
         )
 
     def _deleted(self, folder: EwsFolder, items: Sequence[str]) -> list[MailItemChanged]:

@@ -425,7 +425,6 @@ def act_event(
     event (its id from mailbox, folder, item, change and version) with `item_type`
     and the payload. `version` is the item's change key, so a new version of an item
     is a new event and a re-emitted one the same."""
-    code, reason = unreadable or (None, None)
     event = item_event(
         mailbox_id,
         folder,
@@ -434,7 +433,6 @@ def act_event(
         observed_at,
         version=version,
         server_time=payload.change_time if payload is not None else None,
-        unreadable_code=code,
-        unreadable_reason=reason,
+        unreadable=unreadable,
     )
     return msgspec.structs.replace(event, item_type=ITEM_TYPES[kind], act=payload)

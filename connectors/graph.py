@@ -575,7 +575,6 @@ class GraphMailbox:
         size: int = 0,
         unreadable: tuple[str, str] | None = None,
     ) -> MailItemChanged:
-        code, reason = unreadable or (None, None)
         return item_event(
             self.config.mailbox_id,
             folder.name,
@@ -588,8 +587,7 @@ class GraphMailbox:
             size=size,
             flags=flags(item),
             folder_role=folder.role,
-            unreadable_code=code,
-            unreadable_reason=reason,
+            unreadable=unreadable,
         )
 
     async def _save(

@@ -627,7 +627,6 @@ class ImapMailbox:
         payload: MessagePayload | None = None,
         unreadable: tuple[str, str] | None = None,
     ) -> MailItemChanged:
-        code, reason = unreadable or (None, None)
         return item_event(
             self.config.mailbox_id,
             folder,
@@ -640,8 +639,7 @@ class ImapMailbox:
             size=message.size,
             flags=visible_flags(message.flags),
             folder_role=role,
-            unreadable_code=code,
-            unreadable_reason=reason,
+            unreadable=unreadable,
         )
 
     # -- updated and deleted ---------------------------------------------------

@@ -193,15 +193,14 @@ class MaildirMailbox:
             return None
         payload = MessagePayload()
         raw: bytes | None = None
-        code: str | None = None
-        reason: str | None = None
+        unreadable: tuple[str, str] | None = None
         try:
             size = _file_size(item.path)
             if size > self.max_message_bytes:
-                code = "TooLarge"
-                reason = (
+                unreadable = (
+                    "TooLarge",
                     f"the message is {size} bytes, over the {self.max_message_bytes}-byte "
-                    "ceiling for messages tidings reads; move the message or raise the ceiling"
+                    "ceiling for messages tidings reads; move the message or raise the ceiling",
                 )
             elif self.claim_check.fits_inline(size):
                 raw = _read_file(item.path)
@@ -211,7 +210,7 @@ class MaildirMailbox:
             return None
         except OSError as exc:
             size = 0
-            code, reason = "Unreadable", f"cannot read the file: {exc.strerror or exc}"
+            unreadable = ("Unreadable", f"cannot read the file: {exc.strerror or exc}")
         if raw is not None:
             size = len(raw)
             payload = await self.claim_check.payload(raw, PROTOCOL)
@@ -226,8 +225,7 @@ class MaildirMailbox:
             size=size,
             flags=sorted(item.flags),
             folder_role=self.config.folder_role(folder),
-            unreadable_code=code,
-            unreadable_reason=reason,
+            unreadable=unreadable,
         )
 
     def _deleted(self, folder: str, name: str, now: datetime) -> MailItemChanged:

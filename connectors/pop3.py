@@ -792,27 +792,26 @@ class Pop3Mailbox:
     async def _created(
         self, message: ListedMessage, fetched: Fetched, now: datetime
     ) -> MailItemChanged:
-        code: str | None = None
-        reason: str | None = None
+        unreadable: tuple[str, str] | None = None
         payload = MessagePayload()
         if fetched.raw is not None:
             payload = await self.claim_check.payload(fetched.raw, PROTOCOL)
             sent = header_date(fetched.raw)
         elif fetched.refused:
             sent = None
-            code = "Unreadable"
-            reason = (
+            unreadable = (
+                "Unreadable",
                 "the server refused to return the message (RETR answered -ERR); "
-                "another client may have deleted it"
+                "another client may have deleted it",
             )
         else:
             payload = MessagePayload(headers=fetched.headers)
             sent = header_date(fetched.headers) if fetched.headers is not None else None
-            code = "TooLarge"
-            reason = (
+            unreadable = (
+                "TooLarge",
                 f"the message is {message.size} bytes, over the server profile's "
                 f"max_message_bytes ({self.profile.max_message_bytes}); raise it or "
-                "remove the message"
+                "remove the message",
             )
         return item_event(
             self.config.mailbox_id,
@@ -824,8 +823,7 @@ class Pop3Mailbox:
             server_time=sent,
             size=message.size,
             folder_role=FolderRole.INBOX,
-            unreadable_code=code,
-            unreadable_reason=reason,
+            unreadable=unreadable,
         )
 
     def _deleted(self, uidl: str, now: datetime) -> MailItemChanged:

@@ -182,14 +182,15 @@ def item_event(
     size: int = 0,
     flags: list[str] | None = None,
     folder_role: FolderRole | None = None,
-    unreadable_code: str | None = None,
-    unreadable_reason: str | None = None,
+    unreadable: tuple[str, str] | None = None,
 ) -> MailItemChanged:
     """A change event of any connector. Its id is derived from (mailbox, folder,
     item, change, version) here and only here, so every re-emission of a change
     carries the same id. `payload` is the message as it travels (inline or by
-    claim-check), when the event carries one."""
+    claim-check), when the event carries one; `unreadable` is the (code, reason)
+    of an item the connector could not read."""
     body = payload or MessagePayload()
+    code, reason = unreadable or (None, None)
     return MailItemChanged(
         event_id=change_event_id(mailbox_id, folder, item_id, change, version),
         mailbox_id=mailbox_id,
@@ -206,8 +207,8 @@ def item_event(
         blob_ref=body.blob_ref,
         headers=body.headers,
         preview=body.preview,
-        unreadable_code=unreadable_code,
-        unreadable_reason=unreadable_reason,
+        unreadable_code=code,
+        unreadable_reason=reason,
     )
 
 

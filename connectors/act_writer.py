@@ -52,7 +52,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -95,7 +95,7 @@ from schemas.act import (
 from schemas.act_changes import ActLink, ActParked, CrmActChange, link_key
 from schemas.act_sync import ActSyncSettings, ActWriterSettings, Side
 from schemas.base import utc_now
-from schemas.codec import encode_key
+from schemas.codec import Codec, encode_key
 from schemas.config import KafkaConfig
 from schemas.errors import DecodeError, ErrorScope, Severity, StopAndAlert, SyncError
 from schemas.ids import error_id
@@ -108,6 +108,7 @@ COMPONENT = "act_writer"
 _CHANGES = codec(CRM_ACT_CHANGES)
 _LINKS = codec(ACT_LINKS)
 _PARKED = codec(ACT_RETRY)
+V = TypeVar("V", bound=msgspec.Struct)
 _ACT = codec(CRM_ACT)
 FOLDERS = {ActType.APPOINTMENT: "Calendar", ActType.CONTACT: "Contacts", ActType.TASK: "Tasks"}
 
@@ -412,44 +413,42 @@ class ActWriter:
             self._parked_partitions.pop(key, None)
         metrics.ACT_WRITER_PARKED.set(len(self.owned.parked))
 
-    async def _load_links(self, partition: int, timeout_s: float = 60.0) -> dict[str, ActLink]:
-        found: dict[str, ActLink] = {}
-        messages = read_partition(self.kafka, self.links_topic, partition, timeout_s)
-        async with contextlib.aclosing(messages):
-            async for message in messages:
-                try:
-                    record = _LINKS.decode_record(message, self.links_topic, partition)
-                except DecodeError as exc:
-                    log.error("act writer ignores an undecodable link: %s", exc)
-                    continue
-                if record is None:
-                    continue
-                key, link = record
-                if link is None:
-                    found.pop(key, None)
-                else:
-                    found[key] = link
-                self._link_partitions[key] = partition
-        return found
+    async def _load_links(self, partition: int) -> dict[str, ActLink]:
+        return await self._load(self.links_topic, _LINKS, partition, self._link_partitions, "link")
 
-    async def _load_parked(self, partition: int, timeout_s: float = 60.0) -> dict[str, ActParked]:
-        found: dict[str, ActParked] = {}
-        messages = read_partition(self.kafka, self.retry_topic, partition, timeout_s)
+    async def _load_parked(self, partition: int) -> dict[str, ActParked]:
+        return await self._load(
+            self.retry_topic, _PARKED, partition, self._parked_partitions, "parked change"
+        )
+
+    async def _load(
+        self,
+        topic: str,
+        value_codec: Codec[V],
+        partition: int,
+        partitions: dict[str, int],
+        what: str,
+        timeout_s: float = 60.0,
+    ) -> dict[str, V]:
+        """The latest value per key of one partition of a compacted topic, read to its
+        end (a tombstone removes its key); each key read is noted in `partitions`."""
+        found: dict[str, V] = {}
+        messages = read_partition(self.kafka, topic, partition, timeout_s)
         async with contextlib.aclosing(messages):
             async for message in messages:
                 try:
-                    record = _PARKED.decode_record(message, self.retry_topic, partition)
+                    record = value_codec.decode_record(message, topic, partition)
                 except DecodeError as exc:
-                    log.error("act writer ignores an undecodable parked change: %s", exc)
+                    log.error("act writer ignores an undecodable %s: %s", what, exc)
                     continue
                 if record is None:
                     continue
-                key, entry = record
-                if entry is None:
+                key, value = record
+                if value is None:
                     found.pop(key, None)
                 else:
-                    found[key] = entry
-                self._parked_partitions[key] = partition
+                    found[key] = value
+                partitions[key] = partition
         return found
 
     # -- one change -------------------------------------------------------------------

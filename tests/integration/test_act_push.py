@@ -14,7 +14,6 @@ makes the subscription again and runs a delta pass; a forged one does nothing.""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,12 +21,11 @@ from pathlib import Path
 import pytest
 
 from connectors import graph_push
-from connectors.graph_auth import forget_apps
 from pipeline.embedded import free_port
 from schemas import metrics
 from schemas.act import appointment_record_id
 from schemas.base import RecordRef, RecordType
-from schemas.config import ConnectorConfig, GraphNotificationsConfig
+from schemas.config import ConnectorConfig
 from schemas.mail import ChangeKind, ItemType, MailItemChanged
 from schemas.mailbox import (
     ActSettings,
@@ -38,9 +36,6 @@ from schemas.mailbox import (
     MailboxConfig,
     PollingSettings,
     Protocol,
-    RetryPolicy,
-    ServerProfile,
-    TransportSecurity,
 )
 from schemas.secret import SecretRef
 from schemas.topics import MAIL_CHANGES
@@ -50,6 +45,15 @@ from tests.ews_sim import EwsSimulator, add_calendar_item
 from tests.graph_sim import GraphSimulator, act_add_event
 from tests.graph_sim import sample_message as graph_message
 from tests.integration.test_processor_workers import stop
+from tests.push_harness import (
+    RETRY,
+    ews_profile,
+    ews_push_simulator,
+    graph_push_simulator,
+    notification_hub,
+    polls,
+    until,
+)
 from tests.workspace import Workspace
 
 pytestmark = pytest.mark.integration
@@ -61,26 +65,12 @@ EWS_USER, GRAPH_USER = "alice@northwind.example", "carol@contoso.example"
 TRACKED = ["Tracked to CRM"]
 HOURLY = PollingSettings().fixed(3600.0)
 """An hour between polls: what arrives after the first pass came by push."""
-RETRY = RetryPolicy(max_retries=2, retry_interval_s=1.0, reconnect_base_s=0.2)
 CONNECTORS = ConnectorConfig(max_batch_items=50)
 START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
 
 
-def polls(protocol: str, reason: str) -> float:
-    return float(metrics.CONNECTOR_POLLS.labels(protocol, reason)._value.get())
-
-
 def notifications(label: str) -> float:
     return float(metrics.CONNECTOR_PUSH_NOTIFICATIONS.labels(label)._value.get())
-
-
-async def until(check: object, what: str, timeout_s: float = 30.0) -> None:
-    """Wait until `check()` is true (a safety bound, not a timed assertion)."""
-    for _ in range(int(timeout_s / 0.1)):
-        if check():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 def appointments(events: list[MailItemChanged]) -> list[MailItemChanged]:
@@ -89,51 +79,21 @@ def appointments(events: list[MailItemChanged]) -> list[MailItemChanged]:
 
 @pytest.fixture
 def ews() -> Iterator[EwsSimulator]:
-    os.environ[PASSWORD_ENV] = "pw-act-push"
-    with EwsSimulator() as server:
-        server.add_user("svc", "pw-act-push", impersonator=True)
-        server.streaming.keepalive_s = 1.0
+    with ews_push_simulator(PASSWORD_ENV, "pw-act-push") as server:
         yield server
-    os.environ.pop(PASSWORD_ENV, None)
 
 
 @pytest.fixture
 async def graph(tmp_path: Path) -> AsyncIterator[GraphSimulator]:
-    forget_apps()
-    os.environ[SECRET_ENV] = SECRET
-    async with GraphSimulator.running(tmp_path / "graph") as server:
-        server.add_app(APP, SECRET)
+    async with graph_push_simulator(tmp_path / "graph", APP, SECRET, SECRET_ENV) as server:
         yield server
-    os.environ.pop(SECRET_ENV, None)
-    forget_apps()
 
 
 @pytest.fixture
 async def hub() -> AsyncIterator[graph_push.NotificationHub]:
     """The connectors' webhook on loopback, lifecycle path included."""
-    port = free_port()
-    settings = GraphNotificationsConfig(
-        enabled=True, public_url=f"http://127.0.0.1:{port}/graph/notifications", port=port
-    )
-    webhook = graph_push.NotificationHub(settings)
-    await webhook.start()
-    graph_push.install(webhook)
-    yield webhook
-    graph_push.install(None)
-    await webhook.stop()
-
-
-def ews_profile(sim: EwsSimulator) -> ServerProfile:
-    return ServerProfile(
-        protocol=Protocol.EWS,
-        host="127.0.0.1",
-        port=sim.port,
-        security=TransportSecurity.PLAIN,
-        allow_plaintext=True,
-        retry=RETRY,
-        timeout_s=10.0,
-        polling=HOURLY,
-    )
+    async with notification_hub() as webhook:
+        yield webhook
 
 
 def ews_mailbox() -> MailboxConfig:
@@ -174,7 +134,7 @@ async def test_tracked_appointments_reach_crm_through_push(
     calendar_box = ews.add_mailbox(EWS_USER)
     graph.add_user(GRAPH_USER)
     profiles = {
-        "exchange": ews_profile(ews),
+        "exchange": ews_profile(ews, HOURLY),
         "graph": graph.profile(APP, SECRET_ENV, polling=HOURLY, retry=RETRY, timeout_s=10.0),
     }
     data = tmp_path / "data"

@@ -7,19 +7,15 @@ is renewed; a server refusing push leaves its mailbox polling."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from connectors import graph_push
-from connectors.graph_auth import forget_apps
 from schemas import metrics
 from schemas.base import RecordRef, RecordType
-from schemas.config import ConnectorConfig, GraphNotificationsConfig
+from schemas.config import ConnectorConfig
 from schemas.mail import ChangeKind, MailItemChanged
 from schemas.mailbox import (
     Credentials,
@@ -29,9 +25,6 @@ from schemas.mailbox import (
     MailboxConfig,
     PollingSettings,
     Protocol,
-    RetryPolicy,
-    ServerProfile,
-    TransportSecurity,
 )
 from schemas.secret import SecretRef
 from schemas.topics import MAIL_CHANGES
@@ -40,13 +33,21 @@ from tests.ews_sim import EwsSimulator
 from tests.ews_sim import sample_message as ews_message
 from tests.graph_sim import GraphSimulator
 from tests.graph_sim import sample_message as graph_message
+from tests.push_harness import (
+    RETRY,
+    ews_profile,
+    ews_push_simulator,
+    graph_push_simulator,
+    notification_hub,
+    polls,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
 PASSWORD_ENV = "TEST_PUSH_EWS_PASSWORD"
 SECRET_ENV = "TEST_PUSH_GRAPH_SECRET"
 APP, SECRET = "tidings-push-app", "push-app-secret"
-RETRY = RetryPolicy(max_retries=2, retry_interval_s=1.0, reconnect_base_s=0.2)
 SLOW = PollingSettings().fixed(600.0)
 """Ten minutes between polls: new mail seen sooner came by push."""
 QUICK = PollingSettings().fixed(0.5)
@@ -57,21 +58,8 @@ def created(events: list[MailItemChanged]) -> list[MailItemChanged]:
     return [e for e in events if e.change == ChangeKind.CREATED]
 
 
-def polls(protocol: str, reason: str) -> float:
-    return float(metrics.CONNECTOR_POLLS.labels(protocol, reason)._value.get())
-
-
 def push_failures(protocol: str) -> float:
     return float(metrics.CONNECTOR_PUSH_FAILURES.labels(protocol)._value.get())
-
-
-async def until(check: object, what: str, timeout_s: float = 30.0) -> None:
-    """Wait until `check()` is true (a safety bound, not a timed assertion)."""
-    for _ in range(int(timeout_s / 0.1)):
-        if check():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 # -- EWS ---------------------------------------------------------------------------
@@ -79,25 +67,8 @@ async def until(check: object, what: str, timeout_s: float = 30.0) -> None:
 
 @pytest.fixture
 def ews() -> Iterator[EwsSimulator]:
-    os.environ[PASSWORD_ENV] = "pw-push"
-    with EwsSimulator() as server:
-        server.add_user("svc", "pw-push", impersonator=True)
-        server.streaming.keepalive_s = 1.0
+    with ews_push_simulator(PASSWORD_ENV, "pw-push") as server:
         yield server
-    os.environ.pop(PASSWORD_ENV, None)
-
-
-def ews_profile(sim: EwsSimulator, polling: PollingSettings) -> ServerProfile:
-    return ServerProfile(
-        protocol=Protocol.EWS,
-        host="127.0.0.1",
-        port=sim.port,
-        security=TransportSecurity.PLAIN,
-        allow_plaintext=True,
-        retry=RETRY,
-        timeout_s=10.0,
-        polling=polling,
-    )
 
 
 def ews_mailbox(mailbox_id: str, address: str, profile: str) -> MailboxConfig:
@@ -156,38 +127,15 @@ async def test_ews_streaming_wakes_the_mailbox_resubscribes_and_falls_back(
 
 @pytest.fixture
 async def graph(tmp_path: Path) -> AsyncIterator[GraphSimulator]:
-    forget_apps()
-    os.environ[SECRET_ENV] = SECRET
-    async with GraphSimulator.running(tmp_path / "graph") as server:
-        server.add_app(APP, SECRET)
+    async with graph_push_simulator(tmp_path / "graph", APP, SECRET, SECRET_ENV) as server:
         yield server
-    os.environ.pop(SECRET_ENV, None)
-    forget_apps()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
 async def hub() -> AsyncIterator[graph_push.NotificationHub]:
     """The connectors' webhook on loopback (Graph itself needs https)."""
-    port = free_port()
-    settings = GraphNotificationsConfig(
-        enabled=True,
-        public_url=f"http://127.0.0.1:{port}/graph/notifications",
-        port=port,
-        renew_fraction=0.5,
-        retry_s=600.0,
-    )
-    webhook = graph_push.NotificationHub(settings)
-    await webhook.start()
-    graph_push.install(webhook)
-    yield webhook
-    graph_push.install(None)
-    await webhook.stop()
+    async with notification_hub(renew_fraction=0.5, retry_s=600.0) as webhook:
+        yield webhook
 
 
 def graph_mailbox(mailbox_id: str, upn: str, profile: str) -> MailboxConfig:

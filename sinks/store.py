@@ -12,8 +12,10 @@ reference. A database in the DSN path must be `ClickHouseConfig.database`
 (every statement names that database; the connection itself uses the user's
 default, so the first start can create it). Query parameters are passed to
 clickhouse-connect (e.g. `?compress=zstd`, `?compress=false`). The HTTP client
-times out after the longer of the insert and query timeouts, so a call that
-timed out does not hold the store's thread much longer; it keeps no server
+times out a little after the longer of the insert and query timeouts (by
+`_CLIENT_TIMEOUT_MARGIN_S`): the store's own limit always speaks first, with one
+message ("did not answer within"), and a call that timed out does not hold the
+store's thread much longer after it; it keeps no server
 session, so a statement the server still runs after a client timeout cannot
 lock the next one out.
 
@@ -41,6 +43,8 @@ from sinks.rows import COLUMNS, Row
 
 _SERVER_SCHEMES = {"clickhouse": "http", "http": "http", "clickhouses": "https", "https": "https"}
 _CONNECT_TIMEOUT_S = 10
+_CLIENT_TIMEOUT_MARGIN_S = 3
+"""Seconds the HTTP client waits past the store's own limit (module docstring)."""
 _INSERT_SETTINGS = {"date_time_input_format": "best_effort"}
 
 
@@ -88,7 +92,7 @@ def client_options(dsn: str, config: ClickHouseConfig) -> dict[str, Any]:
         "username": unquote(parts.username) if parts.username else "default",
         "password": _password(config),
         "connect_timeout": max(1, min(_CONNECT_TIMEOUT_S, math.ceil(timeout_s))),
-        "send_receive_timeout": max(1, math.ceil(timeout_s)),
+        "send_receive_timeout": max(1, math.ceil(timeout_s)) + _CLIENT_TIMEOUT_MARGIN_S,
         "autogenerate_session_id": False,
     }
     if port is not None:

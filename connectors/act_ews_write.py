@@ -109,10 +109,9 @@ from connectors.ews_act import (
     DAY_CLASSES,
     WEEK_INDEX,
     WEEKDAYS,
-    modified_occurrence_ids,
     to_payload,
 )
-from connectors.ews_client import ServerBusy, classify, make_account
+from connectors.ews_client import ServerBusy, classify, make_account, occurrence_details
 from connectors.gate import ServerGate
 from schemas import metrics
 from schemas.act import (
@@ -545,16 +544,7 @@ class EwsActCalls:
             return None
         if isinstance(item, Exception):
             raise item
-        details: dict[str, Any] = {}
-        occurrence_ids = modified_occurrence_ids([item])
-        if occurrence_ids:
-            for got in self.account.fetch(
-                [ItemId(id=i) for i in occurrence_ids],
-                only_fields=["subject", "location"],
-                chunk_size=len(occurrence_ids),
-            ):
-                if not isinstance(got, Exception):
-                    details[got.id] = got
+        details = occurrence_details(self.account, [item])
         return MailboxItem(self._ref(item), as_read(to_payload(item, details), item))
 
     def find_linked(self, kind: ActType, transaction: str) -> ItemRef | None:

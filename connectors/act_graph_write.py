@@ -35,6 +35,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
+
 from connectors import errors
 from connectors.act_zones import UnknownTimeZone, local, series_starts, windows_name, zone
 from connectors.graph_act import UnsupportedItem, all_day_times, event_zone, iana
@@ -333,7 +335,9 @@ def appointment_of(event: dict[str, Any], instances: list[dict[str, Any]] | None
     for start in occurrence_starts(appointment):
         if start not in present:
             changes.append(OccurrenceChange(original_start=start, cancelled=True))
-    return _replace(appointment, exceptions=sorted(changes, key=lambda c: c.original_start))
+    return msgspec.structs.replace(
+        appointment, exceptions=sorted(changes, key=lambda c: c.original_start)
+    )
 
 
 def _mapped(event: dict[str, Any], instances: list[dict[str, Any]] | None) -> Appointment:
@@ -342,12 +346,6 @@ def _mapped(event: dict[str, Any], instances: list[dict[str, Any]] | None) -> Ap
         return appointment_of(event, instances)
     except UnsupportedItem as exc:
         raise errors.permanent(UNSUPPORTED, f"graph event {event.get('id')}: {exc}") from None
-
-
-def _replace(payload: Appointment, **changes: Any) -> Appointment:
-    import msgspec
-
-    return msgspec.structs.replace(payload, **changes)
 
 
 def exception_patch(change: OccurrenceChange, time_zone: str = "") -> dict[str, Any]:

@@ -125,6 +125,24 @@ def endpoint(config: MailboxConfig, profile: ServerProfile, settings: EwsSetting
     return _checked_url(config, profile, url, "the EWS URL (ews.server_url)")
 
 
+def occurrence_details(account: Any, items: Sequence[Any]) -> dict[str, Any]:
+    """The modified occurrences of every series master in `items`, by item id, read
+    with one GetItem for their subject and location (what `to_payload` needs besides
+    the master); empty when no item is a series with modified occurrences."""
+    occurrence_ids = modified_occurrence_ids(items)
+    if not occurrence_ids:
+        return {}
+    details: dict[str, Any] = {}
+    for got in account.fetch(
+        [ItemId(id=i) for i in occurrence_ids],
+        only_fields=["subject", "location"],
+        chunk_size=len(occurrence_ids),
+    ):
+        if not isinstance(got, Exception):
+            details[got.id] = got
+    return details
+
+
 def make_account(
     config: MailboxConfig,
     profile: ServerProfile,
@@ -399,16 +417,9 @@ class EwsClient:
                 [ItemId(id=i, changekey=ck or None) for i, ck in ids], chunk_size=len(ids) or 1
             )
         )
-        occurrence_ids = modified_occurrence_ids(i for i in fetched if not isinstance(i, Exception))
-        details: dict[str, Any] = {}
-        if occurrence_ids:
-            for got in self.account.fetch(
-                [ItemId(id=i) for i in occurrence_ids],
-                only_fields=["subject", "location"],
-                chunk_size=len(occurrence_ids),
-            ):
-                if not isinstance(got, Exception):
-                    details[got.id] = got
+        details = occurrence_details(
+            self.account, [i for i in fetched if not isinstance(i, Exception)]
+        )
         out: list[ActPayload | tuple[str, str]] = []
         for (item_id, _), item in zip(ids, fetched, strict=True):
             if isinstance(item, Exception):

@@ -37,6 +37,7 @@ ROLES = ("connectors", "processors", "sinks")
 
 def run_role(config: TidingsConfig, role: str, until_idle: bool) -> int:
     """Run one role in this process; returns the exit code."""
+    logging.getLogger().setLevel(config.log_level.upper())
     if role == "processors":
         return run_processors(config, until_idle)
     runner = _connectors if role == "connectors" else _sinks
@@ -201,8 +202,9 @@ def run_processors(config: TidingsConfig, until_idle: bool) -> int:
                 log.info("processors idle: stopping")
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    level = "debug" if config.log_level == "debug" else "warn"
-    worker = faust.Worker(processor.app, loglevel=level, quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(
+        processor.app, loglevel=config.log_level, quiet=True, redirect_stdouts=False
+    )
     # No terminal spinner: with one, faust lowers the root logger to DEBUG so every
     # debug call in faust and aiokafka builds a record (7% of processor time).
     worker.spinner = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -408,7 +408,9 @@ class TidingsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     data_dir: str = ".tidings"
     topic_prefix: str = "tidings."
-    log_level: str = "info"
+    # What a role process (`tidings run ROLE`) logs: "info" adds faust's rebalances,
+    # assignments and table recovery, the first place to look after a restart.
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
     clickhouse: ClickHouseConfig = msgspec.field(default_factory=ClickHouseConfig)

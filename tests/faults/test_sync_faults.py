@@ -17,6 +17,7 @@ as one sync error).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -27,10 +28,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.bootstrap import bring_up
+from pipeline.config import load_config
+from schemas.config import TidingsConfig
 from schemas.ids import email_activity_id
+from schemas.mail import ChangeKind
+from schemas.topics import MAIL_CHANGES, MAIL_PARSED, PROMOTION_DECISIONS, TopicSpec, codec
 from tests.clickhouse_http import ClickHouseHTTP
 from tests.faults.test_connector_failover import kill9, write_config
 from tests.integration.test_processes import endpoint
@@ -62,9 +70,11 @@ class Truth:
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
     receivers: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     errors: int = 0  # Malformed items: each is also one sync_errors row
+    copies: set[tuple[str, str]] = field(default_factory=set)  # (message id, mailbox)
 
     def deliver(self, message_id: str, mailboxes: list[str], kind: str) -> None:
         self.items += len(mailboxes)
+        self.copies.update((message_id, mailbox) for mailbox in mailboxes)
         if kind == "malformed":
             self.decisions["errored", "Malformed"] += len(mailboxes)
             self.errors += len(mailboxes)
@@ -185,6 +195,7 @@ def pipeline(
     config = write_config(tmp_path / "tidings.toml", dovecot, extra)
     workspace.env["TIDINGS_CONFIG"] = str(config)
     workspace.env[PASSWORD_ENV] = PASSWORD
+    workspace.env["TIDINGS_LOG_LEVEL"] = "info"  # faust's rebalances and recovery, logged
     workspace.env[CLICKHOUSE_PASSWORD_ENV] = CLICKHOUSE_PASSWORD
     workspace.cli("broker", "start")
     for user in USERS:
@@ -230,7 +241,69 @@ def settle(running: Pipeline, truth: Truth) -> list[str]:
             if not found:
                 return []
         time.sleep(1.0)
-    return found if count >= truth.items else [f"{count} of {truth.items} items decided"]
+    if count >= truth.items:
+        return found
+    return [f"{count} of {truth.items} items decided", *trace_undecided(running, truth)]
+
+
+def trace_undecided(running: Pipeline, truth: Truth) -> list[str]:
+    """Where the items without a decision in ClickHouse stopped: the item keys on
+    mail.changes (created), mail.parsed and promotion.decisions that ClickHouse has
+    no decision for, and how far the processors committed on the topics they read."""
+    rows = running.clickhouse.query("SELECT item_key FROM tidings.promotion_decisions FINAL")
+    stored = {str(key) for (key,) in rows}
+    infra = bring_up(load_config(env=running.space.env), create_topics=False)
+    try:
+        stages = asyncio.run(_item_keys_on_topics(infra.config))
+    finally:
+        infra.close()
+    found = []
+    for topic, (keys, lag) in stages.items():
+        undecided = sorted(keys - stored)
+        found.append(
+            f"{topic}: {len(keys)} item keys, {len(undecided)} undecided {undecided[:3]}"
+            + (f"; processors' lag by partition {lag}" if lag else "")
+        )
+    return found
+
+
+async def _item_keys_on_topics(config: TidingsConfig) -> dict[str, tuple[set[str], dict[int, int]]]:
+    """Per topic the processors read or write: the item keys of its email items
+    (created ones on mail.changes) and the processors' lag by partition."""
+    stages: dict[str, tuple[set[str], dict[int, int]]] = {}
+    specs: list[tuple[TopicSpec[Any], bool]] = [
+        (MAIL_CHANGES, True),
+        (MAIL_PARSED, True),
+        (PROMOTION_DECISIONS, False),
+    ]
+    for spec, read in specs:
+        consumer = AIOKafkaConsumer(
+            **config.kafka.consumer_options(), group_id=config.processors.group_id
+        )
+        await consumer.start()
+        try:
+            topic = spec.name(config.topic_prefix)
+            await consumer.topics()  # fetches the metadata partitions_for_topic reads
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(tps)
+            committed = {tp: await consumer.committed(tp) for tp in tps}
+            ends = await consumer.end_offsets(tps)
+            await consumer.seek_to_beginning(*tps)
+            keys: set[str] = set()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and [
+                tp for tp in tps if await consumer.position(tp) < ends[tp]
+            ]:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    for record in records:
+                        value = codec(spec).decode(record.value or b"", topic, 0, 0)
+                        if getattr(value, "change", ChangeKind.CREATED) == ChangeKind.CREATED:
+                            keys.add(value.item_key)
+            lag = {tp.partition: ends[tp] - (committed[tp] or 0) for tp in tps} if read else {}
+            stages[topic] = (keys, lag)
+        finally:
+            await consumer.stop()
+    return stages
 
 
 def problems(clickhouse: ClickHouseHTTP, truth: Truth) -> list[str]:

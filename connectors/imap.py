@@ -217,6 +217,7 @@ class _NewBatch:
     events: list[MailItemChanged] = field(default_factory=list)
     uids: list[int] = field(default_factory=list)
     flushing: asyncio.Future[None] | None = None
+    unanswered: dict[int, bool] = field(default_factory=dict)  # UID → fetched headers only
     _lowest: int = 0
 
     def __post_init__(self) -> None:
@@ -452,7 +453,8 @@ class ImapMailbox:
         The next batch is fetched while the previous one waits for Kafka's
         acknowledgement and its cursor, and is sent only after that, so a crash
         still re-emits at most one batch. The cursor's UIDNEXT never passes a UID
-        that is not emitted yet.
+        that is not emitted yet. A UID the FETCH answers did not include stays
+        outstanding until `_answer_missing` settles it.
         """
         modseq = position.highestmodseq if position else 0
         batch = _NewBatch(folder, state, known, UidRanges(known), new, modseq)
@@ -467,6 +469,8 @@ class ImapMailbox:
                     profile.max_message_bytes,
                 )
                 await self._fetch_and_emit(session, role, jobs, batch, result, on_batch)
+                if batch.unanswered:
+                    await self._answer_missing(session, role, batch, result)
             await batch.settle()
             await self._flush_new(batch, *batch.take(), result, on_batch)
         finally:
@@ -494,10 +498,8 @@ class ImapMailbox:
                     # the server streams it while this batch becomes events.
                     prefetch = asyncio.ensure_future(self._fetch(session, *jobs[index + 1]))
                 fetched = await fetching
-                gone = set(uids).difference(m.uid for m in fetched)
-                if gone:  # expunged between SEARCH and FETCH: nothing to emit
-                    batch.outstanding -= gone
-                    result.pending -= len(gone)
+                missing = set(uids).difference(m.uid for m in fetched)
+                batch.unanswered.update(dict.fromkeys(missing, large))
                 await self._add_events(batch, role, fetched, large)
                 if len(batch.events) >= self.max_batch_items:
                     await batch.settle()
@@ -508,6 +510,56 @@ class ImapMailbox:
             if prefetch is not None and not prefetch.done():
                 prefetch.cancel()
                 session.broken = True
+
+    async def _answer_missing(
+        self, session: ImapSession, role: FolderRole, batch: _NewBatch, result: PassResult
+    ) -> None:
+        """Settle the new UIDs the FETCH answers left out. Those the server no longer
+        lists were expunged between SEARCH and FETCH: nothing to emit. Those it still
+        lists are fetched once more; any it still does not return become unreadable
+        items (NotReturned), so the folder's every message is accounted for and none
+        is skipped silently (the cursor passes them once this batch is sent)."""
+        missing = sorted(batch.unanswered)
+        listed = set(await session.uid_search("UID", compress_uids(missing)))
+        expunged = set(missing) - listed
+        batch.outstanding -= expunged
+        result.pending -= len(expunged)
+        for large in (False, True):
+            uids = [u for u in missing if u in listed and batch.unanswered[u] is large]
+            if not uids:
+                continue
+            fetched = await self._fetch(session, uids, large)
+            await self._add_events(batch, role, fetched, large)
+            returned = {m.uid for m in fetched}
+            lost = [u for u in uids if u not in returned]
+            if lost:
+                log.warning(
+                    "%s %s: the server lists UIDs %s but returned nothing for them twice; "
+                    "they are recorded as unreadable",
+                    self.config.mailbox_id,
+                    batch.folder,
+                    compress_uids(lost),
+                )
+                batch.events.extend(self._not_returned(batch, role, uid) for uid in lost)
+                batch.uids.extend(lost)
+        batch.unanswered.clear()
+
+    def _not_returned(self, batch: _NewBatch, role: FolderRole, uid: int) -> MailItemChanged:
+        reason = (
+            f"the server lists UID {uid} in {batch.folder} but returned nothing for it "
+            "when it was fetched, twice"
+        )
+        message = FetchedMessage(uid)
+        return self._event(
+            batch.folder,
+            role,
+            batch.state.uidvalidity,
+            message,
+            ChangeKind.CREATED,
+            "",
+            utc_now(),
+            unreadable=("NotReturned", reason),
+        )
 
     async def _size_bounds(self, session: ImapSession, new: list[int]) -> SizeBounds:
         """Size classes of the new messages: one SEARCH finds the big ones (usually

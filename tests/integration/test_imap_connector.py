@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from connectors import errors
+from connectors.imap_protocol import FetchedMessage, expand_uids
+from connectors.imap_session import ImapSession
 from pipeline.reconcile import reconcile
 from schemas import metrics
 from schemas.config import ConnectorConfig
@@ -248,6 +250,56 @@ async def test_server_restart_mid_sync_loses_nothing(
     # Re-emitted at most the batch in flight, with the same ids.
     assert len(events) - total <= FAST.max_batch_items
     assert statuses[-1].state == SyncState.ENABLED
+
+
+async def test_messages_a_fetch_leaves_out_are_fetched_again_recorded_or_gone(
+    dovecot: Dovecot, password: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FETCH answer that leaves out a listed UID is not taken for an expunge: the
+    message is fetched again (UID 3 is left out once), recorded unreadable when the
+    server keeps leaving it out (UID 5), and skipped only when the server no longer
+    lists it (UID 7, expunged between SEARCH and FETCH)."""
+    dovecot.add_user("hank", password)
+    dovecot.deliver_many("hank", "INBOX", (message(n) for n in range(10)))
+    original = ImapSession.uid_fetch
+    left_out: Counter[int] = Counter()
+    expunged: list[int] = []
+
+    async def fetch(session: ImapSession, uid_set: str, items: str) -> list[FetchedMessage]:
+        if "BODY.PEEK[]" in items and 7 in expand_uids(uid_set) and not expunged:
+            expunged.append(7)
+            client = dovecot.client("hank", password)
+            client.select("INBOX")
+            client.uid("STORE", "7", "+FLAGS", "(\\Deleted)")
+            client.expunge()
+            client.logout()
+        fetched = await original(session, uid_set, items)
+        kept = []
+        for m in fetched:  # dovecot may still return what another session expunged
+            if m.uid in (5, 7) or (m.uid == 3 and not left_out[3]):
+                left_out[m.uid] += 1
+                continue
+            kept.append(m)
+        return kept
+
+    monkeypatch.setattr(ImapSession, "uid_fetch", fetch)
+    async with ConnectorHarness.up(tmp_path / "data", {"dovecot": profile(dovecot)}, FAST) as h:
+        await h.add_mailbox(mailbox("mb-hank", "hank"))
+        async with h.runtime():
+            statuses = await h.wait_for(
+                MAILBOX_STATUS,
+                "mb-hank",
+                lambda s: bool(s) and s[-1].counters.created_events == 9,
+            )
+            events = created(await h.changes("mb-hank"))
+    by_uid = {int(e.item_id.split(":")[1]): e for e in events}
+    assert sorted(by_uid) == [1, 2, 3, 4, 5, 6, 8, 9, 10]
+    assert by_uid[3].unreadable_code is None and by_uid[3].raw
+    assert by_uid[5].unreadable_code == "NotReturned"
+    assert "UID 5" in (by_uid[5].unreadable_reason or "")
+    assert (left_out[3], left_out[5]) == (1, 2)
+    assert statuses[-1].pending_items == 0
+    assert statuses[-1].counters.errors == 1
 
 
 async def test_thousand_messages_exact_counts_and_reconcile(

@@ -166,6 +166,17 @@ class ConnectorHarness:
         """Every status update of a mailbox so far."""
         return await self.read(MAILBOX_STATUS, mailbox_id)
 
+    async def until_created(
+        self, mailbox_id: str, count: int, timeout_s: float = 60.0
+    ) -> list[MailboxStatus]:
+        """The mailbox's status updates once the latest counts `count` created events."""
+        return await self.wait_for(
+            MAILBOX_STATUS,
+            mailbox_id,
+            lambda s: bool(s) and s[-1].counters.created_events == count,
+            timeout_s,
+        )
+
     async def wait_for(
         self,
         spec: TopicSpec[T],

@@ -286,11 +286,7 @@ async def test_messages_a_fetch_leaves_out_are_fetched_again_recorded_or_gone(
     async with ConnectorHarness.up(tmp_path / "data", {"dovecot": profile(dovecot)}, FAST) as h:
         await h.add_mailbox(mailbox("mb-hank", "hank"))
         async with h.runtime():
-            statuses = await h.wait_for(
-                MAILBOX_STATUS,
-                "mb-hank",
-                lambda s: bool(s) and s[-1].counters.created_events == 9,
-            )
+            statuses = await h.until_created("mb-hank", 9)
             events = created(await h.changes("mb-hank"))
     by_uid = {int(e.item_id.split(":")[1]): e for e in events}
     assert sorted(by_uid) == [1, 2, 3, 4, 5, 6, 8, 9, 10]
@@ -312,12 +308,7 @@ async def test_thousand_messages_exact_counts_and_reconcile(
     async with ConnectorHarness.up(tmp_path / "data", {"dovecot": profile(dovecot)}, FAST) as h:
         await h.add_mailbox(mailbox("mb-gina", "gina"))
         async with h.runtime():
-            statuses = await h.wait_for(
-                MAILBOX_STATUS,
-                "mb-gina",
-                lambda s: bool(s) and s[-1].counters.created_events == 1005,
-                timeout_s=180,
-            )
+            statuses = await h.until_created("mb-gina", 1005, timeout_s=180)
             events = await h.changes("mb-gina")
             report = await reconcile(h.config, "mb-gina")
             client = dovecot.client("gina", password)

@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from schemas.errors import OutgoingErrorCode as Code
-from schemas.mailbox import ServerProfile
+from schemas.errors import SyncError
+from schemas.mailbox import MailboxConfig, ServerProfile
 from schemas.outgoing import OutgoingStatus, SendStatus
 from schemas.topics import OUTGOING_STATUS
+from tests import ews_sim, graph_sim
 from tests.act_harness import (
     ews_mailbox,
     ews_profile,
@@ -49,6 +51,8 @@ from tests.integration.test_outgoing_exchange import (
 from tests.sender_process import crash_and_restart
 
 pytestmark = pytest.mark.integration
+
+HeldSends = ews_sim.SendHold | graph_sim.SendHold
 
 
 def kinds(history: list[OutgoingStatus]) -> list[SendStatus]:
@@ -79,6 +83,33 @@ def check_outcome_unknown(history: list[OutgoingStatus]) -> None:
     assert "not sent again automatically" in (final.error_message or "")
 
 
+async def killed_mid_send(
+    profiles: dict[str, ServerProfile],
+    mailbox: MailboxConfig,
+    hold: HeldSends,
+    activity_id: str,
+    tmp_path: Path,
+) -> tuple[list[OutgoingStatus], list[SyncError], list[OutgoingStatus]]:
+    """Send one email from `mailbox` through a sender killed -9 where `hold` holds the
+    send, then restarted; the email's status history as the restarted sender left
+    it, the mailbox's sync errors and every status on outgoing.status."""
+    async with ConnectorHarness.up(tmp_path / "data", profiles) as h:
+        await h.add_mailbox(mailbox)
+        history = await crash_and_restart(
+            h,
+            outgoing_email(activity_id, mailbox.mailbox_id, ALICE),
+            reached=hold.reached.is_set,
+            release=hold.release.set,
+            log=tmp_path / "sender.log",
+            settings=FAST,
+        )
+        return (
+            history,
+            await h.errors(mailbox.mailbox_id),
+            await h.read(OUTGOING_STATUS, activity_id),
+        )
+
+
 # -- EWS ---------------------------------------------------------------------------
 
 
@@ -94,18 +125,13 @@ async def test_ews_sender_killed_after_exchange_took_the_message_is_sent_once(
 ) -> None:
     alice = ews.add_mailbox(ALICE)
     hold = ews.hold_sends("answer")
-    async with ConnectorHarness.up(tmp_path / "data", {"exchange": ews_profile(ews, RETRY)}) as h:
-        await h.add_mailbox(ews_mailbox("mb-alice", ALICE, "svc", EWS_PASSWORD_ENV))
-        history = await crash_and_restart(
-            h,
-            outgoing_email("act-k", "mb-alice", ALICE),
-            reached=hold.reached.is_set,
-            release=hold.release.set,
-            log=tmp_path / "sender.log",
-            settings=FAST,
-        )
-        errors = await h.errors("mb-alice")
-        statuses = await h.read(OUTGOING_STATUS, "act-k")
+    history, errors, statuses = await killed_mid_send(
+        {"exchange": ews_profile(ews, RETRY)},
+        ews_mailbox("mb-alice", ALICE, "svc", EWS_PASSWORD_ENV),
+        hold,
+        "act-k",
+        tmp_path,
+    )
 
     wanted = check_sent_once(history)
     assert len(statuses) == 3  # nothing after `sent`
@@ -121,17 +147,13 @@ async def test_ews_sender_killed_before_exchange_got_the_request_fails_unknown_n
 ) -> None:
     alice = ews.add_mailbox(ALICE)
     hold = ews.hold_sends("arrival")
-    async with ConnectorHarness.up(tmp_path / "data", {"exchange": ews_profile(ews, RETRY)}) as h:
-        await h.add_mailbox(ews_mailbox("mb-alice", ALICE, "svc", EWS_PASSWORD_ENV))
-        history = await crash_and_restart(
-            h,
-            outgoing_email("act-l", "mb-alice", ALICE),
-            reached=hold.reached.is_set,
-            release=hold.release.set,
-            log=tmp_path / "sender.log",
-            settings=FAST,
-        )
-        errors = await h.errors("mb-alice")
+    history, errors, _ = await killed_mid_send(
+        {"exchange": ews_profile(ews, RETRY)},
+        ews_mailbox("mb-alice", ALICE, "svc", EWS_PASSWORD_ENV),
+        hold,
+        "act-l",
+        tmp_path,
+    )
 
     check_outcome_unknown(history)
     assert hold.dropped == 1  # the one request, dropped unprocessed
@@ -170,18 +192,9 @@ async def test_graph_sender_killed_after_exchange_took_the_message_is_sent_once(
     graph: GraphSimulator, tmp_path: Path
 ) -> None:
     hold = graph.hold_sends("answer")
-    async with ConnectorHarness.up(tmp_path / "data", graph_profiles(graph)) as h:
-        await h.add_mailbox(graph_mailbox("mb-alice", ALICE))
-        history = await crash_and_restart(
-            h,
-            outgoing_email("act-k", "mb-alice", ALICE),
-            reached=hold.reached.is_set,
-            release=hold.release.set,
-            log=tmp_path / "sender.log",
-            settings=FAST,
-        )
-        errors = await h.errors("mb-alice")
-        statuses = await h.read(OUTGOING_STATUS, "act-k")
+    history, errors, statuses = await killed_mid_send(
+        graph_profiles(graph), graph_mailbox("mb-alice", ALICE), hold, "act-k", tmp_path
+    )
 
     wanted = check_sent_once(history)
     assert len(statuses) == 3
@@ -196,17 +209,9 @@ async def test_graph_sender_killed_before_exchange_got_the_request_fails_unknown
     graph: GraphSimulator, tmp_path: Path
 ) -> None:
     hold = graph.hold_sends("arrival")
-    async with ConnectorHarness.up(tmp_path / "data", graph_profiles(graph)) as h:
-        await h.add_mailbox(graph_mailbox("mb-alice", ALICE))
-        history = await crash_and_restart(
-            h,
-            outgoing_email("act-l", "mb-alice", ALICE),
-            reached=hold.reached.is_set,
-            release=hold.release.set,
-            log=tmp_path / "sender.log",
-            settings=FAST,
-        )
-        errors = await h.errors("mb-alice")
+    history, errors, _ = await killed_mid_send(
+        graph_profiles(graph), graph_mailbox("mb-alice", ALICE), hold, "act-l", tmp_path
+    )
 
     check_outcome_unknown(history)
     assert hold.dropped == 1

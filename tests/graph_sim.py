@@ -54,7 +54,7 @@ import sys
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -1714,38 +1714,35 @@ class SubscriptionState:
 
     def changed(self, box: SimMailbox, folder_id: str, item_id: str, change: str) -> None:
         """Notify the subscriptions on `folder_id` of `change` (from a running loop)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        if self.paused:
-            self.dropped += 1
-            return
-        for sub in self.live():
-            if sub.upn != box.upn or sub.folder_id != folder_id or change not in sub.change_types:
-                continue
-            if sub.kind != "message":
-                continue
-            note = {
-                "subscriptionId": sub.id,
-                "subscriptionExpirationDateTime": self._resource(sub)["expirationDateTime"],
-                "changeType": change,
-                "resource": f"Users/{box.user_id}/Messages/{item_id}",
-                "resourceData": {
-                    "@odata.type": "#Microsoft.Graph.Message",
-                    "@odata.id": f"Users/{box.user_id}/Messages/{item_id}",
-                    "id": item_id,
-                },
-                "clientState": sub.client_state,
-                "tenantId": TENANT,
-            }
-            task = loop.create_task(self._deliver(sub.url, {"value": [note]}))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        path = f"Users/{box.user_id}/Messages/{item_id}"
+        data = {"@odata.type": "#Microsoft.Graph.Message", "@odata.id": path, "id": item_id}
+        self._notify(
+            box,
+            change,
+            path,
+            data,
+            lambda sub: sub.kind == "message" and sub.folder_id == folder_id,
+        )
 
     def act_changed(self, box: SimMailbox, kind: str, item_id: str, change: str) -> None:
         """Notify the subscriptions on `box`'s collection of `kind` ("event", "contact",
         "task") of `change` (from a running loop; nothing when `paused`)."""
+        segment = {"event": "Events", "contact": "Contacts", "task": "Tasks"}[kind]
+        path = f"Users/{box.user_id}/{segment}/{item_id}"
+        data = {"@odata.id": path, "id": item_id}
+        self._notify(box, change, path, data, lambda sub: sub.kind == kind)
+
+    def _notify(
+        self,
+        box: SimMailbox,
+        change: str,
+        resource: str,
+        data: dict[str, str],
+        wanted: Callable[[SimSubscription], bool],
+    ) -> None:
+        """POST `change` of `resource` in the background to `box`'s live subscriptions
+        for that change that `wanted` accepts (from a running loop; when `paused`,
+        nothing is sent and the change counts as dropped)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -1753,20 +1750,18 @@ class SubscriptionState:
         if self.paused:
             self.dropped += 1
             return
-        segment = {"event": "Events", "contact": "Contacts", "task": "Tasks"}[kind]
         for sub in self.live():
-            if sub.upn != box.upn or sub.kind != kind or change not in sub.change_types:
+            if sub.upn != box.upn or change not in sub.change_types or not wanted(sub):
                 continue
             note = {
                 "subscriptionId": sub.id,
                 "subscriptionExpirationDateTime": self._resource(sub)["expirationDateTime"],
                 "changeType": change,
-                "resource": f"Users/{box.user_id}/{segment}/{item_id}",
-                "resourceData": {"@odata.id": f"Users/{box.user_id}/{segment}/{item_id}",
-                                 "id": item_id},
+                "resource": resource,
+                "resourceData": data,
                 "clientState": sub.client_state,
                 "tenantId": TENANT,
-            }  # fmt: skip
+            }
             task = loop.create_task(self._deliver(sub.url, {"value": [note]}))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

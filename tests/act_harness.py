@@ -37,6 +37,7 @@ from schemas.act import (
     Task,
 )
 from schemas.act_changes import CrmActChange
+from schemas.act_sync import ActWriterSettings
 from schemas.base import RecordRef
 from schemas.config import OutgoingConfig
 from schemas.ids import change_event_id
@@ -186,9 +187,10 @@ async def running(service: S) -> AsyncIterator[S]:
 
 
 def act_writer(
-    h: ConnectorHarness, group: str
+    h: ConnectorHarness, group: str, settings: ActWriterSettings | None = None
 ) -> contextlib.AbstractAsyncContextManager[ActWriter]:
-    """The act writer of consumer group `group` (its worker name too), running."""
+    """The act writer of consumer group `group` (its worker name too), running, with
+    `settings`' retries, else the default ones with a 0.2 s pause between attempts."""
     return running(
         ActWriter(
             h.config.kafka,
@@ -197,7 +199,8 @@ def act_writer(
             group_id=group,
             ack_timeout_s=30,
             worker=group,
-            retry_pause_s=0.2,
+            settings=settings,
+            retry_pause_s=None if settings else 0.2,
         )
     )
 

@@ -30,11 +30,11 @@ from schemas.mailbox import ActSettings, MailboxConfig
 from schemas.topics import ACT_LINKS, ACT_RETRY, CRM_ACT, CRM_ACT_CHANGES, PROMOTION_DECISIONS
 from tests.act_harness import (
     START,
+    act_writer,
     crm_change,
     ews_mailbox,
     ews_profile,
     ews_simulator,
-    running,
     send_act,
     until,
 )
@@ -89,22 +89,6 @@ def calendar(box: SimMailbox) -> list[SimActItem]:
     return found
 
 
-def writer(h: ConnectorHarness, group: str) -> Any:
-    from connectors.act_writer import ActWriter
-
-    return running(
-        ActWriter(
-            h.config.kafka,
-            h.config.topic_prefix,
-            h.config.server_profiles,
-            group_id=group,
-            ack_timeout_s=30,
-            worker=group,
-            settings=QUICK_RETRIES,
-        )
-    )
-
-
 def values(found: list[tuple[str, Any]], key: str) -> list[Any]:
     return [v for k, v in found if k == key]
 
@@ -118,7 +102,7 @@ async def test_a_refused_change_is_parked_and_lands_once_the_server_recovers(
         await h.add_mailbox(mailbox("mb-alice", ALICE))
         # The server answers every lookup and create with ErrorServerBusy.
         sim.throttle(100_000, 10, operations=("FindItem", "CreateItem"))
-        async with writer(h, "act-retry-writer") as w:
+        async with act_writer(h, "act-retry-writer", QUICK_RETRIES) as w:
             await send_act(h, meeting(datetime.now(UTC) - timedelta(minutes=1)))
             await until(lambda: w.stats.parked == 1, "the change is parked", 60)
             parked = await h.wait_for(ACT_RETRY, key, bool)
@@ -159,7 +143,7 @@ async def test_a_linked_meeting_deleted_in_the_mailbox_reaches_the_crm(
         process = Workspace(data).start("run", "processors", log=log, env=env)
         try:
             # 1. The CRM's meeting: the organizer's item and the attendee's copy, linked.
-            async with writer(h, "act-delete-writer") as w:
+            async with act_writer(h, "act-delete-writer", QUICK_RETRIES) as w:
                 await send_act(h, meeting(datetime.now(UTC) - timedelta(minutes=1)))
                 await until(lambda: w.stats.created == 2, "both items are created", 60)
             alice_link = (await h.wait_for(ACT_LINKS, alice_key, bool))[-1]

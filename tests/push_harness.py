@@ -11,12 +11,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from connectors import graph_push
 from connectors.graph_auth import forget_apps
 from pipeline.embedded import free_port
 from schemas import metrics
 from schemas.config import GraphNotificationsConfig
-from schemas.mailbox import PollingSettings, Protocol, RetryPolicy, ServerProfile, TransportSecurity
+from schemas.mailbox import PollingSettings, RetryPolicy, ServerProfile
+from tests.act_harness import ews_profile as loopback_ews_profile
 from tests.ews_sim import EwsSimulator
 from tests.graph_sim import GraphSimulator
 
@@ -91,13 +94,4 @@ async def notification_hub(**settings: Any) -> AsyncIterator[graph_push.Notifica
 
 def ews_profile(sim: EwsSimulator, polling: PollingSettings) -> ServerProfile:
     """A plaintext loopback EWS profile for `sim` polling on `polling`."""
-    return ServerProfile(
-        protocol=Protocol.EWS,
-        host="127.0.0.1",
-        port=sim.port,
-        security=TransportSecurity.PLAIN,
-        allow_plaintext=True,
-        retry=RETRY,
-        timeout_s=10.0,
-        polling=polling,
-    )
+    return msgspec.structs.replace(loopback_ews_profile(sim, RETRY), polling=polling)

@@ -24,21 +24,20 @@ from connectors import graph_push
 from pipeline.embedded import free_port
 from schemas import metrics
 from schemas.act import appointment_record_id
-from schemas.base import RecordRef, RecordType
+from schemas.base import RecordRef
 from schemas.config import ConnectorConfig
 from schemas.mail import ChangeKind, ItemType, MailItemChanged
 from schemas.mailbox import (
     ActSettings,
-    Credentials,
     EwsAccess,
     EwsAuth,
     EwsSettings,
     MailboxConfig,
     PollingSettings,
-    Protocol,
 )
-from schemas.secret import SecretRef
 from schemas.topics import MAIL_CHANGES
+from tests.act_harness import ews_mailbox as act_ews_mailbox
+from tests.act_harness import graph_mailbox as act_graph_mailbox
 from tests.act_harness import reached_crm
 from tests.connector_harness import ConnectorHarness
 from tests.ews_sim import EwsSimulator, add_calendar_item
@@ -97,27 +96,16 @@ async def hub() -> AsyncIterator[graph_push.NotificationHub]:
 
 
 def ews_mailbox() -> MailboxConfig:
-    return MailboxConfig(
-        mailbox_id="mb-ews",
-        owner=RecordRef(type=RecordType.USER, id="alice"),
-        email_address=EWS_USER,
-        protocol=Protocol.EWS,
-        server_profile="exchange",
-        credentials=Credentials(username="svc", password=SecretRef(env=PASSWORD_ENV)),
-        ews=EwsSettings(auth=EwsAuth.BASIC, access=EwsAccess.IMPERSONATION, include_sent=False),
-        act=ActSettings(),
+    """Alice's EWS mailbox, tracked appointments on, streaming notifications on."""
+    streaming = EwsSettings(auth=EwsAuth.BASIC, access=EwsAccess.IMPERSONATION, include_sent=False)
+    return act_ews_mailbox(
+        "mb-ews", EWS_USER, "svc", PASSWORD_ENV, ews=streaming, act=ActSettings()
     )
 
 
 def graph_mailbox() -> MailboxConfig:
-    return MailboxConfig(
-        mailbox_id="mb-graph",
-        owner=RecordRef(type=RecordType.USER, id="carol"),
-        email_address=GRAPH_USER,
-        protocol=Protocol.GRAPH,
-        server_profile="graph",
-        act=ActSettings(),
-    )
+    """Carol's Microsoft 365 mailbox, tracked appointments on."""
+    return act_graph_mailbox("mb-graph", GRAPH_USER, act=ActSettings())
 
 
 def subscribed(graph: GraphSimulator, kind: str) -> str | None:

@@ -129,12 +129,16 @@ class TopicLayoutError(StopAndAlert):
 
 
 @dataclass
-class _Owned:
+class OwnedMailbox:
+    """A mailbox this worker runs: its loop's task and what reaches the loop."""
+
     config: MailboxConfig
     partition: int
     task: asyncio.Task[None] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set to make the loop poll (or stop) at once; cleared when a pass begins, so a
+    wake-up while a pass runs ends the wait after it."""
     tracks: list[PendingTrack] = field(default_factory=list)
     """Manual tracking requests waiting for the mailbox's loop, oldest first."""
 
@@ -164,7 +168,7 @@ class ConnectorRuntime:
         self.worker = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.config_topic = MAILBOX_CONFIG.name(prefix)
         self.track_topic = MAIL_TRACK.name(prefix)
-        self._owned: dict[str, _Owned] = {}
+        self._owned: dict[str, OwnedMailbox] = {}
         self._inbox: TrackInbox | None = None
         self._flood = FloodGuard(DLQ_MAX_CONSECUTIVE)
         self._replacing: set[str] = set()
@@ -335,7 +339,7 @@ class ConnectorRuntime:
             await self._route(pending)
 
     def _start(self, config: MailboxConfig, partition: int) -> None:
-        owned = _Owned(config=config, partition=partition)
+        owned = OwnedMailbox(config=config, partition=partition)
         self._owned[config.mailbox_id] = owned
         if self._runnable(config):
             owned.task = asyncio.get_running_loop().create_task(
@@ -467,7 +471,7 @@ class ConnectorRuntime:
         for pending in waiting:
             await self._route(pending)
 
-    async def _serve_tracks(self, owned: _Owned, source: MailboxSource) -> None:
+    async def _serve_tracks(self, owned: OwnedMailbox, source: MailboxSource) -> None:
         """Look up the mailbox's waiting requests, oldest first, and send what each found
         (marked created events) or a TrackNotFound error. A ConnectorError leaves the
         request waiting for the next pass (the loop's retry rules apply)."""
@@ -506,7 +510,7 @@ class ConnectorRuntime:
             owned.tracks.pop(0)
             self._close(pending)
 
-    async def _refuse_tracks(self, owned: _Owned, why: str) -> None:
+    async def _refuse_tracks(self, owned: OwnedMailbox, why: str) -> None:
         """End every waiting request of a mailbox whose loop stopped for good."""
         waiting, owned.tracks = owned.tracks, []
         for pending in waiting:
@@ -528,7 +532,7 @@ class ConnectorRuntime:
 
     # -- one mailbox -----------------------------------------------------------
 
-    async def _mailbox_loop(self, owned: _Owned) -> None:
+    async def _mailbox_loop(self, owned: OwnedMailbox) -> None:
         """Sync, wait for push or the next poll, repeat; retry transient failures on the
         policy's schedule and stop (mailbox disabled) on a permanent one.
 
@@ -544,6 +548,9 @@ class ConnectorRuntime:
         source: MailboxSource | None = None
         try:
             while not owned.stop.is_set():
+                # A wake-up from here on (sync request, track request, stop) asks
+                # for what this pass may miss: the wait after it ends at once.
+                owned.wake.clear()
                 metrics.CONNECTOR_POLLS.labels(str(config.protocol), str(reason)).inc()
                 started = utc_now()
                 clock = time.monotonic()
@@ -577,7 +584,7 @@ class ConnectorRuntime:
                     history, decision = self._scheduled(
                         config, history, clock, error=True, throttled=throttled, retry_delay_s=delay
                     )
-                    reason = await self._pause(owned, decision)
+                    reason = await pause(owned, decision)
                     continue
                 retries.succeeded()
                 metrics.CONNECTOR_POLL_SECONDS.labels(source.protocol).observe(
@@ -589,7 +596,7 @@ class ConnectorRuntime:
                 status = tracker.completed(started, result, due_at)
                 if status is not None:
                     await self._publish(status)
-                reason = await self._wait_for_change(owned, source, decision)
+                reason = await wait_for_change(owned, source, decision)
         finally:
             if source is not None:
                 with contextlib.suppress(Exception):
@@ -628,7 +635,7 @@ class ConnectorRuntime:
         metrics.CONNECTOR_NEXT_POLL_SECONDS.labels(str(decision.reason)).observe(decision.delay_s)
         return history, decision
 
-    def _quiet_since(self, owned: _Owned) -> float | None:
+    def _quiet_since(self, owned: OwnedMailbox) -> float | None:
         """When the mailbox last changed as its cursors tell (their newest update), on
         the monotonic clock; None when it has no cursors yet."""
         prefix = cursor_key(owned.config.mailbox_id, "")
@@ -650,42 +657,6 @@ class ConnectorRuntime:
         if gate is not None:
             gate.throttled()
         return True
-
-    async def _pause(self, owned: _Owned, decision: PollDecision) -> PollReason:
-        """Sleep as decided, unless the mailbox is stopped or woken (manual sync) first;
-        why the next poll happens."""
-        owned.wake.clear()
-        try:
-            async with asyncio.timeout(decision.delay_s):
-                await owned.wake.wait()
-        except TimeoutError:
-            return decision.reason
-        return PollReason.MANUAL
-
-    async def _wait_for_change(
-        self, owned: _Owned, source: MailboxSource, decision: PollDecision
-    ) -> PollReason:
-        """Until the source sees a change (push), the poll is due, or a wake-up (at once
-        when track requests wait); why the next poll happens."""
-        owned.wake.clear()
-        if owned.tracks:
-            return PollReason.MANUAL
-        due = time.monotonic() + decision.delay_s
-        while (left := due - time.monotonic()) > 0:
-            change = asyncio.create_task(source.wait_for_change(left))
-            woken = asyncio.create_task(owned.wake.wait())
-            try:
-                await asyncio.wait({change, woken}, return_when=asyncio.FIRST_COMPLETED)
-                if woken.done():
-                    return PollReason.MANUAL
-                if change.done() and not change.cancelled() and change.result():
-                    return PollReason.PUSH
-            finally:
-                for task in (change, woken):
-                    task.cancel()
-                await asyncio.gather(change, woken, return_exceptions=True)
-            # The source came back without a push (an IDLE re-issue): wait the rest.
-        return decision.reason
 
     def _progress_reporter(
         self, tracker: _StatusTracker, started: datetime
@@ -763,7 +734,44 @@ class ConnectorRuntime:
         self.fleet.observe(status)
 
 
-def _refusal(owned: _Owned) -> str | None:
+async def pause(owned: OwnedMailbox, decision: PollDecision) -> PollReason:
+    """Sleep as decided, unless the mailbox is woken (manual sync, track request, stop)
+    first, or was since its last pass began; why the next poll happens."""
+    try:
+        async with asyncio.timeout(decision.delay_s):
+            await owned.wake.wait()
+    except TimeoutError:
+        return decision.reason
+    return PollReason.MANUAL
+
+
+async def wait_for_change(
+    owned: OwnedMailbox, source: MailboxSource, decision: PollDecision
+) -> PollReason:
+    """Until the source sees a change (push), the poll is due, or the mailbox is woken
+    (manual sync, track request, stop), now or since its last pass began; why the
+    next poll happens."""
+    if owned.tracks or owned.wake.is_set():
+        return PollReason.MANUAL
+    due = time.monotonic() + decision.delay_s
+    while (left := due - time.monotonic()) > 0:
+        change = asyncio.create_task(source.wait_for_change(left))
+        woken = asyncio.create_task(owned.wake.wait())
+        try:
+            await asyncio.wait({change, woken}, return_when=asyncio.FIRST_COMPLETED)
+            if woken.done():
+                return PollReason.MANUAL
+            if change.done() and not change.cancelled() and change.result():
+                return PollReason.PUSH
+        finally:
+            for task in (change, woken):
+                task.cancel()
+            await asyncio.gather(change, woken, return_exceptions=True)
+        # The source came back without a push (an IDLE re-issue): wait the rest.
+    return decision.reason
+
+
+def _refusal(owned: OwnedMailbox) -> str | None:
     """Why a mailbox cannot serve a track request (it is not read), or None when it can."""
     config = owned.config
     if not config.approved:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
@@ -45,6 +47,17 @@ from schemas.topics import (
 T = TypeVar("T", bound=msgspec.Struct)
 PASSWORD_ENV = "TEST_IMAP_PASSWORD"
 """The variable test mailboxes' password references (like a real deployment's)."""
+
+
+def dump_stuck(why: str) -> None:
+    """Print `why`, then the stack of every unfinished task in this loop and of every
+    thread, to stderr: where a shutdown that should have ended is waiting."""
+    print(f"\n{why}; tasks still running:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        if not task.done():
+            task.print_stack(limit=30, file=sys.stderr)
+    print("threads:", file=sys.stderr)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
 
 
 def message(n: int, subject: str = "Hello", body: str = "Body text.") -> bytes:
@@ -119,7 +132,12 @@ class ConnectorHarness:
             yield runtime
         finally:
             stop.set()
-            await asyncio.wait_for(task, 60)
+            done, _ = await asyncio.wait({task}, timeout=60)
+            if not done:
+                dump_stuck("the connector runtime did not stop within 60 s")
+                task.cancel()
+                raise AssertionError("the connector runtime did not stop within 60 s")
+            task.result()
 
     async def add_mailbox(self, config: MailboxConfig) -> None:
         """Publish a mailbox configuration."""

@@ -134,9 +134,10 @@ class ConnectorHarness:
             stop.set()
             done, _ = await asyncio.wait({task}, timeout=60)
             if not done:
-                dump_stuck("the connector runtime did not stop within 60 s")
+                stuck = "the connector runtime did not stop within 60 s"
+                dump_stuck(stuck)
                 task.cancel()
-                raise AssertionError("the connector runtime did not stop within 60 s")
+                raise AssertionError(stuck)
             task.result()
 
     async def add_mailbox(self, config: MailboxConfig) -> None:

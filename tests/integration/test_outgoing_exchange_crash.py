@@ -120,17 +120,21 @@ def ews() -> Iterator[EwsSimulator]:
         yield server
 
 
+def ews_profiles(ews: EwsSimulator) -> dict[str, ServerProfile]:
+    return {"exchange": ews_profile(ews, RETRY)}
+
+
+def alice_on_ews() -> MailboxConfig:
+    return ews_mailbox("mb-alice", ALICE, "svc", EWS_PASSWORD_ENV)
+
+
 async def test_ews_sender_killed_after_exchange_took_the_message_is_sent_once(
     ews: EwsSimulator, tmp_path: Path
 ) -> None:
     alice = ews.add_mailbox(ALICE)
     hold = ews.hold_sends("answer")
     history, errors, statuses = await killed_mid_send(
-        {"exchange": ews_profile(ews, RETRY)},
-        ews_mailbox("mb-alice", ALICE, "svc", EWS_PASSWORD_ENV),
-        hold,
-        "act-k",
-        tmp_path,
+        ews_profiles(ews), alice_on_ews(), hold, "act-k", tmp_path
     )
 
     wanted = check_sent_once(history)
@@ -148,11 +152,7 @@ async def test_ews_sender_killed_before_exchange_got_the_request_fails_unknown_n
     alice = ews.add_mailbox(ALICE)
     hold = ews.hold_sends("arrival")
     history, errors, _ = await killed_mid_send(
-        {"exchange": ews_profile(ews, RETRY)},
-        ews_mailbox("mb-alice", ALICE, "svc", EWS_PASSWORD_ENV),
-        hold,
-        "act-l",
-        tmp_path,
+        ews_profiles(ews), alice_on_ews(), hold, "act-l", tmp_path
     )
 
     check_outcome_unknown(history)

@@ -11,12 +11,16 @@ Two agents:
                  from the blob store (in a worker thread) before the pure stage
   decide         mail.parsed (by thread key) → promotion.decisions, crm.activities
 
+Both agents take their input a batch of events at a time (`_batches`): each
+event goes through its pure stage, and what the batch produced, its table
+changelog included, is handed to the producer together, one record batch per
+topic partition (processors/outbox.py), before faust acknowledges the batch's
+events; faust flushes the producer before it commits, so delivery is at least
+once, and stable ids make the effects exactly once.
+
 Undecodable input goes to the DLQ before its offset is committed; a run of
 `dlq_max_consecutive` undecodable messages, or more than `dlq_max_ratio` of the
 last `dlq_ratio_window`, stops the worker instead of hiding a systemic fault.
-Outputs are sent before the input event is acknowledged, and faust flushes
-the producer before it commits, so delivery is at least once; stable ids make
-the effects exactly once.
 
 State and partitioning. mail.changes is keyed by mailbox; the parse stage
 re-keys every email by its thread key (the root of its reply chain: first
@@ -51,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import faust
@@ -61,8 +65,9 @@ from processors.act import ActLinkIndex, ActMemory, ActOwnerIndex, handle_act, i
 from processors.changes import StageOutput, handle_change, needs_blob, read_blob
 from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine
-from processors.faust_state import TableState
+from processors.faust_state import TableState, processing
 from processors.index_store import IndexStore
+from processors.outbox import Outbox
 from processors.views import CompactedView
 from schemas import metrics, producer_drain
 from schemas.act_changes import link_key
@@ -71,14 +76,13 @@ from schemas.blobs import open_blob_store
 from schemas.codec import Codec, encode_key
 from schemas.config import TidingsConfig
 from schemas.crm import (
-    Activity,
     CorrelationMethod,
     DecisionStatus,
     PromotionDecision,
     ReasonCode,
 )
 from schemas.dlq import DeadLetterFlood, FloodGuard, dead_letter_headers
-from schemas.errors import DecodeError, SyncError
+from schemas.errors import DecodeError
 from schemas.mail import MailItemChanged, ParsedEmail
 from schemas.topics import (
     ACT_LINKS,
@@ -220,6 +224,7 @@ class ProcessorApp:
             suffix: topic.get_topic_name() for suffix, topic in self.topics.items()
         }
         self._crashing: asyncio.Future[None] | None = None
+        self._persisted = self.state.persisted()
         self._register()
 
     def _table(self, name: str) -> Any:
@@ -271,23 +276,22 @@ class ProcessorApp:
 
         @app.agent(self.topics[MAIL_CHANGES.suffix], concurrency=1)
         async def parse_changes(stream: Any) -> AsyncIterator[None]:
-            # Iterate first, then wait for the views: an agent that does not read its
-            # stream while faust recovers tables at start-up can lose the first event
-            # delivered in that window (seen as a stuck partition after a restart).
-            async for event in stream.events():
-                await self.views_ready()
+            async def on_event(event: Any, outbox: Outbox) -> None:
                 change = await self._decode(event, changes_codec, "parse_changes")
                 if change is not None:
-                    await self._on_change(change)
+                    await self._on_change(change, outbox)
+
+            async for _ in self._batches(stream, on_event):
                 yield None
 
         @app.agent(self.topics[MAIL_PARSED.suffix], concurrency=1)
         async def decide(stream: Any) -> AsyncIterator[None]:
-            async for event in stream.events():
-                await self.views_ready()
+            async def on_event(event: Any, outbox: Outbox) -> None:
                 parsed = await self._decode(event, parsed_codec, "decide")
                 if parsed is not None:
-                    await self._on_parsed(parsed, event.message.partition)
+                    self._on_parsed(parsed, event.message.partition, outbox)
+
+            async for _ in self._batches(stream, on_event):
                 yield None
 
         @app.timer(interval=15.0)
@@ -300,6 +304,9 @@ class ProcessorApp:
             }
             for thread_key in self.state.due_threads(now, active):
                 self.engine.expire(thread_key, now)
+            outbox = self._outbox()
+            outbox.extend(self.state.take_changelog())
+            await outbox.publish()
             metrics.PROCESSOR_HELD_ITEMS.set(self.state.held_item_count())
 
         @app.page("/metrics")
@@ -314,9 +321,41 @@ class ProcessorApp:
 
         self.agents = (parse_changes, decide, run_views, expire_held, metrics_page, health_page)
 
-    async def _on_change(self, change: MailItemChanged) -> None:
+    async def _batches(
+        self, stream: Any, on_event: Callable[[Any, Outbox], Awaitable[None]]
+    ) -> AsyncIterator[None]:
+        """Run `on_event` over the stream a batch at a time (up to `batch_max_events`,
+        waiting at most `batch_max_wait_ms` for more), then publish what the batch
+        produced and its table changelog as one outbox; yields once per batch, after
+        which faust acknowledges the batch's events.
+
+        Each event is faust's current event while `on_event` runs: faust's tables put
+        a write on the current event's partition. The views are awaited per batch,
+        once the stream is being read: an agent that does not read its stream while
+        faust recovers tables at start-up can lose the first event delivered in that
+        window (seen as a stuck partition after a restart)."""
+        settings = self.settings
+        async for events in stream.take_events(
+            settings.batch_max_events, within=settings.batch_max_wait_ms / 1000
+        ):
+            await self.views_ready()
+            outbox = self._outbox()
+            for event in events:
+                with processing(event):
+                    await on_event(event, outbox)
+            outbox.extend(self.state.take_changelog())
+            await outbox.publish()
+            yield None
+
+    def _outbox(self) -> Outbox:
+        """An outbox onto faust's own aiokafka producer (the one faust flushes before
+        it commits)."""
+        transport: Any = self.app.producer
+        return Outbox(transport._ensure_producer(), self._publish_failed, self._persisted)
+
+    async def _on_change(self, change: MailItemChanged, outbox: Outbox) -> None:
         if is_act(change):
-            await self._on_act(change)
+            self._on_act(change, outbox)
             return
         blob = (
             await asyncio.to_thread(read_blob, change.blob_ref, self.blobs.get)
@@ -326,9 +365,9 @@ class ProcessorApp:
         now = utc_now()
         mailbox = self.mailboxes.get(change.mailbox_id)
         out = handle_change(change, mailbox, self.settings, now, blob, self.mailboxes.by_address)
-        await self._emit_stage(out)
+        self._emit_stage(out, outbox)
 
-    async def _on_act(self, change: MailItemChanged) -> None:
+    def _on_act(self, change: MailItemChanged, outbox: Outbox) -> None:
         """An appointment, contact or task: the pure stage, then its record or tombstone
         on crm.act, its decision, and what to remember of the item."""
         stored = self.act_items.get(change.item_key)
@@ -344,100 +383,81 @@ class ProcessorApp:
             owners=self.act_owners.lookup,
         )
         if out.record is not None:
-            await self._send(CRM_ACT.suffix, out.record.record_id, out.record, codec(CRM_ACT))
+            self._send(outbox, CRM_ACT.suffix, out.record.record_id, out.record, codec(CRM_ACT))
         if out.tombstone is not None:
-            sent: Any = await self.app.producer.send(
-                self._topic_names[CRM_ACT.suffix],
-                encode_key(out.tombstone),
-                None,
-                None,
-                None,
-                None,
-            )
-            sent.add_done_callback(self._check_sent)
+            outbox.add(self._topic_names[CRM_ACT.suffix], encode_key(out.tombstone), None)
         if out.link is not None and out.link.partition is not None:
             # A linked item deleted in the mailbox: its link, marked deleted, where the
             # writer reads it (the partition its record has on crm.act.changes).
-            dropped: Any = await self.app.producer.send(
+            outbox.add(
                 ACT_LINKS.name(self.config.topic_prefix),
                 encode_key(link_key(out.link.record_id, out.link.mailbox_id)),
                 codec(ACT_LINKS).encode(out.link),
                 out.link.partition,
-                None,
-                None,
             )
-            dropped.add_done_callback(self._check_sent)
-        await self._send_decision(out.decision)
+        self._send_decision(outbox, out.decision)
         if out.memory is not None:
             self.act_items[change.item_key] = _ACT_MEMORY.encode(out.memory)
         elif stored:
             del self.act_items[change.item_key]
 
-    async def _emit_stage(self, out: StageOutput) -> None:
-        """Publish what the parse stage decided; an empty output (a flags-only update:
+    def _emit_stage(self, out: StageOutput, outbox: Outbox) -> None:
+        """Queue what the parse stage decided; an empty output (a flags-only update:
         the item's decision stands) publishes nothing."""
         for forwarded in out.forwarded:
-            await self._emit_stage(forwarded)
+            self._emit_stage(forwarded, outbox)
         if out.parsed is not None:
-            await self._send(
-                MAIL_PARSED.suffix, out.parsed.thread_key, out.parsed, codec(MAIL_PARSED)
+            self._send(
+                outbox, MAIL_PARSED.suffix, out.parsed.thread_key, out.parsed, codec(MAIL_PARSED)
             )
         if out.error is not None:
             metrics.PROCESSOR_PARSE_FAILURES.labels(out.error.code).inc()
-            await self._send_error(out.error)
+            error = out.error
+            self._send(outbox, SYNC_ERRORS.suffix, error.mailbox_id, error, codec(SYNC_ERRORS))
         if out.decision is not None:
-            await self._send_decision(out.decision)
+            self._send_decision(outbox, out.decision)
 
-    async def _on_parsed(self, parsed: ParsedEmail, partition: int) -> None:
+    def _on_parsed(self, parsed: ParsedEmail, partition: int, outbox: Outbox) -> None:
         now = utc_now()
         emission = self.engine.process(parsed, partition, now)
         metrics.PROCESSOR_REDECISIONS.inc(emission.redecided)
         for record in emission.records:
-            await self._send(CRM_RECORDS.suffix, record.record_id, record, codec(CRM_RECORDS))
+            self._send(outbox, CRM_RECORDS.suffix, record.record_id, record, codec(CRM_RECORDS))
         for activity in emission.activities:
-            await self._send_activity(activity)
+            self._send(
+                outbox, CRM_ACTIVITIES.suffix, activity.activity_id, activity, codec(CRM_ACTIVITIES)
+            )
         for decision in emission.decisions:
-            await self._send_decision(decision)
+            self._send_decision(outbox, decision)
         metrics.PROCESSOR_LATENCY_SECONDS.observe(
             max(0.0, (now - parsed.observed_at).total_seconds())
         )
 
-    async def _send_decision(self, decision: PromotionDecision) -> None:
+    def _send_decision(self, outbox: Outbox, decision: PromotionDecision) -> None:
         _decision_counter(decision.status, decision.reason).inc()
         if decision.status == DecisionStatus.PROMOTED and decision.correlated_activity_id:
             _correlation_counter(decision.correlation_method).inc()
-        await self._send(
-            PROMOTION_DECISIONS.suffix, decision.item_key, decision, codec(PROMOTION_DECISIONS)
+        self._send(
+            outbox,
+            PROMOTION_DECISIONS.suffix,
+            decision.item_key,
+            decision,
+            codec(PROMOTION_DECISIONS),
         )
 
-    async def _send_activity(self, activity: Activity) -> None:
-        await self._send(
-            CRM_ACTIVITIES.suffix, activity.activity_id, activity, codec(CRM_ACTIVITIES)
-        )
+    def _send(
+        self, outbox: Outbox, suffix: str, key: str, value: Any, value_codec: Codec[Any]
+    ) -> None:
+        """Queue one record for the batch's outbox."""
+        outbox.add(self._topic_names[suffix], encode_key(key), value_codec.encode(value))
 
-    async def _send_error(self, error: SyncError) -> None:
-        await self._send(SYNC_ERRORS.suffix, error.mailbox_id, error, codec(SYNC_ERRORS))
-
-    async def _send(self, suffix: str, key: str, value: Any, value_codec: Codec[Any]) -> None:
-        """Hand one record to the producer (straight to it: faust's Topic.send costs
-        several times more per record). faust flushes the producer before it
-        commits input offsets; a record the producer gives up on crashes the
-        worker, so its input is read again instead of being committed."""
-        sent: Any = await self.app.producer.send(
-            self._topic_names[suffix],
-            encode_key(key),
-            value_codec.encode(value),
-            None,
-            None,
-            None,
-        )
-        sent.add_done_callback(self._check_sent)
-
-    def _check_sent(self, sent: Any) -> None:
-        if sent.cancelled() or sent.exception() is None:
+    def _publish_failed(self, error: BaseException) -> None:
+        """A batch the producer gave up on: crash the worker, so its input is read
+        again instead of being committed."""
+        if self._crashing is not None:
             return
-        log.critical("a record could not be published; stopping: %s", sent.exception())
-        self._crashing = asyncio.ensure_future(self.app.crash(sent.exception()))
+        log.critical("records could not be published; stopping: %s", error)
+        self._crashing = asyncio.ensure_future(self.app.crash(error))
 
     async def _decode(self, event: Any, value_codec: Codec[Any], consumer: str) -> Any:
         message = event.message

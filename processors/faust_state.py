@@ -1,19 +1,30 @@
 """EngineState on faust tables: tracked messages and held conversations, changelogged,
 stored in RocksDB (faust's rocksdb store with the rocksdict driver).
 
-Tracked messages are written inside agent processing, so faust puts each
-change in the store and on the changelog partition of the event being
-processed (the thread's partition). Held conversations carry their partition,
-so the expiry timer can delete them outside of any event on the right
-changelog partition; it only ever deletes (the store has no partition for a
-write made outside of an event)."""
+A write goes to the table's store at once and queues its changelog record;
+the agent publishes the queue (`take_changelog`) with the rest of its batch's
+output (processors/outbox.py), and a delivered batch moves the table's
+persisted offset (`persisted`), which is what faust's own changelog sends do
+one record at a time. faust's store puts a write on the partition of the
+event being processed (the thread's partition), and so does its changelog
+record here. Held conversations carry their partition, so the expiry timer can
+delete them outside of any event on the right changelog partition; it only
+ever deletes (the store has no partition for a write made outside of an
+event)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from faust.serializers import codecs
+from faust.streams import _current_event, current_event
+from faust.types import TP
+
+from processors.outbox import Delivered, Record
 from schemas.state import HELD_CODEC, TRACKED_CODEC, HeldThread, TrackedMessage
 
 
@@ -24,13 +35,20 @@ class TableState:
         self._tracked = tracked
         self._held = held
         self._expiry: dict[str, tuple[datetime, int, int]] = {}
+        self._changelog: list[Record] = []
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         raw = self._tracked.get(key)
         return TRACKED_CODEC.decode(raw) if raw else None
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
-        self._tracked[key] = TRACKED_CODEC.encode(value)
+        """Store `value` on the partition of the event being processed."""
+        event = current_event()
+        if event is None:
+            raise RuntimeError("tracked messages are written while an event is processed")
+        raw = TRACKED_CODEC.encode(value)
+        self._tracked.data[key] = raw
+        self._log(self._tracked, event.message.partition, key, raw)
 
     def get_held(self, thread_key: str) -> HeldThread | None:
         raw = self._held.get(thread_key)
@@ -40,14 +58,26 @@ class TableState:
         if value is None:
             old = self._held.data.pop(thread_key, None)
             if old:
-                partition = HELD_CODEC.decode(old).partition
-                self._held.send_changelog(partition, thread_key, None, value_serializer="raw")
+                self._log(self._held, HELD_CODEC.decode(old).partition, thread_key, None)
             self._expiry.pop(thread_key, None)
             return
         raw = HELD_CODEC.encode(value)
         self._held.data[thread_key] = raw
-        self._held.send_changelog(value.partition, thread_key, raw)
+        self._log(self._held, value.partition, thread_key, raw)
         self._index(thread_key, value)
+
+    def take_changelog(self) -> list[Record]:
+        """The changelog records of the writes since the last call, in order."""
+        records, self._changelog = self._changelog, []
+        return records
+
+    def persisted(self) -> dict[str, Delivered]:
+        """For each changelog topic: record that a partition's changelog is delivered up
+        to an offset (so recovery reads on from there)."""
+        return {
+            table.changelog_topic.get_topic_name(): _persisting(table)
+            for table in (self._tracked, self._held)
+        }
 
     def due_threads(self, now: datetime, partitions: Iterable[int]) -> list[str]:
         """Held conversations on `partitions` whose every item is past its expiry."""
@@ -63,6 +93,10 @@ class TableState:
         """Items held on this worker."""
         return sum(count for _, _, count in self._expiry.values())
 
+    def _log(self, table: Any, partition: int, key: str, raw: bytes | None) -> None:
+        topic = table.changelog_topic.get_topic_name()
+        self._changelog.append(Record(topic, codecs.dumps("json", key), raw, partition))
+
     def _index(self, thread_key: str, value: HeldThread) -> None:
         expires = value.latest_expiry()
         if expires is None:
@@ -77,3 +111,27 @@ class TableState:
                 raw = self._held.data.get(key)
                 if raw:
                     self._index(key, HELD_CODEC.decode(raw))
+
+
+def _persisting(table: Any) -> Delivered:
+    topic = table.changelog_topic.get_topic_name()
+
+    def persisted(partition: int, offset: int) -> None:
+        table.data.set_persisted_offset(TP(topic, partition), offset)
+
+    return persisted
+
+
+@contextmanager
+def processing(event: Any) -> Iterator[None]:
+    """Make `event` faust's current event (what `faust.current_event()` returns, in
+    this task only) while the block runs: faust's stores and tables put a write
+    on the current event's partition. A batch of events taken from a stream
+    (`Stream.take_events`) has no current event of its own; the stream's
+    `_set_current_event` is no help, as it also sets the attribute the stream's
+    buffering task reads."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)

@@ -235,6 +235,11 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     name resumes with it; each worker on one host needs its own name (or web
     port). `state_cache_mb` is the RocksDB block cache of the activity index;
     each table partition gets an eighth of it.
+
+    An agent takes its input `batch_max_events` at a time, or what arrived
+    within `batch_max_wait_ms`, and publishes what a batch produced together
+    (one producer batch per topic partition): larger batches cost less CPU per
+    event, and a quiet stream waits at most the wait for its batch.
     """
 
     group_id: str = "tidings-processors"
@@ -253,6 +258,8 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     web_port: int = 0
     worker_name: str | None = None
     state_cache_mb: int = 64
+    batch_max_events: Annotated[int, msgspec.Meta(ge=1)] = 500
+    batch_max_wait_ms: Annotated[int, msgspec.Meta(ge=1)] = 10
 
     def worker_id(self) -> str:
         """The name of this worker's state directory: `worker_name`, else one derived

@@ -1,0 +1,127 @@
+"""Publishing what a batch of events produced, one producer batch per topic partition.
+
+A processor agent works through its input a batch of events at a time
+(processors/app.py). Every record it decides on the way (decisions,
+activities, records, errors, table changelog entries) goes into an Outbox;
+`publish()` then hands them to the producer as one aiokafka record batch per
+topic partition.
+
+Why: a record sent on its own (`producer.send`) costs a future, a partitioner
+lookup, an accumulator append and a completion callback: with four or five
+records per decision that was a quarter of a processor's CPU. Appending to a
+batch builder costs a few microseconds, and a batch completes with one future
+(bench/correlate.py --only pipeline; docs/performance.md).
+
+Contract:
+- `publish()` returns once every record is in the producer's accumulator, in
+  the order added within each topic partition. The agent acknowledges its
+  events after that and faust flushes the producer before it commits offsets,
+  so delivery is at least once, as with `producer.send`.
+- A keyed record without a partition goes where the Java client's default
+  partitioner puts its key (murmur2, aiokafka's DefaultPartitioner), so it
+  lands where any other producer of that key puts it.
+- A batch the broker does not take calls `on_failed` with the error (the app
+  then crashes the worker, so its input is read again); a delivered batch of a
+  topic in `delivered` reports its partition and last offset there (the
+  tables record how far their changelog is persisted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from aiokafka.partitioner import DefaultPartitioner
+
+Delivered = Callable[[int, int], None]
+"""Told the partition and the offset of the last record of a delivered batch."""
+
+_PARTITIONER = DefaultPartitioner()
+
+
+class Record(NamedTuple):
+    """One record to publish; `partition` None: the key's partition."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None = None
+
+
+class Outbox:
+    """Records to publish together (not thread-safe; one per batch of events)."""
+
+    def __init__(
+        self,
+        producer: Any,
+        on_failed: Callable[[BaseException], None],
+        delivered: Mapping[str, Delivered] | None = None,
+    ) -> None:
+        """`producer`: the aiokafka producer (AIOKafkaProducer) to hand batches to."""
+        self._producer = producer
+        self._on_failed = on_failed
+        self._delivered = delivered or {}
+        self._records: list[Record] = []
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+    ) -> None:
+        """Queue one record (a None value is a tombstone)."""
+        self._records.append(Record(topic, key, value, partition))
+
+    def extend(self, records: Iterable[Record]) -> None:
+        """Queue several records, in order."""
+        self._records.extend(records)
+
+    async def publish(self) -> None:
+        """Hand every queued record to the producer and empty the outbox."""
+        records, self._records = self._records, []
+        for (topic, partition), rows in (await self._by_partition(records)).items():
+            await self._send(topic, partition, rows)
+
+    async def _by_partition(
+        self, records: list[Record]
+    ) -> dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]:
+        partitions: dict[str, list[int]] = {}
+        grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        for topic, key, value, wanted in records:
+            if wanted is None and topic not in partitions:
+                partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            every = partitions.get(topic, [])
+            partition = wanted if wanted is not None else _PARTITIONER(key, every, every)
+            grouped.setdefault((topic, partition), []).append((key, value))
+        return grouped
+
+    async def _send(
+        self, topic: str, partition: int, rows: list[tuple[bytes | None, bytes | None]]
+    ) -> None:
+        builder = self._producer.create_batch()
+        count = 0
+        for key, value in rows:
+            # A builder takes its first record whatever its size, so a record never
+            # fails twice.
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                await self._submit(topic, partition, builder, count)
+                builder = self._producer.create_batch()
+                builder.append(key=key, value=value, timestamp=None)
+                count = 0
+            count += 1
+        await self._submit(topic, partition, builder, count)
+
+    async def _submit(self, topic: str, partition: int, builder: Any, count: int) -> None:
+        sent = await self._producer.send_batch(builder, topic, partition=partition)
+        delivered = self._delivered.get(topic)
+
+        def done(future: Any) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is not None:
+                self._on_failed(error)
+            elif delivered is not None and future.result() is not None:
+                delivered(partition, future.result().offset + count - 1)
+
+        sent.add_done_callback(done)

@@ -281,7 +281,7 @@ class ProcessorApp:
                 if change is not None:
                     await self._on_change(change, outbox)
 
-            async for _ in self._batches(stream, on_event):
+            async for _ in self._batches("parse_changes", stream, on_event):
                 yield None
 
         @app.agent(self.topics[MAIL_PARSED.suffix], concurrency=1)
@@ -291,7 +291,7 @@ class ProcessorApp:
                 if parsed is not None:
                     self._on_parsed(parsed, event.message.partition, outbox)
 
-            async for _ in self._batches(stream, on_event):
+            async for _ in self._batches("decide", stream, on_event):
                 yield None
 
         @app.timer(interval=15.0)
@@ -322,7 +322,7 @@ class ProcessorApp:
         self.agents = (parse_changes, decide, run_views, expire_held, metrics_page, health_page)
 
     async def _batches(
-        self, stream: Any, on_event: Callable[[Any, Outbox], Awaitable[None]]
+        self, agent: str, stream: Any, on_event: Callable[[Any, Outbox], Awaitable[None]]
     ) -> AsyncIterator[None]:
         """Run `on_event` over the stream a batch at a time (up to `batch_max_events`,
         waiting at most `batch_max_wait_ms` for more), then publish what the batch
@@ -335,10 +335,12 @@ class ProcessorApp:
         faust recovers tables at start-up can lose the first event delivered in that
         window (seen as a stuck partition after a restart)."""
         settings = self.settings
+        batch_size = metrics.PROCESSOR_BATCH_EVENTS.labels(agent)
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_max_wait_ms / 1000
         ):
             await self.views_ready()
+            batch_size.observe(len(events))
             outbox = self._outbox()
             for event in events:
                 with processing(event):

@@ -47,6 +47,9 @@ class Directory:
     def __init__(self) -> None:
         self._records: dict[str, CrmRecord] = {}
         self._by_address: dict[str, set[RecordRef]] = {}
+        # resolve() answers in order; a decision asks about the same few addresses
+        # several times, so the ordered answer is kept until the address changes.
+        self._ordered: dict[str, tuple[RecordRef, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._records)
@@ -56,20 +59,31 @@ class Directory:
         old = self._records.pop(record_id, None)
         if old is not None:
             for address in old.email_addresses:
-                refs = self._by_address.get(address.strip().lower())
+                key = address.strip().lower()
+                self._ordered.pop(key, None)
+                refs = self._by_address.get(key)
                 if refs is not None:
                     refs.discard(old.ref)
                     if not refs:
-                        del self._by_address[address.strip().lower()]
+                        del self._by_address[key]
         if record is None:
             return
         self._records[record_id] = record
         for address in record.email_addresses:
-            self._by_address.setdefault(address.strip().lower(), set()).add(record.ref)
+            key = address.strip().lower()
+            self._ordered.pop(key, None)
+            self._by_address.setdefault(key, set()).add(record.ref)
 
     def resolve(self, address: str) -> list[RecordRef]:
         """Every record with `address`, ordered user, queue, contact, account, lead, others."""
-        return sorted(self._by_address.get(address.lower(), ()), key=_rank)
+        key = address.lower()
+        ordered = self._ordered.get(key)
+        if ordered is None:
+            refs = self._by_address.get(key)
+            if not refs:
+                return []
+            ordered = self._ordered[key] = tuple(sorted(refs, key=_rank))
+        return list(ordered)
 
     def record(self, record_id: str) -> CrmRecord | None:
         """The record with `record_id`, if known."""

@@ -1,7 +1,9 @@
 """EngineState on faust tables: tracked messages and held conversations, changelogged,
 stored in RocksDB (faust's rocksdb store with the rocksdict driver).
 
-A write goes to the table's store at once and queues its changelog record;
+Reads and writes go to the table's store (`table.data`): the table's own
+item access adds only sensor calls, and reads a found key twice (a contains,
+then a get). A write goes to the store at once and queues its changelog record;
 the agent publishes the queue (`take_changelog`) with the rest of its batch's
 output (processors/outbox.py), and a delivered batch moves the table's
 persisted offset (`persisted`), which is what faust's own changelog sends do
@@ -38,7 +40,7 @@ class TableState:
         self._changelog: list[Record] = []
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
-        raw = self._tracked.get(key)
+        raw = self._tracked.data.get(key)
         return TRACKED_CODEC.decode(raw) if raw else None
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
@@ -51,7 +53,7 @@ class TableState:
         self._log(self._tracked, event.message.partition, key, raw)
 
     def get_held(self, thread_key: str) -> HeldThread | None:
-        raw = self._held.get(thread_key)
+        raw = self._held.data.get(thread_key)
         return HELD_CODEC.decode(raw) if raw else None
 
     def put_held(self, thread_key: str, value: HeldThread | None) -> None:

@@ -197,6 +197,12 @@ PROCESSOR_LATENCY_SECONDS = Histogram(
     "Time from a connector observing an item to its promotion decision.",
     buckets=E2E_BUCKETS,
 )
+PROCESSOR_BATCH_EVENTS = Histogram(
+    "tidings_processor_batch_events",
+    "Events a processor agent took in one batch (processors.batch_max_events at most), by agent.",
+    ["agent"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
 PROCESSOR_PARSE_FAILURES = Counter(
     "tidings_processor_parse_failures_total",
     "Items whose MIME could not be parsed into an email (each is a sync.errors event).",

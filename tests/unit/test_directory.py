@@ -56,6 +56,22 @@ def test_resolve_orders_user_queue_contact_account_lead_then_others() -> None:
     ]
 
 
+def test_resolve_answers_the_current_records_after_an_address_was_asked_about() -> None:
+    found = directory(record("contact-1", "contact", "Pat@x.example"))
+    assert found.resolve("pat@x.example") == [RecordRef("contact", "contact-1")]
+    found.apply("user-1", record("user-1", "user", "pat@X.example"))
+    assert found.resolve("PAT@x.example") == [
+        RecordRef("user", "user-1"),
+        RecordRef("contact", "contact-1"),
+    ]
+    found.apply("user-1", record("user-1", "user", "other@x.example"))
+    found.resolve("pat@x.example").clear()  # an answer is the caller's own list
+    assert found.resolve("pat@x.example") == [RecordRef("contact", "contact-1")]
+    found.apply("contact-1", None)
+    assert found.resolve("pat@x.example") == []
+    assert found.resolve("other@x.example") == [RecordRef("user", "user-1")]
+
+
 def test_resolve_orders_records_of_one_type_by_id() -> None:
     found = directory(
         record("c-3", "contact", "s@x.example"),

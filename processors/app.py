@@ -304,9 +304,7 @@ class ProcessorApp:
             }
             for thread_key in self.state.due_threads(now, active):
                 self.engine.expire(thread_key, now)
-            outbox = self._outbox()
-            outbox.extend(self.state.take_changelog())
-            await outbox.publish()
+            await self._publish(self._outbox())
             metrics.PROCESSOR_HELD_ITEMS.set(self.state.held_item_count())
 
         @app.page("/metrics")
@@ -345,8 +343,7 @@ class ProcessorApp:
             for event in events:
                 with processing(event):
                     await on_event(event, outbox)
-            outbox.extend(self.state.take_changelog())
-            await outbox.publish()
+            await self._publish(outbox)
             yield None
 
     def _outbox(self) -> Outbox:
@@ -354,6 +351,11 @@ class ProcessorApp:
         it commits)."""
         transport: Any = self.app.producer
         return Outbox(transport._ensure_producer(), self._publish_failed, self._persisted)
+
+    async def _publish(self, outbox: Outbox) -> None:
+        """Publish `outbox` with the table changelog of the writes made meanwhile."""
+        outbox.extend(self.state.take_changelog())
+        await outbox.publish()
 
     async def _on_change(self, change: MailItemChanged, outbox: Outbox) -> None:
         if is_act(change):

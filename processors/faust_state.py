@@ -38,6 +38,8 @@ class TableState:
         self._held = held
         self._expiry: dict[str, tuple[datetime, int, int]] = {}
         self._changelog: list[Record] = []
+        self._tracked_changelog = tracked.changelog_topic.get_topic_name()
+        self._held_changelog = held.changelog_topic.get_topic_name()
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         raw = self._tracked.data.get(key)
@@ -50,7 +52,7 @@ class TableState:
             raise RuntimeError("tracked messages are written while an event is processed")
         raw = TRACKED_CODEC.encode(value)
         self._tracked.data[key] = raw
-        self._log(self._tracked, event.message.partition, key, raw)
+        self._log(self._tracked_changelog, event.message.partition, key, raw)
 
     def get_held(self, thread_key: str) -> HeldThread | None:
         raw = self._held.data.get(thread_key)
@@ -60,12 +62,12 @@ class TableState:
         if value is None:
             old = self._held.data.pop(thread_key, None)
             if old:
-                self._log(self._held, HELD_CODEC.decode(old).partition, thread_key, None)
+                self._log(self._held_changelog, HELD_CODEC.decode(old).partition, thread_key, None)
             self._expiry.pop(thread_key, None)
             return
         raw = HELD_CODEC.encode(value)
         self._held.data[thread_key] = raw
-        self._log(self._held, value.partition, thread_key, raw)
+        self._log(self._held_changelog, value.partition, thread_key, raw)
         self._index(thread_key, value)
 
     def take_changelog(self) -> list[Record]:
@@ -77,8 +79,8 @@ class TableState:
         """For each changelog topic: record that a partition's changelog is delivered up
         to an offset (so recovery reads on from there)."""
         return {
-            table.changelog_topic.get_topic_name(): _persisting(table)
-            for table in (self._tracked, self._held)
+            self._tracked_changelog: _persisting(self._tracked, self._tracked_changelog),
+            self._held_changelog: _persisting(self._held, self._held_changelog),
         }
 
     def due_threads(self, now: datetime, partitions: Iterable[int]) -> list[str]:
@@ -95,8 +97,7 @@ class TableState:
         """Items held on this worker."""
         return sum(count for _, _, count in self._expiry.values())
 
-    def _log(self, table: Any, partition: int, key: str, raw: bytes | None) -> None:
-        topic = table.changelog_topic.get_topic_name()
+    def _log(self, topic: str, partition: int, key: str, raw: bytes | None) -> None:
         self._changelog.append(Record(topic, codecs.dumps("json", key), raw, partition))
 
     def _index(self, thread_key: str, value: HeldThread) -> None:
@@ -115,9 +116,7 @@ class TableState:
                     self._index(key, HELD_CODEC.decode(raw))
 
 
-def _persisting(table: Any) -> Delivered:
-    topic = table.changelog_topic.get_topic_name()
-
+def _persisting(table: Any, topic: str) -> Delivered:
     def persisted(partition: int, offset: int) -> None:
         table.data.set_persisted_offset(TP(topic, partition), offset)
 

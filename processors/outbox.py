@@ -88,10 +88,12 @@ class Outbox:
         partitions: dict[str, list[int]] = {}
         grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
         for topic, key, value, wanted in records:
-            if wanted is None and topic not in partitions:
-                partitions[topic] = sorted(await self._producer.partitions_for(topic))
-            every = partitions.get(topic, [])
-            partition = wanted if wanted is not None else _PARTITIONER(key, every, every)
+            partition = wanted
+            if partition is None:
+                if topic not in partitions:
+                    partitions[topic] = sorted(await self._producer.partitions_for(topic))
+                every = partitions[topic]
+                partition = _PARTITIONER(key, every, every)
             grouped.setdefault((topic, partition), []).append((key, value))
         return grouped
 
@@ -121,7 +123,9 @@ class Outbox:
             error = future.exception()
             if error is not None:
                 self._on_failed(error)
-            elif delivered is not None and future.result() is not None:
-                delivered(partition, future.result().offset + count - 1)
+                return
+            metadata = future.result()  # None when the producer asks for no acks
+            if delivered is not None and metadata is not None:
+                delivered(partition, metadata.offset + count - 1)
 
         sent.add_done_callback(done)

@@ -93,6 +93,55 @@ class MemoryState:
             self.held[thread_key] = value
 
 
+class _Reads:
+    """The state one email's decision reads, each key looked up once: deciding asks
+    for the same tracked messages several times (the duplicate check, the
+    correlation, the target's fresh state). Writes go through, so a later read
+    sees them. Lives for one `process` or `expire` call: the state changes
+    between events only through this engine, but nothing is kept longer than
+    what one call can prove."""
+
+    def __init__(self, state: EngineState, activities: ActivityIndex) -> None:
+        self.state = state
+        self._activities = activities
+        self._tracked: dict[str, TrackedMessage | None] = {}
+        self._refs: dict[str, TrackedRef | None] = {}
+
+    def get_tracked(self, key: str) -> TrackedMessage | None:
+        try:
+            return self._tracked[key]
+        except KeyError:
+            found = self._tracked[key] = self.state.get_tracked(key)
+            return found
+
+    def put_tracked(self, key: str, value: TrackedMessage) -> None:
+        self.state.put_tracked(key, value)
+        self._tracked[key] = value
+        self._refs.clear()
+
+    def by_message_id(self, message_id: str) -> TrackedRef | None:
+        """The tracked message or CRM activity of a Message-ID: tracked here first (in
+        any of its qualified forms), then the global activity index."""
+        try:
+            return self._refs[message_id]
+        except KeyError:
+            found = self._refs[message_id] = self._find(message_id)
+            return found
+
+    def _find(self, message_id: str) -> TrackedRef | None:
+        for qualifier in _QUALIFIERS:
+            entry = self.get_tracked(message_id + qualifier)
+            if entry is not None:
+                return TrackedRef(
+                    activity_id=entry.activity_id,
+                    message_id=entry.message_id,
+                    conversation_id=entry.conversation_id,
+                    regarding=entry.regarding,
+                    tracking_token=entry.tracking_token,
+                )
+        return self._activities.by_message_id(message_id)
+
+
 @dataclass
 class Emission:
     """What one call of the engine asks to publish, in order."""
@@ -128,12 +177,14 @@ class DecisionEngine:
         self.activities = activities
         self.settings = settings
         self.window = timedelta(seconds=settings.late_correlation_window_s)
+        self._reads = _Reads(state, activities)
 
     # -- public ----------------------------------------------------------------
 
     def process(self, email: ParsedEmail, partition: int, now: datetime) -> Emission:
         """Decide `email`, then re-decide the held items of its conversation it unblocks."""
         emission = Emission()
+        self._reads = _Reads(self.state, self.activities)
         stored = self.state.get_held(email.thread_key)
         held = _live(stored, partition, now)
         previous = next((h for h in held.items if h.email.item_key == email.item_key), None)
@@ -175,25 +226,12 @@ class DecisionEngine:
             mailbox=self.mailboxes.get(email.mailbox_id),
             directory=self.directory,
             settings=self.settings,
-            tracked=self.state.get_tracked,
-            by_message_id=self._by_message_id,
+            tracked=self._reads.get_tracked,
+            by_message_id=self._reads.by_message_id,
             by_token=self.activities.by_token,
             by_conversation_index=self.activities.by_conversation_index,
             by_smart_key=self.activities.by_smart_key,
         )
-
-    def _by_message_id(self, message_id: str) -> TrackedRef | None:
-        for qualifier in _QUALIFIERS:
-            entry = self.state.get_tracked(message_id + qualifier)
-            if entry is not None:
-                return TrackedRef(
-                    activity_id=entry.activity_id,
-                    message_id=entry.message_id,
-                    conversation_id=entry.conversation_id,
-                    regarding=entry.regarding,
-                    tracking_token=entry.tracking_token,
-                )
-        return self.activities.by_message_id(message_id)
 
     def _decide_and_apply(
         self, email: ParsedEmail, previous: PromotionDecision | None, now: datetime
@@ -213,7 +251,7 @@ class DecisionEngine:
     ) -> _Applied:
         assert verdict.tracking_key is not None
         key = verdict.tracking_key
-        old = self.state.get_tracked(key)
+        old = self._reads.get_tracked(key)
         activity_id = (
             old.activity_id if old else email_activity_id(email.message_id, verdict.qualifier)
         )
@@ -226,7 +264,7 @@ class DecisionEngine:
             entry = _with(entry, version=(old.version if old else 0) + 1)
         else:
             entry = _with(entry, version=old.version)
-        self.state.put_tracked(key, entry)
+        self._reads.put_tracked(key, entry)
         changed = set()
         if old is None or _inherited(old) != _inherited(entry):
             changed.add(email.message_id)
@@ -288,7 +326,7 @@ class DecisionEngine:
 
     def _fresh_target(self, target: TrackedRef) -> TrackedRef:
         """The current state of a correlation target (its regarding may have changed)."""
-        return self._by_message_id(target.message_id) or target
+        return self._reads.by_message_id(target.message_id) or target
 
     def _activity_direction(self, email: ParsedEmail, verdict: Verdict) -> Direction:
         if verdict.qualifier:

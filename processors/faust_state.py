@@ -1,9 +1,14 @@
 """EngineState on faust tables: tracked messages and held conversations, changelogged,
 stored in RocksDB (faust's rocksdb store with the rocksdict driver).
 
-Reads and writes go to the table's store (`table.data`): the table's own
-item access adds only sensor calls, and reads a found key twice (a contains,
-then a get). A write goes to the store at once and queues its changelog record;
+Reads and writes made while an event is processed go straight to the RocksDB
+database of the event's partition (faust's store keeps one per partition), under
+the key bytes faust's JSON key serializer gives (`store_key`): faust's item
+access would serialize the key again per call, take a lock to remember which
+partition held it, and read a found key twice (a contains, then a get). Reads
+and deletes outside of an event (the expiry timer) go through faust's store,
+which looks in every partition. A write goes to the store at once and queues
+its changelog record;
 the agent publishes the queue (`take_changelog`) with the rest of its batch's
 output (processors/outbox.py), and a delivered batch moves the table's
 persisted offset (`persisted`), which is what faust's own changelog sends do
@@ -42,7 +47,7 @@ class TableState:
         self._held_changelog = held.changelog_topic.get_topic_name()
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
-        raw = self._tracked.data.get(key)
+        raw = _read(self._tracked, key)
         return TRACKED_CODEC.decode(raw) if raw else None
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
@@ -50,12 +55,14 @@ class TableState:
         event = current_event()
         if event is None:
             raise RuntimeError("tracked messages are written while an event is processed")
+        partition = event.message.partition
         raw = TRACKED_CODEC.encode(value)
-        self._tracked.data[key] = raw
-        self._log(self._tracked_changelog, event.message.partition, key, raw)
+        stored = store_key(key)
+        self._tracked.data._db_for_partition(partition).put(stored, raw)
+        self._changelog.append(Record(self._tracked_changelog, stored, raw, partition))
 
     def get_held(self, thread_key: str) -> HeldThread | None:
-        raw = self._held.data.get(thread_key)
+        raw = _read(self._held, thread_key)
         return HELD_CODEC.decode(raw) if raw else None
 
     def put_held(self, thread_key: str, value: HeldThread | None) -> None:
@@ -65,9 +72,15 @@ class TableState:
                 self._log(self._held_changelog, HELD_CODEC.decode(old).partition, thread_key, None)
             self._expiry.pop(thread_key, None)
             return
+        event = current_event()
+        if event is None or event.message.partition != value.partition:
+            raise RuntimeError(
+                "held threads are written while an event of their partition is processed"
+            )
         raw = HELD_CODEC.encode(value)
-        self._held.data[thread_key] = raw
-        self._log(self._held_changelog, value.partition, thread_key, raw)
+        stored = store_key(thread_key)
+        self._held.data._db_for_partition(value.partition).put(stored, raw)
+        self._changelog.append(Record(self._held_changelog, stored, raw, value.partition))
         self._index(thread_key, value)
 
     def take_changelog(self) -> list[Record]:
@@ -98,7 +111,7 @@ class TableState:
         return sum(count for _, _, count in self._expiry.values())
 
     def _log(self, topic: str, partition: int, key: str, raw: bytes | None) -> None:
-        self._changelog.append(Record(topic, codecs.dumps("json", key), raw, partition))
+        self._changelog.append(Record(topic, store_key(key), raw, partition))
 
     def _index(self, thread_key: str, value: HeldThread) -> None:
         expires = value.latest_expiry()
@@ -114,6 +127,25 @@ class TableState:
                 raw = self._held.data.get(key)
                 if raw:
                     self._index(key, HELD_CODEC.decode(raw))
+
+
+def store_key(key: str) -> bytes:
+    """The bytes faust's JSON key serializer makes of `key` (what the tables' stores
+    and changelogs hold), without its per-call cost for plain printable ASCII."""
+    if key.isascii() and key.isprintable() and '"' not in key and "\\" not in key:
+        return b'"' + key.encode() + b'"'
+    return codecs.dumps("json", key)
+
+
+def _read(table: Any, key: str) -> bytes | None:
+    """The stored value of `key`: in the current event's partition, or, outside of an
+    event, wherever faust's store finds it."""
+    event = current_event()
+    if event is None:
+        raw: bytes | None = table.data.get(key)
+        return raw
+    value: bytes | None = table.data._db_for_partition(event.message.partition).get(store_key(key))
+    return value
 
 
 def _persisting(table: Any, topic: str) -> Delivered:

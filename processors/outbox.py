@@ -28,15 +28,15 @@ Contract:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
-
-from aiokafka.partitioner import DefaultPartitioner
 
 Delivered = Callable[[int, int], None]
 """Told the partition and the offset of the last record of a delivered batch."""
 
-_PARTITIONER = DefaultPartitioner()
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
 
 
 class Record(NamedTuple):
@@ -93,7 +93,7 @@ class Outbox:
                 if topic not in partitions:
                     partitions[topic] = sorted(await self._producer.partitions_for(topic))
                 every = partitions[topic]
-                partition = _PARTITIONER(key, every, every)
+                partition = every[key_partition(key or b"", len(every))]
             grouped.setdefault((topic, partition), []).append((key, value))
         return grouped
 
@@ -129,3 +129,40 @@ class Outbox:
                 delivered(partition, metadata.offset + count - 1)
 
         sent.add_done_callback(done)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition index aiokafka's DefaultPartitioner (the Java client's) gives `key`
+    among `partitions`: murmur2, sign bit cleared, modulo."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def murmur2(data: bytes) -> int:
+    """The Java client's murmur2 of `data` (`aiokafka.partitioner.murmur2`), reading
+    the input a 32-bit word at a time instead of a byte at a time: about a third
+    of the cost, and two keyed records per decision pay it."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    whole = length & ~3
+    for word in memoryview(data)[:whole].cast("I") if _LITTLE else _words(data, whole):
+        k = (word * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[whole + 2] << 16
+    if extra >= 2:
+        h ^= data[whole + 1] << 8
+    if extra >= 1:
+        h = ((h ^ data[whole]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def _words(data: bytes, whole: int) -> Iterable[int]:
+    """Little-endian 32-bit words of data[:whole] (on a big-endian machine)."""
+    return (int.from_bytes(data[i : i + 4], "little") for i in range(0, whole, 4))
+
+
+_LITTLE = sys.byteorder == "little"

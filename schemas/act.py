@@ -41,6 +41,7 @@ import msgspec
 
 from schemas.base import Record, RecordRef
 from schemas.crm import ActivityParty
+from schemas.ids import uuid5_text
 
 _ACT_NAMESPACE = uuid.UUID("5b0b7f0e-8d3c-4c1e-9f57-61637400c0de")
 
@@ -269,13 +270,13 @@ def normalize_uid(uid: str) -> str:
 
 def appointment_record_id(ical_uid: str) -> str:
     """The record id of a meeting or appointment: the same for every mailbox's copy."""
-    return str(uuid.uuid5(_ACT_NAMESPACE, f"appointment:{normalize_uid(ical_uid)}"))
+    return uuid5_text(_ACT_NAMESPACE, f"appointment:{normalize_uid(ical_uid)}")
 
 
 def item_record_id(kind: ActType, mailbox_id: str, item_id: str) -> str:
     """The record id of an item only one mailbox holds (a contact, a task, or an
     appointment without a UID)."""
-    return str(uuid.uuid5(_ACT_NAMESPACE, f"{kind.value}:{mailbox_id}\x1f{item_id}"))
+    return uuid5_text(_ACT_NAMESPACE, f"{kind.value}:{mailbox_id}\x1f{item_id}")
 
 
 def record_id_for(payload: ActPayload, mailbox_id: str, item_id: str) -> str:

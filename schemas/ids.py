@@ -59,10 +59,20 @@ def email_activity_id(normalized_message_id: str, qualifier: str = "") -> str:
     name = f"email:{normalized_message_id}"
     if qualifier:
         name = f"{name}#{qualifier}"
-    return str(uuid.uuid5(_NAMESPACE, name))
+    return uuid5_text(_NAMESPACE, name)
 
 
 def created_record_id(record_type: str, address: str) -> str:
     """The id of the record tidings creates for an unknown address (one per address and
     type, so creating it again is an idempotent upsert)."""
-    return str(uuid.uuid5(_NAMESPACE, f"record:{record_type}:{address.strip().lower()}"))
+    return uuid5_text(_NAMESPACE, f"record:{record_type}:{address.strip().lower()}")
+
+
+def uuid5_text(namespace: uuid.UUID, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))`, computed without building a UUID object
+    (several per decision; the object's checks cost more than the hash)."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from aiokafka.structs import RecordMetadata, TopicPartition
+from hypothesis import given
+from hypothesis import strategies as st
 
-from processors.outbox import Outbox, Record
+from processors.outbox import Outbox, Record, murmur2
 
 
 class FakeBuilder:
@@ -121,3 +124,8 @@ async def test_keyed_records_land_where_the_default_partitioner_puts_their_key(
     await outbox.publish()
     placed = {key: partition for _, partition, rows in producer.sent for key, _ in rows}
     assert placed == {key: key_partition(key, partitions) for key in keys}
+
+
+@given(st.binary(max_size=200))
+def test_murmur2_is_the_java_clients_as_aiokafka_computes_it(key: bytes) -> None:
+    assert murmur2(key) == aiokafka_murmur2(key)

@@ -43,7 +43,13 @@ from schemas.crm import (
     ReasonCode,
 )
 from schemas.errors import DecodeError, ErrorScope, Severity, SyncError
-from schemas.ids import change_event_id, email_activity_id, error_id, normalize_message_id
+from schemas.ids import (
+    change_event_id,
+    email_activity_id,
+    error_id,
+    normalize_message_id,
+    uuid5_text,
+)
 from schemas.jsonschema import export_schemas
 from schemas.mail import (
     AttachmentInfo,
@@ -550,6 +556,11 @@ def test_email_activity_id_is_a_stable_uuid_and_qualifier_separates() -> None:
     received = email_activity_id("m1@x.example", "incoming")
     assert len({plain, sent, received}) == 3
     assert email_activity_id("m2@x.example") != plain
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"])), st.uuids())
+def test_uuid5_text_is_the_standard_uuid5(name: str, namespace: uuid.UUID) -> None:
+    assert uuid5_text(namespace, name) == str(uuid.uuid5(namespace, name))
 
 
 def test_email_activity_id_of_one_message_seen_differently_is_one_id() -> None:

@@ -29,10 +29,12 @@ So the copies of one message in every mailbox, and the replies that carry
 their thread's references, meet on one partition, where the partitioned
 `tracked` table (Message-ID → activity, correlation, receiving mailboxes)
 decides duplicates and In-Reply-To/References links with no remote lookup,
-and `held` keeps the items that wait for mail not tracked yet. Both tables
-live in RocksDB (faust's rocksdb store, rocksdict driver) under this worker's
-state directory, changelogged, so a restart resumes from disk and a moved
-partition is rebuilt from its changelog.
+and `held-threads` lists, per conversation, the items that wait for mail not
+tracked yet, whose emails and last decisions are in `held-items` (written once
+per held item, so a conversation with many held copies is not rewritten whole
+on every copy). The tables live in RocksDB (faust's rocksdb store, rocksdict
+driver) under this worker's state directory, changelogged, so a restart resumes
+from disk and a moved partition is rebuilt from its changelog.
 
 A tracking token, a Thread-Index or a subject hash says nothing about the
 thread key, so those lookups cannot be co-partitioned. They go to a global
@@ -181,7 +183,8 @@ class ProcessorApp:
             )
         }
         self.tracked = self._table("tracked")
-        self.held = self._table("held")
+        self.held = self._table("held-threads")
+        self.held_items = self._table("held-items")
         self.act_items = self._table("act-items")
         self.act_links = ActLinkIndex()  # CRM → Exchange links: item → CRM record id
         self.act_owners = ActOwnerIndex()  # crm.act: meeting → owner (a stable owner)
@@ -214,7 +217,7 @@ class ProcessorApp:
             ),
             CompactedView(kafka, CRM_ACT.name(prefix), codec(CRM_ACT), self.act_owners.apply),
         ]
-        self.state = TableState(self.tracked, self.held)
+        self.state = TableState(self.tracked, self.held, self.held_items)
         self.engine = DecisionEngine(
             self.state, self.directory, self.mailboxes, self.activity_index, self.settings
         )

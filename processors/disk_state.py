@@ -8,11 +8,19 @@ benchmark on it measures the cost and the memory of the production store.
 from __future__ import annotations
 
 from processors.index_store import IndexStore, make_key
-from schemas.state import HELD_CODEC, TRACKED_CODEC, HeldThread, TrackedMessage
+from schemas.state import (
+    HELD_CODEC,
+    HELD_ITEM_CODEC,
+    TRACKED_CODEC,
+    HeldItem,
+    HeldThread,
+    TrackedMessage,
+)
 
 
 class DiskState:
-    """EngineState on `store` (keys ("tracked", key) and ("held", thread key))."""
+    """EngineState on `store` (keys ("tracked", key), ("held", thread key) and
+    ("held-item", thread key, item key))."""
 
     def __init__(self, store: IndexStore) -> None:
         self.store = store
@@ -34,3 +42,16 @@ class DiskState:
             self.store.write({}, [store_key])
         else:
             self.store.write({store_key: HELD_CODEC.encode(value)}, [])
+
+    def get_held_item(self, thread_key: str, item_key: str) -> HeldItem | None:
+        raw = self.store.get(make_key("held-item", thread_key, item_key))
+        return HELD_ITEM_CODEC.decode(raw) if raw else None
+
+    def put_held_item(
+        self, thread_key: str, item_key: str, partition: int, value: HeldItem | None
+    ) -> None:
+        store_key = make_key("held-item", thread_key, item_key)
+        if value is None:
+            self.store.write({}, [store_key])
+        else:
+            self.store.write({store_key: HELD_ITEM_CODEC.encode(value)}, [])

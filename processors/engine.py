@@ -40,7 +40,7 @@ from schemas.crm import (
 from schemas.ids import created_record_id, email_activity_id
 from schemas.mail import EmailAddress, ParsedEmail
 from schemas.mailbox import AutoCreate
-from schemas.state import HeldItem, HeldThread, TrackedItem, TrackedMessage
+from schemas.state import HeldEntry, HeldItem, HeldThread, TrackedItem, TrackedMessage
 
 # Skips that another copy of the message (or a later reply chain) can still turn into a link.
 _IMPROVABLE = frozenset(
@@ -69,6 +69,13 @@ class EngineState(Protocol):
 
     def put_held(self, thread_key: str, value: HeldThread | None) -> None: ...
 
+    def get_held_item(self, thread_key: str, item_key: str) -> HeldItem | None: ...
+
+    def put_held_item(
+        self, thread_key: str, item_key: str, partition: int, value: HeldItem | None
+    ) -> None:
+        """Store (value None: delete) a held item on `partition`, its thread's."""
+
 
 @dataclass
 class MemoryState:
@@ -76,6 +83,7 @@ class MemoryState:
 
     tracked: dict[str, TrackedMessage] = field(default_factory=dict)
     held: dict[str, HeldThread] = field(default_factory=dict)
+    held_items: dict[tuple[str, str], HeldItem] = field(default_factory=dict)
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         return self.tracked.get(key)
@@ -91,6 +99,17 @@ class MemoryState:
             self.held.pop(thread_key, None)
         else:
             self.held[thread_key] = value
+
+    def get_held_item(self, thread_key: str, item_key: str) -> HeldItem | None:
+        return self.held_items.get((thread_key, item_key))
+
+    def put_held_item(
+        self, thread_key: str, item_key: str, partition: int, value: HeldItem | None
+    ) -> None:
+        if value is None:
+            self.held_items.pop((thread_key, item_key), None)
+        else:
+            self.held_items[(thread_key, item_key)] = value
 
 
 class _Reads:
@@ -185,24 +204,29 @@ class DecisionEngine:
         """Decide `email`, then re-decide the held items of its conversation it unblocks."""
         emission = Emission()
         self._reads = _Reads(self.state, self.activities)
-        stored = self.state.get_held(email.thread_key)
-        held = _live(stored, partition, now)
-        previous = next((h for h in held.items if h.email.item_key == email.item_key), None)
+        thread = email.thread_key
+        stored = self.state.get_held(thread)
+        live = _live(stored, partition, now)
+        key = email.item_key
+        self._forget_expired(thread, stored, live, keep=key)
+        own = next((entry for entry in live.items if entry.item_key == key), None)
+        previous = self.state.get_held_item(thread, key) if own is not None else None
         applied = self._decide_and_apply(email, previous.decision if previous else None, now)
         self._emit(emission, applied)
-        items = [h for h in held.items if h.email.item_key != email.item_key]
+        entries = [entry for entry in live.items if entry.item_key != key]
         waiting = self._waiting_on(email, applied.decision)
         if waiting:
-            until = previous.held_until if previous else now + self.window
-            items.append(
-                HeldItem(
-                    email=email, decision=applied.decision, waiting_on=waiting, held_until=until
-                )
-            )
-        items = self._settle(items, applied.changed, now, emission)
-        after = HeldThread(partition=partition, items=items) if items else None
+            until = own.held_until if own is not None else now + self.window
+            entries.append(HeldEntry(item_key=key, waiting_on=waiting, held_until=until))
+            item = HeldItem(email=email, decision=applied.decision)
+            if item != previous:
+                self.state.put_held_item(thread, key, partition, item)
+        elif stored is not None and any(entry.item_key == key for entry in stored.items):
+            self.state.put_held_item(thread, key, stored.partition, None)
+        entries = self._settle(thread, partition, entries, applied.changed, now, emission)
+        after = HeldThread(partition=partition, items=entries) if entries else None
         if after != stored:  # most emails hold nothing before and after: no write
-            self.state.put_held(email.thread_key, after)
+            self.state.put_held(thread, after)
         return emission
 
     def expire(self, thread_key: str, now: datetime) -> HeldThread | None:
@@ -216,8 +240,26 @@ class DecisionEngine:
             return None
         if any(h.held_until > now for h in held.items):
             return held
+        for entry in held.items:
+            self.state.put_held_item(thread_key, entry.item_key, held.partition, None)
         self.state.put_held(thread_key, None)
         return None
+
+    def _forget_expired(
+        self,
+        thread_key: str,
+        stored: HeldThread | None,
+        live: HeldThread,
+        keep: str,
+    ) -> None:
+        """Delete the held items of `stored` that expired (they leave the thread now),
+        except `keep`, the item being decided, which is rewritten or deleted after."""
+        if stored is None or len(live.items) == len(stored.items):
+            return
+        alive = {entry.item_key for entry in live.items}
+        for entry in stored.items:
+            if entry.item_key not in alive and entry.item_key != keep:
+                self.state.put_held_item(thread_key, entry.item_key, stored.partition, None)
 
     # -- deciding --------------------------------------------------------------
 
@@ -466,29 +508,41 @@ class DecisionEngine:
         return waiting
 
     def _settle(
-        self, items: list[HeldItem], changed: set[str], now: datetime, emission: Emission
-    ) -> list[HeldItem]:
-        """Re-decide held items waiting on changed messages until nothing changes."""
+        self,
+        thread_key: str,
+        partition: int,
+        entries: list[HeldEntry],
+        changed: set[str],
+        now: datetime,
+        emission: Emission,
+    ) -> list[HeldEntry]:
+        """Re-decide held items waiting on changed messages until nothing changes; an
+        item that waits on nothing any more leaves the thread."""
         pending = set(changed)
-        budget = 20 * (len(items) + 1)
+        budget = 20 * (len(entries) + 1)
         while pending and budget > 0:
             message_id = pending.pop()
-            for index, held in enumerate(items):
-                if message_id not in held.waiting_on:
+            for index, entry in enumerate(entries):
+                if message_id not in entry.waiting_on:
                     continue
                 budget -= 1
+                held = self.state.get_held_item(thread_key, entry.item_key)
+                if held is None:  # not stored (cannot be re-decided): let it go
+                    entries[index] = _with(entry, waiting_on=[])
+                    continue
                 applied = self._decide_and_apply(held.email, held.decision, now)
                 emission.redecided += 1
+                pending |= applied.changed
+                waiting = self._waiting_on(held.email, applied.decision)
+                entries[index] = _with(entry, waiting_on=waiting)
                 if applied.decision != held.decision:
                     self._emit(emission, applied)
-                pending |= applied.changed
-                items[index] = HeldItem(
-                    email=held.email,
-                    decision=applied.decision,
-                    waiting_on=self._waiting_on(held.email, applied.decision),
-                    held_until=held.held_until,
-                )
-        return [h for h in items if h.waiting_on]
+                    if waiting:
+                        item = HeldItem(email=held.email, decision=applied.decision)
+                        self.state.put_held_item(thread_key, entry.item_key, partition, item)
+                if not waiting:
+                    self.state.put_held_item(thread_key, entry.item_key, partition, None)
+        return [entry for entry in entries if entry.waiting_on]
 
 
 def _live(stored: HeldThread | None, partition: int, now: datetime) -> HeldThread:

@@ -32,19 +32,30 @@ from faust.streams import _current_event, current_event
 from faust.types import TP
 
 from processors.outbox import Delivered, Record
-from schemas.state import HELD_CODEC, TRACKED_CODEC, HeldThread, TrackedMessage
+from schemas.state import (
+    HELD_CODEC,
+    HELD_ITEM_CODEC,
+    TRACKED_CODEC,
+    HeldItem,
+    HeldThread,
+    TrackedMessage,
+    held_item_key,
+)
 
 
 class TableState:
-    """Decoded view of the `tracked` and `held` faust tables (values are schema bytes)."""
+    """Decoded view of the `tracked`, held-thread and held-item faust tables (values
+    are schema bytes)."""
 
-    def __init__(self, tracked: Any, held: Any) -> None:
+    def __init__(self, tracked: Any, held: Any, held_items: Any) -> None:
         self._tracked = tracked
         self._held = held
+        self._held_items = held_items
         self._expiry: dict[str, tuple[datetime, int, int]] = {}
         self._changelog: list[Record] = []
         self._tracked_changelog = tracked.changelog_topic.get_topic_name()
         self._held_changelog = held.changelog_topic.get_topic_name()
+        self._held_items_changelog = held_items.changelog_topic.get_topic_name()
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         raw = _read(self._tracked, key)
@@ -55,11 +66,8 @@ class TableState:
         event = current_event()
         if event is None:
             raise RuntimeError("tracked messages are written while an event is processed")
-        partition = event.message.partition
         raw = TRACKED_CODEC.encode(value)
-        stored = store_key(key)
-        self._tracked.data._db_for_partition(partition).put(stored, raw)
-        self._changelog.append(Record(self._tracked_changelog, stored, raw, partition))
+        self._write(self._tracked, self._tracked_changelog, event.message.partition, key, raw)
 
     def get_held(self, thread_key: str) -> HeldThread | None:
         raw = _read(self._held, thread_key)
@@ -78,10 +86,21 @@ class TableState:
                 "held threads are written while an event of their partition is processed"
             )
         raw = HELD_CODEC.encode(value)
-        stored = store_key(thread_key)
-        self._held.data._db_for_partition(value.partition).put(stored, raw)
-        self._changelog.append(Record(self._held_changelog, stored, raw, value.partition))
+        self._write(self._held, self._held_changelog, value.partition, thread_key, raw)
         self._index(thread_key, value)
+
+    def get_held_item(self, thread_key: str, item_key: str) -> HeldItem | None:
+        raw = _read(self._held_items, held_item_key(thread_key, item_key))
+        return HELD_ITEM_CODEC.decode(raw) if raw else None
+
+    def put_held_item(
+        self, thread_key: str, item_key: str, partition: int, value: HeldItem | None
+    ) -> None:
+        """Store (None: delete) a held item on its thread's partition; a delete may come
+        outside of any event (the expiry timer)."""
+        raw = HELD_ITEM_CODEC.encode(value) if value is not None else None
+        key = held_item_key(thread_key, item_key)
+        self._write(self._held_items, self._held_items_changelog, partition, key, raw)
 
     def take_changelog(self) -> list[Record]:
         """The changelog records of the writes since the last call, in order."""
@@ -94,6 +113,7 @@ class TableState:
         return {
             self._tracked_changelog: _persisting(self._tracked, self._tracked_changelog),
             self._held_changelog: _persisting(self._held, self._held_changelog),
+            self._held_items_changelog: _persisting(self._held_items, self._held_items_changelog),
         }
 
     def due_threads(self, now: datetime, partitions: Iterable[int]) -> list[str]:
@@ -109,6 +129,17 @@ class TableState:
     def held_item_count(self) -> int:
         """Items held on this worker."""
         return sum(count for _, _, count in self._expiry.values())
+
+    def _write(self, table: Any, topic: str, partition: int, key: str, raw: bytes | None) -> None:
+        """Put (raw None: delete) `key` in the partition's store and queue its changelog
+        record."""
+        stored = store_key(key)
+        db = table.data._db_for_partition(partition)
+        if raw is None:
+            db.delete(stored)
+        else:
+            db.put(stored, raw)
+        self._changelog.append(Record(topic, stored, raw, partition))
 
     def _log(self, topic: str, partition: int, key: str, raw: bytes | None) -> None:
         self._changelog.append(Record(topic, store_key(key), raw, partition))

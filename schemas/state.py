@@ -48,29 +48,49 @@ class TrackedMessage(Record, frozen=True, kw_only=True):
     items: list[TrackedItem] = msgspec.field(default_factory=list)
 
 
-class HeldItem(msgspec.Struct, frozen=True, kw_only=True):
-    """An item whose decision may still improve: it referenced messages not yet
-    tracked, or it was skipped and a copy elsewhere may still be tracked.
-
-    Re-decided when one of `waiting_on` becomes tracked; dropped after `held_until`.
-    """
+class HeldItem(Record, frozen=True, kw_only=True):
+    """An item whose decision may still improve, as it was last decided: kept by
+    (thread key, item key) while its thread lists it (HeldEntry), written when it
+    is first held or decided differently, never when its thread changes."""
 
     email: ParsedEmail
     decision: PromotionDecision
+
+
+class HeldEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An item held in a conversation: it referenced messages not yet tracked (or
+    whose tracking may still change), or it was skipped and a copy elsewhere may
+    still be tracked.
+
+    Re-decided when one of `waiting_on` becomes tracked or changes; dropped after
+    `held_until`. Its email and last decision are its HeldItem.
+    """
+
+    item_key: str
     waiting_on: list[str]
     held_until: datetime
 
 
 class HeldThread(Record, frozen=True, kw_only=True):
-    """The held items of one conversation (keyed by thread key) on one partition."""
+    """The held items of one conversation (keyed by thread key) on one partition.
+
+    Lists the items only: a conversation with many held copies is rewritten at
+    the size of a few ids per item, not of every held email."""
 
     partition: int
-    items: list[HeldItem] = msgspec.field(default_factory=list)
+    items: list[HeldEntry] = msgspec.field(default_factory=list)
 
     def latest_expiry(self) -> datetime | None:
         """When the last of the held items expires, or None when none are held."""
         return max((item.held_until for item in self.items), default=None)
 
 
+def held_item_key(thread_key: str, item_key: str) -> str:
+    """The key of a held item: its thread key (length-prefixed, so no two pairs meet)
+    and its item key."""
+    return f"{len(thread_key)}:{thread_key}|{item_key}"
+
+
 TRACKED_CODEC: Codec[TrackedMessage] = Codec(TrackedMessage)
 HELD_CODEC: Codec[HeldThread] = Codec(HeldThread)
+HELD_ITEM_CODEC: Codec[HeldItem] = Codec(HeldItem)

@@ -323,6 +323,18 @@ PIPELINE = dashboard(
             ),
             unit="ops",
         ),
+        prom(
+            "Processor batch size",
+            "Mean events an agent takes per batch (processors.batch_max_events at most); "
+            "small batches under load mean the agent waits on its input, not on its work.",
+            (
+                "sum by (agent) "
+                f'(rate(tidings_processor_batch_events_sum{{job="processors"}}{RATE})) / '
+                "sum by (agent) "
+                f'(rate(tidings_processor_batch_events_count{{job="processors"}}{RATE}))',
+                "{{agent}}",
+            ),
+        ),
     ],
 )
 

@@ -214,15 +214,7 @@ class DecisionEngine:
         applied = self._decide_and_apply(email, previous.decision if previous else None, now)
         self._emit(emission, applied)
         entries = [entry for entry in live.items if entry.item_key != key]
-        waiting = self._waiting_on(email, applied.decision)
-        if waiting:
-            until = own.held_until if own is not None else now + self.window
-            entries.append(HeldEntry(item_key=key, waiting_on=waiting, held_until=until))
-            item = HeldItem(email=email, decision=applied.decision)
-            if item != previous:
-                self.state.put_held_item(thread, key, partition, item)
-        elif stored is not None and any(entry.item_key == key for entry in stored.items):
-            self.state.put_held_item(thread, key, stored.partition, None)
+        entries += self._hold(email, applied.decision, own, previous, stored, partition, now)
         entries = self._settle(thread, partition, entries, applied.changed, now, emission)
         after = HeldThread(partition=partition, items=entries) if entries else None
         if after != stored:  # most emails hold nothing before and after: no write
@@ -231,10 +223,10 @@ class DecisionEngine:
 
     def expire(self, thread_key: str, now: datetime) -> HeldThread | None:
         """Forget a conversation once all its held items expired; returns it while any
-        is alive. Expired items of a live conversation stay stored (nothing reads
-        them: `process` looks at live items only) until the next email of the
-        conversation rewrites it: a write outside of processing an event has no
-        partition to go to, a removal does."""
+        is alive. Expired items of a live conversation stay stored, listed and with
+        their held items (nothing reads them: `process` looks at live items only),
+        until the next email of the conversation rewrites it: a write outside of
+        processing an event has no partition to go to, a removal does."""
         held = self.state.get_held(thread_key)
         if held is None:
             return None
@@ -244,6 +236,31 @@ class DecisionEngine:
             self.state.put_held_item(thread_key, entry.item_key, held.partition, None)
         self.state.put_held(thread_key, None)
         return None
+
+    def _hold(
+        self,
+        email: ParsedEmail,
+        decision: PromotionDecision,
+        own: HeldEntry | None,
+        previous: HeldItem | None,
+        stored: HeldThread | None,
+        partition: int,
+        now: datetime,
+    ) -> list[HeldEntry]:
+        """The email's entry in its conversation when its decision can still improve
+        (its held item written when new or decided differently), else none (its
+        held item deleted if it had one). A held email keeps its first deadline."""
+        key = email.item_key
+        waiting = self._waiting_on(email, decision)
+        if waiting:
+            item = HeldItem(email=email, decision=decision)
+            if item != previous:
+                self.state.put_held_item(email.thread_key, key, partition, item)
+            until = own.held_until if own is not None else now + self.window
+            return [HeldEntry(item_key=key, waiting_on=waiting, held_until=until)]
+        if stored is not None and any(entry.item_key == key for entry in stored.items):
+            self.state.put_held_item(email.thread_key, key, stored.partition, None)
+        return []
 
     def _forget_expired(
         self,

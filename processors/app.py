@@ -356,8 +356,9 @@ class ProcessorApp:
         return Outbox(transport._ensure_producer(), self._publish_failed, self._persisted)
 
     async def _publish(self, outbox: Outbox) -> None:
-        """Publish `outbox` with the table changelog of the writes made meanwhile."""
-        outbox.extend(self.state.take_changelog())
+        """Publish `outbox` with the table changelog of the writes made meanwhile (a
+        key's latest write only: the changelogs are compacted)."""
+        outbox.extend(self.state.take_changelog(), latest=True)
         await outbox.publish()
 
     async def _on_change(self, change: MailItemChanged, outbox: Outbox) -> None:
@@ -428,11 +429,20 @@ class ProcessorApp:
         now = utc_now()
         emission = self.engine.process(parsed, partition, now)
         metrics.PROCESSOR_REDECISIONS.inc(emission.redecided)
+        # Compacted topics: a later version of a record or activity in this batch
+        # supersedes the earlier one (copies of one message, each adding its mailbox).
         for record in emission.records:
-            self._send(outbox, CRM_RECORDS.suffix, record.record_id, record, codec(CRM_RECORDS))
+            self._send(
+                outbox, CRM_RECORDS.suffix, record.record_id, record, codec(CRM_RECORDS), True
+            )
         for activity in emission.activities:
             self._send(
-                outbox, CRM_ACTIVITIES.suffix, activity.activity_id, activity, codec(CRM_ACTIVITIES)
+                outbox,
+                CRM_ACTIVITIES.suffix,
+                activity.activity_id,
+                activity,
+                codec(CRM_ACTIVITIES),
+                True,
             )
         for decision in emission.decisions:
             self._send_decision(outbox, decision)
@@ -453,10 +463,19 @@ class ProcessorApp:
         )
 
     def _send(
-        self, outbox: Outbox, suffix: str, key: str, value: Any, value_codec: Codec[Any]
+        self,
+        outbox: Outbox,
+        suffix: str,
+        key: str,
+        value: Any,
+        value_codec: Codec[Any],
+        latest: bool = False,
     ) -> None:
-        """Queue one record for the batch's outbox."""
-        outbox.add(self._topic_names[suffix], encode_key(key), value_codec.encode(value))
+        """Queue one record for the batch's outbox (`latest`: it supersedes an earlier
+        record of its key there; for compacted topics)."""
+        outbox.add(
+            self._topic_names[suffix], encode_key(key), value_codec.encode(value), latest=latest
+        )
 
     def _publish_failed(self, error: BaseException) -> None:
         """A batch the producer gave up on: crash the worker, so its input is read

@@ -20,6 +20,12 @@ Contract:
 - A keyed record without a partition goes where the Java client's default
   partitioner puts its key (murmur2, aiokafka's DefaultPartitioner), so it
   lands where any other producer of that key puts it.
+- A record queued with `latest=True` (compacted topics: activities, records,
+  table changelogs) supersedes the record of the same topic and key queued
+  before it in this outbox; it is published at its own place in the order.
+  A compacted topic keeps only a key's latest value, so a message whose copies
+  in many mailboxes are decided in one batch publishes its activity and its
+  table entry once, not once per copy.
 - A batch the broker does not take calls `on_failed` with the error (the app
   then crashes the worker, so its input is read again); a delivered batch of a
   topic in `delivered` reports its partition and last offset there (the
@@ -61,24 +67,45 @@ class Outbox:
         self._producer = producer
         self._on_failed = on_failed
         self._delivered = delivered or {}
-        self._records: list[Record] = []
+        self._records: list[Record | None] = []  # None: superseded by a later record
+        self._positions: dict[tuple[str, bytes], int] = {}
+        self._superseded = 0
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._records) - self._superseded
 
     def add(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        *,
+        latest: bool = False,
     ) -> None:
-        """Queue one record (a None value is a tombstone)."""
-        self._records.append(Record(topic, key, value, partition))
+        """Queue one record (a None value is a tombstone); `latest`: it supersedes a
+        record of the same topic and key queued earlier (a keyless record never does)."""
+        self._queue(Record(topic, key, value, partition), latest)
 
-    def extend(self, records: Iterable[Record]) -> None:
-        """Queue several records, in order."""
-        self._records.extend(records)
+    def extend(self, records: Iterable[Record], *, latest: bool = False) -> None:
+        """Queue several records, in order (`latest` as for `add`)."""
+        for record in records:
+            self._queue(record, latest)
+
+    def _queue(self, record: Record, latest: bool) -> None:
+        if latest and record.key is not None:
+            slot = (record.topic, record.key)
+            earlier = self._positions.get(slot)
+            if earlier is not None:
+                self._records[earlier] = None
+                self._superseded += 1
+            self._positions[slot] = len(self._records)
+        self._records.append(record)
 
     async def publish(self) -> None:
         """Hand every queued record to the producer and empty the outbox."""
-        records, self._records = self._records, []
+        records = [record for record in self._records if record is not None]
+        self._records, self._positions, self._superseded = [], {}, 0
         for (topic, partition), rows in (await self._by_partition(records)).items():
             await self._send(topic, partition, rows)
 

@@ -129,3 +129,34 @@ async def test_keyed_records_land_where_the_default_partitioner_puts_their_key(
 @given(st.binary(max_size=200))
 def test_murmur2_is_the_java_clients_as_aiokafka_computes_it(key: bytes) -> None:
     assert murmur2(key) == aiokafka_murmur2(key)
+
+
+async def test_a_latest_record_supersedes_the_earlier_one_of_its_topic_and_key() -> None:
+    producer = FakeProducer()
+    outbox = Outbox(producer, on_failed=lambda error: None)
+    outbox.add("activities", b"a", b"v1", 0, latest=True)
+    outbox.add("activities", b"b", b"v1", 0, latest=True)
+    outbox.add("decisions", b"a", b"d1", 0)
+    outbox.add("decisions", b"a", b"d2", 0)  # not latest: both go out
+    outbox.add("activities", b"a", b"v2", 0, latest=True)
+    outbox.extend(
+        [Record("changelog", b"k", b"v", 1), Record("changelog", b"k", None, 1)], latest=True
+    )
+    outbox.add("activities", None, b"keyless", 0, latest=True)
+    outbox.add("activities", None, b"keyless", 0, latest=True)
+    assert len(outbox) == 7
+    await outbox.publish()
+
+    batches = {(topic, partition): rows for topic, partition, rows in producer.sent}
+    assert batches[("activities", 0)] == [
+        (b"b", b"v1"),
+        (b"a", b"v2"),
+        (None, b"keyless"),
+        (None, b"keyless"),
+    ]
+    assert batches[("decisions", 0)] == [(b"a", b"d1"), (b"a", b"d2")]
+    assert batches[("changelog", 1)] == [(b"k", None)]
+    assert len(outbox) == 0
+    outbox.add("activities", b"a", b"v3", 0, latest=True)  # a new batch starts afresh
+    await outbox.publish()
+    assert producer.sent[-1] == ("activities", 0, [(b"a", b"v3")])

@@ -8,6 +8,7 @@ see not-yet-merged copies use FINAL (see docs/clickhouse.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,6 +247,24 @@ def apply_migrations(client: Any, database: str) -> list[int]:
         )
         applied.append(migration.version)
     return applied
+
+
+def missing_columns(
+    client: Any, database: str, expected: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """The columns of `expected` (table → columns) that `database` does not have, by
+    table (a missing table lists all its columns); empty when the schema fits."""
+    found: dict[str, set[str]] = {}
+    rows = client.query(
+        f"SELECT table, name FROM system.columns WHERE database = '{database}'"
+    ).result_rows
+    for table, column in rows:
+        found.setdefault(str(table), set()).add(str(column))
+    gaps = {
+        table: [column for column in columns if column not in found.get(table, set())]
+        for table, columns in expected.items()
+    }
+    return {table: columns for table, columns in gaps.items() if columns}
 
 
 def schema_version(client: Any, database: str) -> int:

@@ -38,7 +38,8 @@ import clickhouse_connect
 import msgspec
 
 from schemas.config import ClickHouseConfig
-from sinks.migrations import apply_migrations
+from schemas.errors import StopAndAlert
+from sinks.migrations import apply_migrations, missing_columns
 from sinks.rows import COLUMNS, Row
 
 _SERVER_SCHEMES = {"clickhouse": "http", "http": "http", "clickhouses": "https", "https": "https"}
@@ -50,6 +51,11 @@ _INSERT_SETTINGS = {"date_time_input_format": "best_effort"}
 
 class StoreError(RuntimeError):
     """ClickHouse rejected a statement or did not answer in time."""
+
+
+class SchemaMismatch(StoreError, StopAndAlert):
+    """The database's tables lack columns the sinks write (made by another build or
+    tool): retrying cannot fix it, so the sinks stop and say so."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,16 @@ class ClickHouseStore:
 
     def _open(self) -> list[int]:
         self._client = clickhouse_connect.get_client(**client_options(self.dsn, self.config))
-        return apply_migrations(self._client, self.database)
+        applied = apply_migrations(self._client, self.database)
+        gaps = missing_columns(self._client, self.database, COLUMNS)
+        if gaps:
+            missing = "; ".join(f"{table}: {', '.join(cols)}" for table, cols in gaps.items())
+            raise SchemaMismatch(
+                f"ClickHouse database {self.database} lacks columns the sinks write "
+                f"({missing}); its tables were made by another build or tool. Drop the "
+                "database (tidings makes it again) or set clickhouse.database to a new name"
+            )
+        return applied
 
     async def insert(self, table: str, rows: Sequence[Row]) -> None:
         """Insert rows into `table` (columns from rows.COLUMNS) within insert_timeout_s."""

@@ -39,7 +39,7 @@ from schemas.crm import (
     PromotionDecision,
     ReasonCode,
 )
-from schemas.errors import ErrorScope, Severity, SyncError
+from schemas.errors import ErrorScope, Severity, StopAndAlert, SyncError
 from schemas.mailbox import MailboxCounters, MailboxStatus, RunStatus, SyncState
 from schemas.outgoing import OutgoingStatus, SendStatus
 from schemas.topics import (
@@ -63,7 +63,7 @@ from sinks.rows import (
     poll_stats_rows,
     status_row,
 )
-from sinks.store import ClickHouseStore, StoreError, client_options
+from sinks.store import ClickHouseStore, SchemaMismatch, StoreError, client_options
 from sinks.writer import ClickHouseSink
 from tests.clickhouse_http import ClickHouseHTTP
 
@@ -325,6 +325,24 @@ async def test_migrations_are_applied_once(target: Target, store: ClickHouseStor
         f"SELECT name FROM system.tables WHERE database = '{target.database}' ORDER BY name"
     )
     assert [row[0] for row in tables.rows] == sorted([*COLUMNS, "schema_migrations"])
+
+
+async def test_a_table_lacking_a_column_the_sinks_write_stops_them_with_what_to_do(
+    target: Target, store: ClickHouseStore
+) -> None:
+    await store.query(
+        f"ALTER TABLE {target.database}.activities DROP COLUMN tracking_token", readonly=False
+    )
+    again = ClickHouseStore(target.dsn, target.config())
+    try:
+        with pytest.raises(SchemaMismatch) as raised:
+            await again.open()
+    finally:
+        again.close()
+    assert isinstance(raised.value, StopAndAlert)  # the supervisor does not restart it
+    message = str(raised.value)
+    assert "activities: tracking_token" in message
+    assert "Drop the database" in message and "clickhouse.database" in message
 
 
 async def test_every_table_round_trips_and_final_keeps_the_latest(

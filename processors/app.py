@@ -433,7 +433,12 @@ class ProcessorApp:
         # supersedes the earlier one (copies of one message, each adding its mailbox).
         for record in emission.records:
             self._send(
-                outbox, CRM_RECORDS.suffix, record.record_id, record, codec(CRM_RECORDS), True
+                outbox,
+                CRM_RECORDS.suffix,
+                record.record_id,
+                record,
+                codec(CRM_RECORDS),
+                latest=True,
             )
         for activity in emission.activities:
             self._send(
@@ -442,7 +447,7 @@ class ProcessorApp:
                 activity.activity_id,
                 activity,
                 codec(CRM_ACTIVITIES),
-                True,
+                latest=True,
             )
         for decision in emission.decisions:
             self._send_decision(outbox, decision)

@@ -116,9 +116,9 @@ class _Reads:
     """The state one email's decision reads, each key looked up once: deciding asks
     for the same tracked messages several times (the duplicate check, the
     correlation, the target's fresh state). Writes go through, so a later read
-    sees them. Lives for one `process` or `expire` call: the state changes
-    between events only through this engine, but nothing is kept longer than
-    what one call can prove."""
+    sees them. Lives for one `process` call: the state changes between events
+    only through this engine, but nothing is kept longer than what one call can
+    prove."""
 
     def __init__(self, state: EngineState, activities: ActivityIndex) -> None:
         self.state = state

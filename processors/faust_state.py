@@ -2,22 +2,21 @@
 stored in RocksDB (faust's rocksdb store with the rocksdict driver).
 
 Reads and writes made while an event is processed go straight to the RocksDB
-database of the event's partition (faust's store keeps one per partition), under
-the key bytes faust's JSON key serializer gives (`store_key`): faust's item
-access would serialize the key again per call, take a lock to remember which
-partition held it, and read a found key twice (a contains, then a get). Reads
-and deletes outside of an event (the expiry timer) go through faust's store,
-which looks in every partition. A write goes to the store at once and queues
-its changelog record;
-the agent publishes the queue (`take_changelog`) with the rest of its batch's
-output (processors/outbox.py), and a delivered batch moves the table's
-persisted offset (`persisted`), which is what faust's own changelog sends do
-one record at a time. faust's store puts a write on the partition of the
-event being processed (the thread's partition), and so does its changelog
-record here. Held conversations carry their partition, so the expiry timer can
-delete them outside of any event on the right changelog partition; it only
-ever deletes (the store has no partition for a write made outside of an
-event)."""
+database of the event's partition (faust's store keeps one per partition; it is
+the thread's partition), under the key bytes faust's JSON key serializer gives
+(`store_key`): faust's item access would serialize the key again per call, take
+a lock to remember which partition held it, and read a found key twice (a
+contains, then a get). Reads outside of an event (the expiry timer) go through
+faust's store, which looks in every partition.
+
+A write goes to the store at once and queues its changelog record on the same
+partition; the agent publishes the queue (`take_changelog`) with the rest of its
+batch's output (processors/outbox.py), and a delivered batch moves the table's
+persisted offset (`persisted`), which is what faust's own changelog sends do one
+record at a time. Held conversations and items carry their partition, so the
+expiry timer can delete them outside of any event on the right partition; it
+only ever deletes (outside of an event there is no partition to write to).
+"""
 
 from __future__ import annotations
 
@@ -75,9 +74,10 @@ class TableState:
 
     def put_held(self, thread_key: str, value: HeldThread | None) -> None:
         if value is None:
-            old = self._held.data.pop(thread_key, None)
+            old = _read(self._held, thread_key)
             if old:
-                self._log(self._held_changelog, HELD_CODEC.decode(old).partition, thread_key, None)
+                partition = HELD_CODEC.decode(old).partition
+                self._write(self._held, self._held_changelog, partition, thread_key, None)
             self._expiry.pop(thread_key, None)
             return
         event = current_event()
@@ -140,9 +140,6 @@ class TableState:
         else:
             db.put(stored, raw)
         self._changelog.append(Record(topic, stored, raw, partition))
-
-    def _log(self, topic: str, partition: int, key: str, raw: bytes | None) -> None:
-        self._changelog.append(Record(topic, store_key(key), raw, partition))
 
     def _index(self, thread_key: str, value: HeldThread) -> None:
         expires = value.latest_expiry()

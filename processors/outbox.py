@@ -19,7 +19,8 @@ Contract:
   so delivery is at least once, as with `producer.send`.
 - A keyed record without a partition goes where the Java client's default
   partitioner puts its key (murmur2, aiokafka's DefaultPartitioner), so it
-  lands where any other producer of that key puts it.
+  lands where any other producer of that key puts it; a record with neither
+  goes where aiokafka's DefaultPartitioner puts a keyless record.
 - A record queued with `latest=True` (compacted topics: activities, records,
   table changelogs) supersedes the record of the same topic and key queued
   before it in this outbox; it is published at its own place in the order.
@@ -38,9 +39,12 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from aiokafka.partitioner import DefaultPartitioner
+
 Delivered = Callable[[int, int], None]
 """Told the partition and the offset of the last record of a delivered batch."""
 
+_KEYLESS = DefaultPartitioner()
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -120,7 +124,11 @@ class Outbox:
                 if topic not in partitions:
                     partitions[topic] = sorted(await self._producer.partitions_for(topic))
                 every = partitions[topic]
-                partition = every[key_partition(key or b"", len(every))]
+                partition = (
+                    every[key_partition(key, len(every))]
+                    if key is not None
+                    else _KEYLESS(None, every, every)  # aiokafka's choice for no key
+                )
             grouped.setdefault((topic, partition), []).append((key, value))
         return grouped
 

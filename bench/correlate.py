@@ -1,5 +1,6 @@
 """Correlation benchmark: decisions per second through the faust pipeline on tansu next
-to a bare decoding agent, and what one decision costs as history grows.
+to a bare decoding agent, what one decision costs as history grows, and what one
+copy costs as a message reaches more mailboxes.
 
 Both parts use one world: 50 users with a mailbox each (half with the
 `responses` filter, half `all`), 2,000 contacts, and a stream of new emails
@@ -30,12 +31,17 @@ conversation index). Prints microseconds per decision for each history size
 and their ratio (aim: the large history costs at most 1.5 times the small one),
 plus the memory the history takes.
 
+Fan-out (bench/fanout.py): one message in N mailboxes, N = 10, 100 and 1,000
+(`--fanout`); prints CPU microseconds and state bytes written per copy. Neither
+should grow with N: a copy's cost growing with N makes the fan-out N².
+
 Figures go to bench/results/correlate.json (a part skipped with --only keeps
 its previous figures there).
 
     python bench/correlate.py [--pipeline-emails N] [--storage s3|memory]
                               [--bare-runs K] [--emails N] [--small H] [--large H]
-                              [--only pipeline|history] [--profile FILE]
+                              [--fanout N,N,...] [--only pipeline|history|fanout]
+                              [--profile FILE]
                               [--set TIDINGS_NAME=VALUE ...]
 """
 
@@ -61,6 +67,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.fanout import measure_fanout
 from bench.pipeline_rate import (
     PipelineOptions,
     PipelineResult,
@@ -309,6 +316,33 @@ def measure_history(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def measure_fanouts(args: argparse.Namespace) -> dict[str, Any]:
+    """The fan-out part: per-copy cost of one message in N mailboxes, for each N."""
+    table = Table(title="one message in N mailboxes (engine on RocksDB)")
+    for name in ("mailboxes (N)", "messages", "CPU µs/copy", "state bytes/copy"):
+        table.add_column(name, justify="right")
+    runs = []
+    for copies in args.fanout:
+        messages = max(2, 20_000 // copies)
+        run = measure_fanout(copies, messages)
+        runs.append(run)
+        cells = (f"{copies:,}", f"{messages:,}", f"{run['us_per_copy']:,.1f}")
+        table.add_row(*cells, f"{run['state_bytes_per_copy']:,}")
+    console.print(table)
+    return {"runs": runs}
+
+
+def sizes(text: str) -> list[int]:
+    """A comma-separated list of positive counts."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 10,100,1000: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be at least 1: {text!r}")
+    return counts
+
+
 def setting(text: str) -> tuple[str, str]:
     """A TIDINGS_NAME=VALUE command-line argument as (name, value)."""
     name, sep, value = text.partition("=")
@@ -347,7 +381,16 @@ def main() -> None:
         help="small history (also: the pipeline's tracked CRM emails)",
     )
     parser.add_argument("--large", type=int, default=1_000_000, help="large history")
-    parser.add_argument("--only", choices=["pipeline", "history"], help="run one part only")
+    parser.add_argument(
+        "--fanout",
+        type=sizes,
+        default=[10, 100, 1_000],
+        metavar="N,N,...",
+        help="mailboxes one message reaches, per fan-out run",
+    )
+    parser.add_argument(
+        "--only", choices=["pipeline", "history", "fanout"], help="run one part only"
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -368,10 +411,12 @@ def main() -> None:
         figures = json.loads(RESULTS.read_text())
     figures["benchmark"] = "correlate (pipeline rate; decision cost against history)"
     figures["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    if args.only != "history":
+    if args.only in (None, "pipeline"):
         figures["pipeline"] = measure_pipeline_rate(args)
-    if args.only != "pipeline":
+    if args.only in (None, "history"):
         figures.update(measure_history(args))
+    if args.only in (None, "fanout"):
+        figures["fanout"] = measure_fanouts(args)
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2) + "\n")

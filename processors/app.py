@@ -29,10 +29,11 @@ So the copies of one message in every mailbox, and the replies that carry
 their thread's references, meet on one partition, where the partitioned
 `tracked` table (Message-ID → activity, correlation, receiving mailboxes)
 decides duplicates and In-Reply-To/References links with no remote lookup,
-and `held-threads` lists, per conversation, the items that wait for mail not
-tracked yet, whose emails and last decisions are in `held-items` (written once
-per held item, so a conversation with many held copies is not rewritten whole
-on every copy). The tables live in RocksDB (faust's rocksdb store, rocksdict
+`tracked-items` keeps each copy's last decision (by Message-ID and item, so a
+message in many mailboxes is not rewritten with every copy's decision on
+every copy), and `held-threads` lists, per conversation, the items that wait
+for mail not tracked yet, whose emails and last decisions are in `held-items`
+(written once per held item, likewise). The tables live in RocksDB (faust's rocksdb store, rocksdict
 driver) under this worker's state directory, changelogged, so a restart resumes
 from disk and a moved partition is rebuilt from its changelog.
 
@@ -183,6 +184,7 @@ class ProcessorApp:
             )
         }
         self.tracked = self._table("tracked")
+        self.tracked_items = self._table("tracked-items")
         self.held = self._table("held-threads")
         self.held_items = self._table("held-items")
         self.act_items = self._table("act-items")
@@ -217,7 +219,7 @@ class ProcessorApp:
             ),
             CompactedView(kafka, CRM_ACT.name(prefix), codec(CRM_ACT), self.act_owners.apply),
         ]
-        self.state = TableState(self.tracked, self.held, self.held_items)
+        self.state = TableState(self.tracked, self.tracked_items, self.held, self.held_items)
         self.engine = DecisionEngine(
             self.state, self.directory, self.mailboxes, self.activity_index, self.settings
         )

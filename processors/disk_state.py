@@ -12,15 +12,17 @@ from schemas.state import (
     HELD_CODEC,
     HELD_ITEM_CODEC,
     TRACKED_CODEC,
+    TRACKED_ITEM_CODEC,
     HeldItem,
     HeldThread,
+    TrackedItem,
     TrackedMessage,
 )
 
 
 class DiskState:
-    """EngineState on `store` (keys ("tracked", key), ("held", thread key) and
-    ("held-item", thread key, item key))."""
+    """EngineState on `store` (keys ("tracked", key), ("tracked-item", key, item key),
+    ("held", thread key) and ("held-item", thread key, item key))."""
 
     def __init__(self, store: IndexStore) -> None:
         self.store = store
@@ -31,6 +33,14 @@ class DiskState:
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
         self.store.write({make_key("tracked", key): TRACKED_CODEC.encode(value)}, [])
+
+    def get_tracked_item(self, key: str, item_key: str) -> TrackedItem | None:
+        raw = self.store.get(make_key("tracked-item", key, item_key))
+        return TRACKED_ITEM_CODEC.decode(raw) if raw else None
+
+    def put_tracked_item(self, key: str, item_key: str, value: TrackedItem) -> None:
+        raw = TRACKED_ITEM_CODEC.encode(value)
+        self.store.write({make_key("tracked-item", key, item_key): raw}, [])
 
     def get_held(self, thread_key: str) -> HeldThread | None:
         raw = self.store.get(make_key("held", thread_key))

@@ -40,7 +40,14 @@ from schemas.crm import (
 from schemas.ids import created_record_id, email_activity_id
 from schemas.mail import EmailAddress, ParsedEmail
 from schemas.mailbox import AutoCreate
-from schemas.state import HeldEntry, HeldItem, HeldThread, TrackedItem, TrackedMessage
+from schemas.state import (
+    HeldEntry,
+    HeldItem,
+    HeldThread,
+    QueueCopy,
+    TrackedItem,
+    TrackedMessage,
+)
 
 # Skips that another copy of the message (or a later reply chain) can still turn into a link.
 _IMPROVABLE = frozenset(
@@ -59,11 +66,16 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 
 class EngineState(Protocol):
-    """Where the engine keeps tracked messages (by tracking key) and held conversations."""
+    """Where the engine keeps tracked messages (by tracking key) and their copies (by
+    tracking key and item key), and held conversations and their items."""
 
     def get_tracked(self, key: str) -> TrackedMessage | None: ...
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None: ...
+
+    def get_tracked_item(self, key: str, item_key: str) -> TrackedItem | None: ...
+
+    def put_tracked_item(self, key: str, item_key: str, value: TrackedItem) -> None: ...
 
     def get_held(self, thread_key: str) -> HeldThread | None: ...
 
@@ -82,6 +94,7 @@ class MemoryState:
     """EngineState in dictionaries (tests, benchmarks)."""
 
     tracked: dict[str, TrackedMessage] = field(default_factory=dict)
+    tracked_items: dict[tuple[str, str], TrackedItem] = field(default_factory=dict)
     held: dict[str, HeldThread] = field(default_factory=dict)
     held_items: dict[tuple[str, str], HeldItem] = field(default_factory=dict)
 
@@ -90,6 +103,12 @@ class MemoryState:
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
         self.tracked[key] = value
+
+    def get_tracked_item(self, key: str, item_key: str) -> TrackedItem | None:
+        return self.tracked_items.get((key, item_key))
+
+    def put_tracked_item(self, key: str, item_key: str, value: TrackedItem) -> None:
+        self.tracked_items[(key, item_key)] = value
 
     def get_held(self, thread_key: str) -> HeldThread | None:
         return self.held.get(thread_key)
@@ -137,6 +156,15 @@ class _Reads:
         self.state.put_tracked(key, value)
         self._tracked[key] = value
         self._refs.clear()
+
+    def get_copy(self, key: str, item_key: str) -> TrackedItem | None:
+        """A tracked message's copy in one mailbox item: its own record, or, for a
+        message stored by an earlier build, its entry in the message's legacy
+        `items`."""
+        found = self.state.get_tracked_item(key, item_key)
+        if found is None and (entry := self.get_tracked(key)) is not None and entry.items:
+            found = next((i for i in entry.items if i.item_key == item_key), None)
+        return found
 
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The tracked message or CRM activity of a Message-ID: tracked here first (in
@@ -286,6 +314,7 @@ class DecisionEngine:
             directory=self.directory,
             settings=self.settings,
             tracked=self._reads.get_tracked,
+            tracked_copy=self._reads.get_copy,
             by_message_id=self._reads.by_message_id,
             by_token=self.activities.by_token,
             by_conversation_index=self.activities.by_conversation_index,
@@ -314,16 +343,23 @@ class DecisionEngine:
         activity_id = (
             old.activity_id if old else email_activity_id(email.message_id, verdict.qualifier)
         )
-        own = next((i for i in old.items if i.item_key == email.item_key), None) if old else None
+        own = self._reads.get_copy(key, email.item_key) if old else None
         if own is not None and (previous is None or own.decision.version >= previous.version):
             previous = own.decision
         decision = self._decision(email, verdict, activity_id, previous, now)
+        if old is not None and old.items:
+            old = self._move_copies(key, old)
         entry = self._merge_entry(old, email, verdict, activity_id, decision)
         if old is None or _activity_fields(entry) != _activity_fields(old):
             entry = _with(entry, version=(old.version if old else 0) + 1)
         else:
             entry = _with(entry, version=old.version)
         self._reads.put_tracked(key, entry)
+        if own is None or own.decision != decision or own.mailbox_id != email.mailbox_id:
+            copy = TrackedItem(
+                item_key=email.item_key, mailbox_id=email.mailbox_id, decision=decision
+            )
+            self.state.put_tracked_item(key, email.item_key, copy)
         changed = set()
         if old is None or _inherited(old) != _inherited(entry):
             changed.add(email.message_id)
@@ -375,13 +411,43 @@ class DecisionEngine:
             conversation_id=activity_id,
         )
         entry = _apply_correlation(entry, verdict.correlation, self._fresh_target)
-        item = TrackedItem(item_key=email.item_key, mailbox_id=email.mailbox_id, decision=decision)
-        items = sorted(
-            [*(i for i in entry.items if i.item_key != email.item_key), item],
-            key=lambda i: i.item_key,
-        )
-        mailboxes = sorted({*entry.mailboxes, email.mailbox_id})
-        return _with(entry, items=items, mailboxes=mailboxes, owner=self._owner(email, mailboxes))
+        copy = TrackedItem(item_key=email.item_key, mailbox_id=email.mailbox_id, decision=decision)
+        queue_copies = [q for q in entry.queue_copies if q.item_key != email.item_key]
+        queue_copies += self._queue_copy(copy)
+        mailboxes = entry.mailboxes
+        if email.mailbox_id not in mailboxes:
+            mailboxes = sorted([*mailboxes, email.mailbox_id])
+        owner = self._owner(email, mailboxes)
+        return _with(entry, queue_copies=queue_copies, mailboxes=mailboxes, owner=owner)
+
+    def _move_copies(self, key: str, entry: TrackedMessage) -> TrackedMessage:
+        """A message stored by an earlier build, its inline copies moved to their own
+        records (once: the message is written without them)."""
+        queue_copies = []
+        for copy in entry.items:
+            self.state.put_tracked_item(key, copy.item_key, copy)
+            queue_copies += self._queue_copy(copy)
+        return _with(entry, items=[], queue_copies=queue_copies)
+
+    def _queue_copy(self, copy: TrackedItem) -> list[QueueCopy]:
+        """`copy` as a queue's copy, when its mailbox is a queue's and it is promoted."""
+        config = self.mailboxes.get(copy.mailbox_id)
+        decision = copy.decision
+        if (
+            config is None
+            or config.owner.type != RecordType.QUEUE.value
+            or decision.status != DecisionStatus.PROMOTED
+        ):
+            return []
+        duplicate = decision.reason == ReasonCode.DUPLICATE
+        return [
+            QueueCopy(
+                item_key=copy.item_key,
+                mailbox_id=copy.mailbox_id,
+                duplicate=duplicate,
+                decided_at=decision.decided_at,
+            )
+        ]
 
     def _fresh_target(self, target: TrackedRef) -> TrackedRef:
         """The current state of a correlation target (its regarding may have changed)."""
@@ -483,16 +549,13 @@ class DecisionEngine:
     ) -> list[tuple[tuple[bool, datetime, str], RecordRef]]:
         """Each promoted copy a queue's mailbox received, as (order, queue): copies that
         passed their own mailbox's rules before those linked as duplicates, then the
-        earliest decided, then by mailbox id; the first is the accepting queue."""
+        earliest decided, then by mailbox id; the first is the accepting queue. A
+        mailbox no longer a queue's is left out."""
         found = []
-        for item in entry.items:
-            config = self.mailboxes.get(item.mailbox_id)
-            if config is None or config.owner.type != RecordType.QUEUE.value:
-                continue
-            decision = item.decision
-            if decision.status == DecisionStatus.PROMOTED:
-                duplicate = decision.reason == ReasonCode.DUPLICATE
-                order = (duplicate, decision.decided_at, item.mailbox_id)
+        for copy in entry.queue_copies:
+            config = self.mailboxes.get(copy.mailbox_id)
+            if config is not None and config.owner.type == RecordType.QUEUE.value:
+                order = (copy.duplicate, copy.decided_at, copy.mailbox_id)
                 found.append((order, config.owner))
         return found
 

@@ -1,5 +1,6 @@
-"""EngineState on faust tables: tracked messages and held conversations, changelogged,
-stored in RocksDB (faust's rocksdb store with the rocksdict driver).
+"""EngineState on faust tables: tracked messages and their copies, held conversations
+and their items, changelogged, stored in RocksDB (faust's rocksdb store with the
+rocksdict driver).
 
 Reads and writes made while an event is processed go straight to the RocksDB
 database of the event's partition (faust's store keeps one per partition; it is
@@ -35,24 +36,28 @@ from schemas.state import (
     HELD_CODEC,
     HELD_ITEM_CODEC,
     TRACKED_CODEC,
+    TRACKED_ITEM_CODEC,
     HeldItem,
     HeldThread,
+    TrackedItem,
     TrackedMessage,
-    held_item_key,
+    member_key,
 )
 
 
 class TableState:
-    """Decoded view of the `tracked`, held-thread and held-item faust tables (values
-    are schema bytes)."""
+    """Decoded view of the tracked-message, tracked-item, held-thread and held-item
+    faust tables (values are schema bytes)."""
 
-    def __init__(self, tracked: Any, held: Any, held_items: Any) -> None:
+    def __init__(self, tracked: Any, tracked_items: Any, held: Any, held_items: Any) -> None:
         self._tracked = tracked
+        self._tracked_items = tracked_items
         self._held = held
         self._held_items = held_items
         self._expiry: dict[str, tuple[datetime, int, int]] = {}
         self._changelog: list[Record] = []
         self._tracked_changelog = tracked.changelog_topic.get_topic_name()
+        self._tracked_items_changelog = tracked_items.changelog_topic.get_topic_name()
         self._held_changelog = held.changelog_topic.get_topic_name()
         self._held_items_changelog = held_items.changelog_topic.get_topic_name()
 
@@ -62,11 +67,19 @@ class TableState:
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
         """Store `value` on the partition of the event being processed."""
-        event = current_event()
-        if event is None:
-            raise RuntimeError("tracked messages are written while an event is processed")
         raw = TRACKED_CODEC.encode(value)
-        self._write(self._tracked, self._tracked_changelog, event.message.partition, key, raw)
+        self._write(self._tracked, self._tracked_changelog, _event_partition(), key, raw)
+
+    def get_tracked_item(self, key: str, item_key: str) -> TrackedItem | None:
+        raw = _read(self._tracked_items, member_key(key, item_key))
+        return TRACKED_ITEM_CODEC.decode(raw) if raw else None
+
+    def put_tracked_item(self, key: str, item_key: str, value: TrackedItem) -> None:
+        """Store `value` on the partition of the event being processed."""
+        raw = TRACKED_ITEM_CODEC.encode(value)
+        stored = member_key(key, item_key)
+        topic = self._tracked_items_changelog
+        self._write(self._tracked_items, topic, _event_partition(), stored, raw)
 
     def get_held(self, thread_key: str) -> HeldThread | None:
         raw = _read(self._held, thread_key)
@@ -90,7 +103,7 @@ class TableState:
         self._index(thread_key, value)
 
     def get_held_item(self, thread_key: str, item_key: str) -> HeldItem | None:
-        raw = _read(self._held_items, held_item_key(thread_key, item_key))
+        raw = _read(self._held_items, member_key(thread_key, item_key))
         return HELD_ITEM_CODEC.decode(raw) if raw else None
 
     def put_held_item(
@@ -99,7 +112,7 @@ class TableState:
         """Store (None: delete) a held item on its thread's partition; a delete may come
         outside of any event (the expiry timer)."""
         raw = HELD_ITEM_CODEC.encode(value) if value is not None else None
-        key = held_item_key(thread_key, item_key)
+        key = member_key(thread_key, item_key)
         self._write(self._held_items, self._held_items_changelog, partition, key, raw)
 
     def take_changelog(self) -> list[Record]:
@@ -112,6 +125,9 @@ class TableState:
         to an offset (so recovery reads on from there)."""
         return {
             self._tracked_changelog: _persisting(self._tracked, self._tracked_changelog),
+            self._tracked_items_changelog: _persisting(
+                self._tracked_items, self._tracked_items_changelog
+            ),
             self._held_changelog: _persisting(self._held, self._held_changelog),
             self._held_items_changelog: _persisting(self._held_items, self._held_items_changelog),
         }
@@ -174,6 +190,15 @@ def _read(table: Any, key: str) -> bytes | None:
         return raw
     value: bytes | None = table.data._db_for_partition(event.message.partition).get(store_key(key))
     return value
+
+
+def _event_partition() -> int:
+    """The partition of the event being processed (where tracked state is written)."""
+    event = current_event()
+    if event is None:
+        raise RuntimeError("tracked messages are written while an event is processed")
+    partition: int = event.message.partition
+    return partition
 
 
 def _persisting(table: Any, topic: str) -> Delivered:

@@ -16,7 +16,7 @@ from schemas.config import InternalEmailPolicy, ProcessingConfig
 from schemas.crm import CorrelationMethod, DecisionStatus, Direction, ReasonCode
 from schemas.mail import AutoReplyKind, ManualTrack, ParsedEmail
 from schemas.mailbox import FolderRole, IncomingFilter, MailboxConfig
-from schemas.state import TrackedMessage
+from schemas.state import TrackedItem, TrackedMessage
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class DecisionContext:
     directory: Directory
     settings: ProcessingConfig
     tracked: Callable[[str], TrackedMessage | None]
+    tracked_copy: Callable[[str, str], TrackedItem | None]  # (tracking key, item key)
     by_message_id: Lookup
     by_token: Lookup
     by_conversation_index: Lookup | None = None
@@ -115,7 +116,7 @@ def decide(email: ParsedEmail, item_key: str, ctx: DecisionContext) -> Verdict:
     if manual is not None:
         return _tracked_by_hand(email, item_key, manual, base, existing, ctx)
     if existing is not None:
-        own = next((i for i in existing.items if i.item_key == item_key), None)
+        own = ctx.tracked_copy(key, item_key)
         if own is not None:
             return replace(base, reason=own.decision.reason, explanation=own.decision.explanation)
         return replace(
@@ -151,7 +152,7 @@ def _tracked_by_hand(
         parts.append(describe_correlation(base.correlation))
     verdict = replace(base, reason=ReasonCode.MANUAL_TRACK)
     if existing is not None:
-        if all(item.item_key != item_key for item in existing.items):
+        if ctx.tracked_copy(base.tracking_key or "", item_key) is None:
             parts.append(
                 f"already tracked as activity {existing.activity_id}; "
                 f"{email.mailbox_id} is added to its receiving mailboxes"

@@ -15,12 +15,26 @@ from schemas.crm import CorrelationMethod, Direction, PromotionDecision
 from schemas.mail import ParsedEmail
 
 
-class TrackedItem(msgspec.Struct, frozen=True, kw_only=True):
-    """One mailbox item linked to a tracked message, and the last decision it got."""
+class TrackedItem(Record, frozen=True, kw_only=True):
+    """One mailbox item (a copy) linked to a tracked message, and the last decision it
+    got: kept by (tracking key, item key), apart from its TrackedMessage, so a
+    message in N mailboxes is not rewritten with every copy's decision on every
+    copy (N² bytes)."""
 
     item_key: str
     mailbox_id: str
     decision: PromotionDecision
+
+
+class QueueCopy(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A promoted copy of a tracked message in a queue's mailbox: what picks the
+    accepting queue (the first by: passed its own mailbox's rules before a
+    Duplicate, then earliest decided, then mailbox id)."""
+
+    item_key: str
+    mailbox_id: str
+    duplicate: bool
+    decided_at: datetime
 
 
 class TrackedMessage(Record, frozen=True, kw_only=True):
@@ -45,7 +59,10 @@ class TrackedMessage(Record, frozen=True, kw_only=True):
     correlation_rank: int = 1_000_000
     tracking_token: str | None = None
     mailboxes: list[str] = msgspec.field(default_factory=list)
+    queue_copies: list[QueueCopy] = msgspec.field(default_factory=list)
     items: list[TrackedItem] = msgspec.field(default_factory=list)
+    """Copies as builds before TrackedItem records kept them, inline: read (a copy
+    not found on its own is looked for here), moved out on the next write."""
 
 
 class HeldItem(Record, frozen=True, kw_only=True):
@@ -85,12 +102,14 @@ class HeldThread(Record, frozen=True, kw_only=True):
         return max((item.held_until for item in self.items), default=None)
 
 
-def held_item_key(thread_key: str, item_key: str) -> str:
-    """The key of a held item: its thread key (length-prefixed, so no two pairs meet)
-    and its item key."""
-    return f"{len(thread_key)}:{thread_key}|{item_key}"
+def member_key(group: str, item_key: str) -> str:
+    """The key of an item kept apart from its group (a held item of a thread, a copy
+    of a tracked message): the group's key, length-prefixed so no two pairs
+    meet, and the item key."""
+    return f"{len(group)}:{group}|{item_key}"
 
 
 TRACKED_CODEC: Codec[TrackedMessage] = Codec(TrackedMessage)
 HELD_CODEC: Codec[HeldThread] = Codec(HeldThread)
 HELD_ITEM_CODEC: Codec[HeldItem] = Codec(HeldItem)
+TRACKED_ITEM_CODEC: Codec[TrackedItem] = Codec(TrackedItem)

@@ -14,7 +14,7 @@ def test_store_keys_are_the_bytes_fausts_json_key_serializer_gives(key: str) -> 
     assert store_key(key) == codecs.dumps("json", key)
 
 
-def test_message_ids_and_held_item_keys_take_the_fast_path_unchanged() -> None:
+def test_message_ids_and_member_keys_take_the_fast_path_unchanged() -> None:
     for key in ("m1@x.example", "m1@x.example#incoming", "12:m1@x.example|mb|INBOX|7"):
         assert store_key(key) == b'"' + key.encode() + b'"' == codecs.dumps("json", key)
     for key in ('quoted"local@x.example', "back\\slash@x.example", "tab\t@x.example", "é@x"):

@@ -52,6 +52,7 @@ def context(
         directory=directory(),
         settings=settings or ProcessingConfig(),
         tracked=lambda key: None,
+        tracked_copy=lambda key, item_key: None,
         by_message_id=lambda message_id: None,
         by_token=lambda token: None,
     )

@@ -44,11 +44,14 @@ def add_mailboxes(workspace: Workspace, root: Path) -> tuple[Path, Path]:
     return alice, bob
 
 
-def decision(workspace: Workspace, message_id: str) -> tuple[str, str, str]:
-    """(status, reason, correlation method) of the one decision about `message_id`."""
+def decision(
+    workspace: Workspace, message_id: str, mailbox_id: str = "mb-bob"
+) -> tuple[str, str, str]:
+    """(status, reason, correlation method) of the one decision about `message_id` in
+    `mailbox_id`."""
     rows = workspace.query(
         "SELECT status, reason, correlation_method FROM tidings.promotion_decisions FINAL "
-        f"WHERE message_id = '{message_id}'"
+        f"WHERE message_id = '{message_id}' AND mailbox_id = '{mailbox_id}'"
     )
     assert len(rows) == 1, (message_id, rows, workspace.logs())
     status, reason, method = rows[0]
@@ -97,11 +100,12 @@ def test_restarted_processors_correlate_against_the_state_they_kept(
         },
     )
     run_until_idle(workspace, tmp_path / "run-1.log")
-    assert decision(workspace, PARENT_ID) == ("promoted", "AcceptAll", "None")
+    assert decision(workspace, PARENT_ID, "mb-alice") == ("promoted", "AcceptAll", "None")
 
     # The worker's state is on disk, and the activity index knows where it stopped.
     state = workspace.data_dir / "processors" / "default"
     assert any(state.rglob("tracked-*.db")), sorted(state.rglob("*"))
+    assert any(state.rglob("tracked-items-*.db")), sorted(state.rglob("*"))
     store = IndexStore(state / "activity-index")
     try:
         index = ActivityIndex(store=store)
@@ -113,7 +117,19 @@ def test_restarted_processors_correlate_against_the_state_they_kept(
         store.close()
 
     # After a restart: one reply by In-Reply-To (the tracked table), one by its
-    # Thread-Index alone (the activity index), into the `responses` mailbox.
+    # Thread-Index alone (the activity index), into the `responses` mailbox, and
+    # Bob's copy of the parent, a duplicate of the activity Alice's copy made.
+    write_message(
+        bob,
+        "1772445699.M1.parent-copy",
+        {
+            "From": "Dana Whit <dana@contoso.example>",
+            "To": "Alice <alice@northwind.example>, Bob <bob@northwind.example>",
+            "Subject": "Renewal terms",
+            "Date": DATE,
+            "Message-ID": f"<{PARENT_ID}>",
+        },
+    )
     reply(
         bob, "1772445700.M2.by-header", "reply-1@contoso.example", {"In-Reply-To": f"<{PARENT_ID}>"}
     )
@@ -137,6 +153,8 @@ def test_restarted_processors_correlate_against_the_state_they_kept(
     )
     assert parent_activity(workspace, "reply-1@contoso.example") == parent
     assert parent_activity(workspace, "reply-2@contoso.example") == parent
+    assert decision(workspace, PARENT_ID)[:2] == ("promoted", "Duplicate")
+    assert receiving_mailboxes(workspace, PARENT_ID) == ["mb-alice", "mb-bob"]
 
     # Without its state directory, the worker rebuilds it from the topics.
     rmtree(state)
@@ -148,7 +166,16 @@ def test_restarted_processors_correlate_against_the_state_they_kept(
         "InReplyTo",
     )
     assert parent_activity(workspace, "reply-3@contoso.example") == parent
-    assert decision(workspace, PARENT_ID) == ("promoted", "AcceptAll", "None")
+    assert decision(workspace, PARENT_ID, "mb-alice") == ("promoted", "AcceptAll", "None")
+
+
+def receiving_mailboxes(workspace: Workspace, message_id: str) -> list[str]:
+    rows = workspace.query(
+        "SELECT receiving_mailboxes FROM tidings.activities FINAL "
+        f"WHERE message_id = '{message_id}'"
+    )
+    assert len(rows) == 1, (message_id, rows)
+    return sorted(rows[0][0])
 
 
 def email_activity(workspace: Workspace, message_id: str) -> str:

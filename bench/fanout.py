@@ -13,7 +13,6 @@ cost per copy that grows with N means the whole fan-out grows as N².
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,14 +34,12 @@ SENDER = "announce@contoso.example"
 LIST = "all-staff@nw.example"
 
 
-@dataclass
 class CountingStore(IndexStore):
     """An IndexStore that counts the bytes of the values written to it."""
 
-    written: int = field(default=0, init=False)
-
-    def __post_init__(self) -> None:
-        IndexStore.__init__(self)
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
 
     def write(self, puts: dict[bytes, bytes], deletes: Any) -> None:
         self.written += sum(len(value) for value in puts.values())

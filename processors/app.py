@@ -33,9 +33,10 @@ decides duplicates and In-Reply-To/References links with no remote lookup,
 message in many mailboxes is not rewritten with every copy's decision on
 every copy), and `held-threads` lists, per conversation, the items that wait
 for mail not tracked yet, whose emails and last decisions are in `held-items`
-(written once per held item, likewise). The tables live in RocksDB (faust's rocksdb store, rocksdict
-driver) under this worker's state directory, changelogged, so a restart resumes
-from disk and a moved partition is rebuilt from its changelog.
+(written once per held item, likewise). The tables live in RocksDB (faust's
+rocksdb store, rocksdict driver) under this worker's state directory,
+changelogged, so a restart resumes from disk and a moved partition is rebuilt
+from its changelog.
 
 A tracking token, a Thread-Index or a subject hash says nothing about the
 thread key, so those lookups cannot be co-partitioned. They go to a global

@@ -32,26 +32,22 @@ class DiskState:
         return TRACKED_CODEC.decode(raw) if raw else None
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
-        self.store.write({make_key("tracked", key): TRACKED_CODEC.encode(value)}, [])
+        self._put(make_key("tracked", key), TRACKED_CODEC.encode(value))
 
     def get_tracked_item(self, key: str, item_key: str) -> TrackedItem | None:
         raw = self.store.get(make_key("tracked-item", key, item_key))
         return TRACKED_ITEM_CODEC.decode(raw) if raw else None
 
     def put_tracked_item(self, key: str, item_key: str, value: TrackedItem) -> None:
-        raw = TRACKED_ITEM_CODEC.encode(value)
-        self.store.write({make_key("tracked-item", key, item_key): raw}, [])
+        self._put(make_key("tracked-item", key, item_key), TRACKED_ITEM_CODEC.encode(value))
 
     def get_held(self, thread_key: str) -> HeldThread | None:
         raw = self.store.get(make_key("held", thread_key))
         return HELD_CODEC.decode(raw) if raw else None
 
     def put_held(self, thread_key: str, value: HeldThread | None) -> None:
-        store_key = make_key("held", thread_key)
-        if value is None:
-            self.store.write({}, [store_key])
-        else:
-            self.store.write({store_key: HELD_CODEC.encode(value)}, [])
+        raw = HELD_CODEC.encode(value) if value is not None else None
+        self._put(make_key("held", thread_key), raw)
 
     def get_held_item(self, thread_key: str, item_key: str) -> HeldItem | None:
         raw = self.store.get(make_key("held-item", thread_key, item_key))
@@ -60,8 +56,12 @@ class DiskState:
     def put_held_item(
         self, thread_key: str, item_key: str, partition: int, value: HeldItem | None
     ) -> None:
-        store_key = make_key("held-item", thread_key, item_key)
-        if value is None:
+        raw = HELD_ITEM_CODEC.encode(value) if value is not None else None
+        self._put(make_key("held-item", thread_key, item_key), raw)
+
+    def _put(self, store_key: bytes, raw: bytes | None) -> None:
+        """Write (raw None: delete) one key."""
+        if raw is None:
             self.store.write({}, [store_key])
         else:
-            self.store.write({store_key: HELD_ITEM_CODEC.encode(value)}, [])
+            self.store.write({store_key: raw}, [])

@@ -347,18 +347,16 @@ class DecisionEngine:
         if own is not None and (previous is None or own.decision.version >= previous.version):
             previous = own.decision
         decision = self._decision(email, verdict, activity_id, previous, now)
+        copy = TrackedItem(item_key=email.item_key, mailbox_id=email.mailbox_id, decision=decision)
         if old is not None and old.items:
             old = self._move_copies(key, old)
-        entry = self._merge_entry(old, email, verdict, activity_id, decision)
+        entry = self._merge_entry(old, email, verdict, activity_id, copy)
         if old is None or _activity_fields(entry) != _activity_fields(old):
             entry = _with(entry, version=(old.version if old else 0) + 1)
         else:
             entry = _with(entry, version=old.version)
         self._reads.put_tracked(key, entry)
-        if own is None or own.decision != decision or own.mailbox_id != email.mailbox_id:
-            copy = TrackedItem(
-                item_key=email.item_key, mailbox_id=email.mailbox_id, decision=decision
-            )
+        if copy != own:
             self.state.put_tracked_item(key, email.item_key, copy)
         changed = set()
         if old is None or _inherited(old) != _inherited(entry):
@@ -400,7 +398,7 @@ class DecisionEngine:
         email: ParsedEmail,
         verdict: Verdict,
         activity_id: str,
-        decision: PromotionDecision,
+        copy: TrackedItem,
     ) -> TrackedMessage:
         entry = old or TrackedMessage(
             message_id=email.message_id,
@@ -411,7 +409,6 @@ class DecisionEngine:
             conversation_id=activity_id,
         )
         entry = _apply_correlation(entry, verdict.correlation, self._fresh_target)
-        copy = TrackedItem(item_key=email.item_key, mailbox_id=email.mailbox_id, decision=decision)
         queue_copies = [q for q in entry.queue_copies if q.item_key != email.item_key]
         queue_copies += self._queue_copy(copy)
         mailboxes = entry.mailboxes

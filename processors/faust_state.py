@@ -93,10 +93,9 @@ class TableState:
                 self._write(self._held, self._held_changelog, partition, thread_key, None)
             self._expiry.pop(thread_key, None)
             return
-        event = current_event()
-        if event is None or event.message.partition != value.partition:
+        if _event_partition() != value.partition:
             raise RuntimeError(
-                "held threads are written while an event of their partition is processed"
+                "a held thread is written while an event of its partition is processed"
             )
         raw = HELD_CODEC.encode(value)
         self._write(self._held, self._held_changelog, value.partition, thread_key, raw)
@@ -193,10 +192,10 @@ def _read(table: Any, key: str) -> bytes | None:
 
 
 def _event_partition() -> int:
-    """The partition of the event being processed (where tracked state is written)."""
+    """The partition of the event being processed (where state is written)."""
     event = current_event()
     if event is None:
-        raise RuntimeError("tracked messages are written while an event is processed")
+        raise RuntimeError("state is written while an event is processed")
     partition: int = event.message.partition
     return partition
 

@@ -136,7 +136,7 @@ class ProcessorApp:
         self.app = faust.App(
             self.settings.group_id,
             broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
-            store="tidings-rocksdb://",  # faust_state.UnloggedStore
+            store="rocksdb://",
             autodiscover=False,
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,

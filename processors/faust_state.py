@@ -17,16 +17,6 @@ persisted offset (`persisted`), which is what faust's own changelog sends do one
 record at a time. Held conversations and items carry their partition, so the
 expiry timer can delete them outside of any event on the right partition; it
 only ever deletes (outside of an event there is no partition to write to).
-
-The tables' stores write without RocksDB's write-ahead log (`UnloggedStore`, the
-`tidings-rocksdb://` store): the changelog is the log. A store closed with the
-worker, or dropped when its partition moves, flushes what it holds; after a
-crash, RocksDB keeps a prefix of the writes (its memory table is flushed whole),
-and faust's persisted offset is one of those writes, made once the changelog
-records before it were delivered. So a recovered store's offset is never ahead
-of its data, and faust's recovery replays the changelog from there. With the log,
-each write cost a `write` system call (bench/correlate.py --only pipeline: about
-8% of the processor's CPU per decision).
 """
 
 from __future__ import annotations
@@ -38,11 +28,9 @@ from datetime import datetime
 from typing import Any
 
 from faust.serializers import codecs
-from faust.stores import rocksdb
 from faust.streams import _current_event, current_event
 from faust.types import TP
 
-from processors.index_store import UNLOGGED
 from processors.outbox import Delivered, Record
 from schemas.state import (
     HELD_CODEC,
@@ -55,18 +43,6 @@ from schemas.state import (
     TrackedMessage,
     member_key,
 )
-
-
-class UnloggedStore(rocksdb.Store):
-    """faust's RocksDB table store, each partition's database writing without the
-    write-ahead log (every write, faust's own included: a store mixing logged and
-    unlogged writes could recover an offset without the data before it).
-    Registered as the `tidings-rocksdb` store (entry point `faust.stores`)."""
-
-    def _open_for_partition(self, partition: int) -> Any:
-        db = super()._open_for_partition(partition)
-        db.set_write_options(UNLOGGED)
-        return db
 
 
 class TableState:

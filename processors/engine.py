@@ -143,6 +143,7 @@ class _Reads:
         self.state = state
         self._activities = activities
         self._tracked: dict[str, TrackedMessage | None] = {}
+        self._copies: dict[tuple[str, str], TrackedItem | None] = {}
         self._refs: dict[str, TrackedRef | None] = {}
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
@@ -160,11 +161,19 @@ class _Reads:
     def get_copy(self, key: str, item_key: str) -> TrackedItem | None:
         """A tracked message's copy in one mailbox item: its own record, or, for a
         message stored by an earlier build, its entry in the message's legacy
-        `items`."""
-        found = self.state.get_tracked_item(key, item_key)
-        if found is None and (entry := self.get_tracked(key)) is not None and entry.items:
-            found = next((i for i in entry.items if i.item_key == item_key), None)
-        return found
+        `items`. Deciding a copy asks twice (the duplicate check, then tracking)."""
+        try:
+            return self._copies[(key, item_key)]
+        except KeyError:
+            found = self.state.get_tracked_item(key, item_key)
+            if found is None and (entry := self.get_tracked(key)) is not None and entry.items:
+                found = next((i for i in entry.items if i.item_key == item_key), None)
+            self._copies[(key, item_key)] = found
+            return found
+
+    def put_copy(self, key: str, item_key: str, value: TrackedItem) -> None:
+        self.state.put_tracked_item(key, item_key, value)
+        self._copies[(key, item_key)] = value
 
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The tracked message or CRM activity of a Message-ID: tracked here first (in
@@ -357,7 +366,7 @@ class DecisionEngine:
             entry = _with(entry, version=old.version)
         self._reads.put_tracked(key, entry)
         if copy != own:
-            self.state.put_tracked_item(key, email.item_key, copy)
+            self._reads.put_copy(key, email.item_key, copy)
         changed = set()
         if old is None or _inherited(old) != _inherited(entry):
             changed.add(email.message_id)
@@ -422,7 +431,7 @@ class DecisionEngine:
         records (once: the message is written without them)."""
         queue_copies = []
         for copy in entry.items:
-            self.state.put_tracked_item(key, copy.item_key, copy)
+            self._reads.put_copy(key, copy.item_key, copy)
             queue_copies += self._queue_copy(copy)
         return _with(entry, items=[], queue_copies=queue_copies)
 

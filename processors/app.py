@@ -62,7 +62,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from processors.act import ActLinkIndex, ActMemory, ActOwnerIndex, handle_act, is_act
@@ -72,6 +71,7 @@ from processors.engine import DecisionEngine
 from processors.faust_state import TableState, processing
 from processors.index_store import IndexStore
 from processors.outbox import Outbox
+from processors.recovery import App
 from processors.views import CompactedView
 from schemas import metrics, producer_drain
 from schemas.act_changes import link_key
@@ -133,7 +133,7 @@ class ProcessorApp:
         )
         prefix = config.topic_prefix
         kafka = config.kafka
-        self.app = faust.App(
+        self.app = App(  # faust's, with a recovery that drops no input (processors/recovery.py)
             self.settings.group_id,
             broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
             store="rocksdb://",
@@ -337,7 +337,8 @@ class ProcessorApp:
         a write on the current event's partition. The views are awaited per batch,
         once the stream is being read: an agent that does not read its stream while
         faust recovers tables at start-up can lose the first event delivered in that
-        window (seen as a stuck partition after a restart)."""
+        window (seen as a stuck partition after a restart; processors/recovery.py
+        closes the windows in faust's own recovery)."""
         settings = self.settings
         batch_size = metrics.PROCESSOR_BATCH_EVENTS.labels(agent)
         async for events in stream.take_events(

@@ -60,13 +60,17 @@ class Workspace:
         return result
 
     def start(
-        self, *args: str, log: Path, env: dict[str, str] | None = None
+        self,
+        *args: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+        module: str = "pipeline.cli",
     ) -> subprocess.Popen[bytes]:
-        """Start `tidings ARGS` in its own process group (kill it and its children with
-        os.killpg), output to `log`."""
+        """Start `tidings ARGS` (or `python -m MODULE ARGS`, a wrapper around it) in its
+        own process group (kill it and its children with os.killpg), output to `log`."""
         with log.open("wb") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", *args],
+                [sys.executable, "-m", module, *args],
                 cwd=ROOT,
                 env={**self.env, **(env or {})},
                 stdout=out,

@@ -254,7 +254,7 @@ def trace_undecided(running: Pipeline, truth: Truth) -> list[str]:
     stored = {str(key) for (key,) in rows}
     infra = bring_up(load_config(env=running.space.env), create_topics=False)
     try:
-        stages = asyncio.run(_item_keys_on_topics(infra.config))
+        stages = asyncio.run(item_keys_on_topics(infra.config))
     finally:
         infra.close()
     found = []
@@ -267,7 +267,7 @@ def trace_undecided(running: Pipeline, truth: Truth) -> list[str]:
     return found
 
 
-async def _item_keys_on_topics(config: TidingsConfig) -> dict[str, tuple[set[str], dict[int, int]]]:
+async def item_keys_on_topics(config: TidingsConfig) -> dict[str, tuple[set[str], dict[int, int]]]:
     """Per topic the processors read or write: the item keys of its email items
     (created ones on mail.changes) and the processors' lag by partition."""
     stages: dict[str, tuple[set[str], dict[int, int]]] = {}

@@ -103,7 +103,7 @@ async def test_idle_mailboxes_back_off_and_push_or_sync_still_pick_mail_up_at_on
             pushed = polls("push")
             dovecot.append("alice", "INBOX", message(3))
             events = await h.wait_for(MAIL_CHANGES, "mb-alice", lambda e: len(created(e)) == 2)
-            assert polls("push") > pushed
+            await until(lambda: polls("push") > pushed, "a poll woken by IDLE")
             assert {e.item_id.split(":")[1] for e in created(events)} == {"1", "2"}
 
             # No IDLE: `tidings mailbox sync ID` polls at once.

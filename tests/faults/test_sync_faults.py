@@ -252,11 +252,7 @@ def trace_undecided(running: Pipeline, truth: Truth) -> list[str]:
     no decision for, and how far the processors committed on the topics they read."""
     rows = running.clickhouse.query("SELECT item_key FROM tidings.promotion_decisions FINAL")
     stored = {str(key) for (key,) in rows}
-    infra = bring_up(load_config(env=running.space.env), create_topics=False)
-    try:
-        stages = asyncio.run(item_keys_on_topics(infra.config))
-    finally:
-        infra.close()
+    stages = item_keys_now(load_config(env=running.space.env))
     found = []
     for topic, (keys, lag) in stages.items():
         undecided = sorted(keys - stored)
@@ -265,6 +261,15 @@ def trace_undecided(running: Pipeline, truth: Truth) -> list[str]:
             + (f"; processors' lag by partition {lag}" if lag else "")
         )
     return found
+
+
+def item_keys_now(config: TidingsConfig) -> dict[str, tuple[set[str], dict[int, int]]]:
+    """`item_keys_on_topics` on the running broker `config` points at."""
+    infra = bring_up(config, create_topics=False)
+    try:
+        return asyncio.run(item_keys_on_topics(infra.config))
+    finally:
+        infra.close()
 
 
 async def item_keys_on_topics(config: TidingsConfig) -> dict[str, tuple[set[str], dict[int, int]]]:

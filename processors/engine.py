@@ -147,11 +147,10 @@ class _Reads:
         self._refs: dict[str, TrackedRef | None] = {}
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
-        try:
+        if key in self._tracked:
             return self._tracked[key]
-        except KeyError:
-            found = self._tracked[key] = self.state.get_tracked(key)
-            return found
+        found = self._tracked[key] = self.state.get_tracked(key)
+        return found
 
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
         self.state.put_tracked(key, value)
@@ -162,14 +161,13 @@ class _Reads:
         """A tracked message's copy in one mailbox item: its own record, or, for a
         message stored by an earlier build, its entry in the message's legacy
         `items`. Deciding a copy asks twice (the duplicate check, then tracking)."""
-        try:
+        if (key, item_key) in self._copies:
             return self._copies[(key, item_key)]
-        except KeyError:
-            found = self.state.get_tracked_item(key, item_key)
-            if found is None and (entry := self.get_tracked(key)) is not None and entry.items:
-                found = next((i for i in entry.items if i.item_key == item_key), None)
-            self._copies[(key, item_key)] = found
-            return found
+        found = self.state.get_tracked_item(key, item_key)
+        if found is None and (entry := self.get_tracked(key)) is not None and entry.items:
+            found = next((i for i in entry.items if i.item_key == item_key), None)
+        self._copies[(key, item_key)] = found
+        return found
 
     def put_copy(self, key: str, item_key: str, value: TrackedItem) -> None:
         self.state.put_tracked_item(key, item_key, value)
@@ -178,11 +176,10 @@ class _Reads:
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The tracked message or CRM activity of a Message-ID: tracked here first (in
         any of its qualified forms), then the global activity index."""
-        try:
+        if message_id in self._refs:
             return self._refs[message_id]
-        except KeyError:
-            found = self._refs[message_id] = self._find(message_id)
-            return found
+        found = self._refs[message_id] = self._find(message_id)
+        return found
 
     def _find(self, message_id: str) -> TrackedRef | None:
         for qualifier in _QUALIFIERS:

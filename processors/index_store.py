@@ -26,6 +26,9 @@ import rocksdict
 
 _SEPARATOR = b"\x00"
 _OFFSETS = "\x01offsets"  # first key part of saved offsets: sorts apart from index keys
+UNLOGGED = rocksdict.WriteOptions()
+"""Writes without RocksDB's write-ahead log (for stores rebuilt from a topic)."""
+UNLOGGED.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub says method
 
 
 class StateLocked(RuntimeError):
@@ -75,9 +78,7 @@ class IndexStore:
         # No write-ahead log: what the store holds is rebuilt from topics, and RocksDB
         # recovers a prefix of the writes, so after a crash the saved offsets are
         # never ahead of the data they cover and reading resumes early enough.
-        unlogged = rocksdict.WriteOptions()
-        unlogged.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub says method
-        self._db.set_write_options(unlogged)
+        self._db.set_write_options(UNLOGGED)
 
     def get(self, store_key: bytes) -> bytes | None:
         """The value of a key, or None."""

@@ -61,11 +61,32 @@ from schemas.state import (
 )
 
 
+class _TableOptions(rocksdb.RocksDBOptions):
+    """faust's RocksDB options, with a bloom filter on the memory table too: most
+    reads of the tables ask for keys that are not there (a Message-ID in each of
+    its qualified forms, a message not tracked yet), and without it each such read
+    walks the memory table's skip list (3-4% of the processor's CPU)."""
+
+    def as_options(self) -> Any:
+        options = super().as_options()
+        options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
+        options.set_memtable_whole_key_filtering(True)
+        return options
+
+
+MEMTABLE_BLOOM_RATIO = 0.1  # of the write buffer, RocksDB's usual choice
+
+
 class UnloggedStore(rocksdb.Store):
     """faust's RocksDB table store, each partition's database writing without the
     write-ahead log (every write, faust's own included: a store mixing logged and
-    unlogged writes could recover an offset without the data before it).
+    unlogged writes could recover an offset without the data before it), with a
+    bloom filter on its memory table (`_TableOptions`).
     Registered as the `tidings-rocksdb` store (entry point `faust.stores`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rocksdb_options = _TableOptions(**self.options, use_rocksdict=self.use_rocksdict)
 
     def _open_for_partition(self, partition: int) -> Any:
         db = super()._open_for_partition(partition)

@@ -35,6 +35,14 @@ def test_the_tables_store_is_found_by_its_url_and_writes_no_log(tmp_path: Path) 
     assert logs and all(log.stat().st_size == 0 for log in logs)
 
 
+def test_the_tables_memory_table_has_a_bloom_filter(tmp_path: Path) -> None:
+    store = table(tmp_path).data
+    store._db_for_partition(0)
+    written = max(store.partition_path(0).glob("OPTIONS-*")).read_text()
+    assert "memtable_whole_key_filtering=true" in written
+    assert "memtable_prefix_bloom_size_ratio=0.1" in written
+
+
 def test_a_closed_store_keeps_its_writes_and_offset(tmp_path: Path) -> None:
     store = table(tmp_path).data
     store._db_for_partition(1).put(b'"m1@x.example"', b"tracked")

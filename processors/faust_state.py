@@ -65,7 +65,8 @@ class _TableOptions(rocksdb.RocksDBOptions):
     """faust's RocksDB options, with a bloom filter on the memory table too: most
     reads of the tables ask for keys that are not there (a Message-ID in each of
     its qualified forms, a message not tracked yet), and without it each such read
-    walks the memory table's skip list (3-4% of the processor's CPU)."""
+    walks the memory table's skip list (its seeks were 4% of the processor's CPU
+    in a perf profile; a miss costs 0.37 µs with the filter, 1.2 without)."""
 
     def as_options(self) -> Any:
         options = super().as_options()
@@ -86,7 +87,8 @@ class UnloggedStore(rocksdb.Store):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.rocksdb_options = _TableOptions(**self.options, use_rocksdict=self.use_rocksdict)
+        options = dict(self.options or {})
+        self.rocksdb_options = _TableOptions(**options, use_rocksdict=self.use_rocksdict)
 
     def _open_for_partition(self, partition: int) -> Any:
         db = super()._open_for_partition(partition)

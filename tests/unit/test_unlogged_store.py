@@ -54,22 +54,33 @@ def test_a_closed_store_keeps_its_writes_and_offset(tmp_path: Path) -> None:
     assert reopened.persisted_offset(CHANGELOG) == 7
 
 
-def test_after_a_crash_the_offset_is_never_ahead_of_the_data(tmp_path: Path) -> None:
-    crash = f"""
-        import os, sys
+def crash_after(datadir: Path, steps: str) -> None:
+    """Run `steps` in a child process on a table's store in `datadir` (partition 1's
+    database as `db`), then end it with no close: what RocksDB did not flush is
+    lost, as in a `kill -9`."""
+    child = f"""
+        import os, sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         from tests.unit.test_unlogged_store import CHANGELOG, table
-        store = table(Path({str(tmp_path)!r})).data
+        store = table(Path({str(datadir)!r})).data
         db = store._db_for_partition(1)
+    """
+    script = textwrap.dedent(child) + textwrap.dedent(steps) + "os._exit(0)\n"
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+
+
+def test_after_a_crash_the_offset_is_never_ahead_of_the_data(tmp_path: Path) -> None:
+    crash_after(
+        tmp_path,
+        """
         db.put(b'"m1@x.example"', b"first")
         store.set_persisted_offset(CHANGELOG, 10)
         db.flush()  # what RocksDB does when its memory table fills
         db.put(b'"m2@x.example"', b"second")
         store.set_persisted_offset(CHANGELOG, 20)
-        os._exit(0)  # no close: the memory table is lost
-    """
-    subprocess.run([sys.executable, "-c", textwrap.dedent(crash)], check=True, cwd=ROOT)
+        """,
+    )
     db = table(tmp_path).data
     partition = db._db_for_partition(1)
     assert partition.get(b'"m1@x.example"') == b"first"
@@ -79,13 +90,9 @@ def test_after_a_crash_the_offset_is_never_ahead_of_the_data(tmp_path: Path) -> 
 
 
 def test_a_flush_bounds_what_a_crash_replays(tmp_path: Path) -> None:
-    crash = f"""
-        import os, sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from pathlib import Path
-        from tests.unit.test_unlogged_store import CHANGELOG, table
-        store = table(Path({str(tmp_path)!r})).data
-        db = store._db_for_partition(1)
+    crash_after(
+        tmp_path,
+        """
         db.put(b'"m1@x.example"', b"first")
         store.set_persisted_offset(CHANGELOG, 10)
         store.flush()  # the processors' timer; RocksDB flushes in the background
@@ -95,9 +102,8 @@ def test_a_flush_bounds_what_a_crash_replays(tmp_path: Path) -> None:
             or db.property_int_value("rocksdb.num-immutable-mem-table")
         ):
             time.sleep(0.01)
-        os._exit(0)  # no close: what is not flushed is lost
-    """
-    subprocess.run([sys.executable, "-c", textwrap.dedent(crash)], check=True, cwd=ROOT)
+        """,
+    )
     db = table(tmp_path).data
     assert db._db_for_partition(1).get(b'"m1@x.example"') == b"first"
     assert db.persisted_offset(CHANGELOG) == 10

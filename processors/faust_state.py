@@ -60,6 +60,8 @@ from schemas.state import (
     member_key,
 )
 
+MEMTABLE_BLOOM_RATIO = 0.1  # of the write buffer, RocksDB's usual choice
+
 
 class _TableOptions(rocksdb.RocksDBOptions):
     """faust's RocksDB options, with a bloom filter on the memory table too: most
@@ -73,9 +75,6 @@ class _TableOptions(rocksdb.RocksDBOptions):
         options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
         options.set_memtable_whole_key_filtering(True)
         return options
-
-
-MEMTABLE_BLOOM_RATIO = 0.1  # of the write buffer, RocksDB's usual choice
 
 
 class UnloggedStore(rocksdb.Store):
@@ -112,7 +111,6 @@ class TableState:
 
     def __init__(self, tracked: Any, tracked_items: Any, held: Any, held_items: Any) -> None:
         self._tables = (tracked, tracked_items, held, held_items)
-        self._held = held
         self._changelogs = tuple(t.changelog_topic.get_topic_name() for t in self._tables)
         self._expiry: dict[str, tuple[datetime, int, int]] = {}
         self._changelog: list[Record] = []
@@ -248,9 +246,10 @@ class TableState:
 
     def _index_recovered(self) -> None:
         """Index conversations restored from the changelog (written by an earlier run)."""
-        for key in list(self._held.data.keys()):
+        store = self._tables[_HELD].data
+        for key in list(store.keys()):
             if key not in self._expiry:
-                raw = self._held.data.get(key)
+                raw = store.get(key)
                 if raw:
                     self._index(key, HELD_CODEC.decode(raw))
 

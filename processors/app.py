@@ -136,7 +136,7 @@ class ProcessorApp:
         self.app = App(  # faust's, with a recovery that drops no input (processors/recovery.py)
             self.settings.group_id,
             broker=[f"kafka://{server}" for server in kafka.bootstrap_servers],
-            store="tidings-rocksdb://",  # faust_state.UnloggedStore
+            store="tidings-rocksdb://",  # faust_state.TableStore
             autodiscover=False,
             topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,
@@ -313,12 +313,6 @@ class ProcessorApp:
             await self._publish(self._outbox())
             metrics.PROCESSOR_HELD_ITEMS.set(self.state.held_item_count())
 
-        @app.timer(interval=self.settings.state_flush_interval_s)
-        async def flush_tables() -> None:
-            # Bounds what a crash makes the next start replay (processors/faust_state.py).
-            for table in app.tables.values():
-                table.data.flush()
-
         @app.page("/metrics")
         async def metrics_page(web: Any, request: Any) -> Any:
             # aiohttp refuses a charset in content_type; the header carries it whole.
@@ -334,7 +328,6 @@ class ProcessorApp:
             decide,
             run_views,
             expire_held,
-            flush_tables,
             metrics_page,
             health_page,
         )

@@ -18,19 +18,12 @@ record at a time. Held conversations and items carry their partition, so the
 expiry timer can delete them outside of any event on the right partition; it
 only ever deletes (outside of an event there is no partition to write to).
 
-The tables' stores write without RocksDB's write-ahead log (`UnloggedStore`, the
-`tidings-rocksdb://` store): the changelog is the log. A store closed with the
-worker, or dropped when its partition moves, flushes what it holds; after a
-crash, RocksDB keeps a prefix of the writes (its memory table is flushed whole),
-and faust's persisted offset is one of those writes, made once the changelog
-records before it were delivered. So a recovered store's offset is never ahead
-of its data, and faust's recovery replays the changelog from there. What a crash
-makes the next start replay is what was written since the memory tables were
-last flushed: RocksDB flushes one when it fills, and the processors flush every
-table's every `processors.state_flush_interval_s` (`UnloggedStore.flush`), so a
-quiet worker's replay stays bounded too. With the log, each write cost a `write`
-system call: 15 µs of CPU per write in the processor (4 µs alone in a small
-process), about 8% of its CPU per decision (bench/correlate.py --only pipeline).
+The tables' stores keep RocksDB's write-ahead log (`TableStore`, the
+`tidings-rocksdb://` store, adds a bloom filter on the memory table). Without
+the log, each table's database kept a different prefix of its writes after a
+crash (a database flushes its memory table when it fills, on its own), so the
+re-read input met one table ahead of another and was decided again as a
+duplicate of itself (the fault suite's `kill -9` step, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -46,7 +39,6 @@ from faust.stores import rocksdb
 from faust.streams import _current_event, current_event
 from faust.types import TP
 
-from processors.index_store import UNLOGGED
 from processors.outbox import Delivered, Record
 from schemas.state import (
     HELD_CODEC,
@@ -77,29 +69,15 @@ class _TableOptions(rocksdb.RocksDBOptions):
         return options
 
 
-class UnloggedStore(rocksdb.Store):
-    """faust's RocksDB table store, each partition's database writing without the
-    write-ahead log (every write, faust's own included: a store mixing logged and
-    unlogged writes could recover an offset without the data before it), with a
-    bloom filter on its memory table (`_TableOptions`).
-    Registered as the `tidings-rocksdb` store (entry point `faust.stores`)."""
+class TableStore(rocksdb.Store):
+    """faust's RocksDB table store with a bloom filter on each partition database's
+    memory table (`_TableOptions`). Registered as the `tidings-rocksdb` store
+    (entry point `faust.stores`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         options = dict(self.options or {})
         self.rocksdb_options = _TableOptions(**options, use_rocksdict=self.use_rocksdict)
-
-    def _open_for_partition(self, partition: int) -> Any:
-        db = super()._open_for_partition(partition)
-        db.set_write_options(UNLOGGED)
-        return db
-
-    def flush(self) -> None:
-        """Start flushing every open partition's memory table to disk (in RocksDB's
-        background threads): what is flushed, the persisted offset included, a
-        crash no longer takes."""
-        for db in list(self._dbs.values()):
-            db.flush(wait=False)
 
 
 _TRACKED, _TRACKED_ITEMS, _HELD, _HELD_ITEMS = range(4)  # TableState's tables, in order

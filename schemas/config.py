@@ -234,10 +234,7 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     `<data_dir>/processors/<worker_id()>`, so a worker restarted with the same
     name resumes with it; each worker on one host needs its own name (or web
     port). `state_cache_mb` is the RocksDB block cache of the activity index;
-    each table partition gets an eighth of it. The tables write no RocksDB log
-    (their changelog topics are the log): a crashed worker replays from the
-    changelogs what it wrote since its tables were last flushed to disk, at
-    most `state_flush_interval_s` ago (or a full memory table).
+    each table partition gets an eighth of it.
 
     An agent takes its input `batch_max_events` at a time, or what arrived
     within `batch_max_wait_ms`, and publishes what a batch produced together
@@ -261,7 +258,6 @@ class ProcessingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     web_port: int = 0
     worker_name: str | None = None
     state_cache_mb: int = 64
-    state_flush_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     batch_max_events: Annotated[int, msgspec.Meta(ge=1)] = 500
     batch_max_wait_ms: Annotated[int, msgspec.Meta(ge=1)] = 10
 

@@ -8,15 +8,22 @@ the thread's partition), under the key bytes faust's JSON key serializer gives
 (`store_key`): faust's item access would serialize the key again per call, take
 a lock to remember which partition held it, and read a found key twice (a
 contains, then a get). Reads outside of an event (the expiry timer) go through
-faust's store, which looks in every partition.
+faust's store, which looks in every partition (after the pending writes).
 
-A write goes to the store at once and queues its changelog record on the same
-partition; the agent publishes the queue (`take_changelog`) with the rest of its
-batch's output (processors/outbox.py), and a delivered batch moves the table's
-persisted offset (`persisted`), which is what faust's own changelog sends do one
-record at a time. Held conversations and items carry their partition, so the
-expiry timer can delete them outside of any event on the right partition; it
-only ever deletes (outside of an event there is no partition to write to).
+A write is kept in a pending overlay (reads see it at once) and queues its
+changelog record on the same partition. When the agent takes the changelog to
+publish it with the rest of its batch's output (`take_changelog`,
+processors/outbox.py), the pending writes go to the stores first, one RocksDB
+write batch per table and partition: with the write-ahead log, a single put costs
+one write(2) of the log (4.5 µs against 1.0 in a batch). A delivered batch then
+moves the table's persisted offset (`persisted`), which is what faust's own
+changelog sends do one record at a time; so a table's data is always stored
+before the changelog that covers it is published, and its persisted offset
+never runs ahead of it. A crash before the batch is stored leaves none of its writes,
+and its input, not committed either, is decided again from the state before
+it. Held conversations and items carry their partition, so the expiry timer can
+delete them outside of any event on the right partition; it only ever deletes
+(outside of an event there is no partition to write to).
 
 The tables' stores keep RocksDB's write-ahead log (`TableStore`, the
 `tidings-rocksdb://` store, adds a bloom filter on the memory table). Without
@@ -34,6 +41,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import rocksdict
 from faust.serializers import codecs
 from faust.stores import rocksdb
 from faust.streams import _current_event, current_event
@@ -92,11 +100,15 @@ class TableState:
         self._changelogs = tuple(t.changelog_topic.get_topic_name() for t in self._tables)
         self._expiry: dict[str, tuple[datetime, int, int]] = {}
         self._changelog: list[Record] = []
-        # The event whose partition's databases `_dbs` holds (one per table, in
-        # `_tables` order); looked up once per event, not per read.
+        # Writes not stored yet, per (table number, partition): store key → value
+        # bytes, None for a delete.
+        self._pending: dict[tuple[int, int], dict[bytes, bytes | None]] = {}
+        # The event whose partition's databases `_dbs` and pending writes `_overlay`
+        # are held (one per table, in `_tables` order); looked up once per event.
         self._event: Any = None
         self._partition = -1
         self._dbs: tuple[Any, ...] = ()
+        self._overlay: tuple[dict[bytes, bytes | None], ...] = ()
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         raw = self._read(_TRACKED, key)
@@ -146,7 +158,9 @@ class TableState:
         self._write(_HELD_ITEMS, partition, member_key(thread_key, item_key), raw)
 
     def take_changelog(self) -> list[Record]:
-        """The changelog records of the writes since the last call, in order."""
+        """Store the pending writes, then return the changelog records of the writes
+        since the last call, in order (to be published after this call)."""
+        self._store_pending()
         records, self._changelog = self._changelog, []
         return records
 
@@ -173,39 +187,67 @@ class TableState:
         return sum(count for _, _, count in self._expiry.values())
 
     def _read(self, table: int, key: str) -> bytes | None:
-        """The stored value of `key` in table number `table`: in the current event's
-        partition, or, outside of an event, wherever faust's store finds it."""
-        dbs = self._bound()
-        if dbs is None:
-            raw: bytes | None = self._tables[table].data.get(key)
-            return raw
-        value: bytes | None = dbs[table].get(store_key(key))
-        return value
-
-    def _write(self, table: int, partition: int, key: str, raw: bytes | None) -> None:
-        """Put (raw None: delete) `key` in table number `table` on `partition`, and
-        queue its changelog record."""
+        """The value of `key` in table number `table`, pending writes first: in the
+        current event's partition, or, outside of an event, wherever it is."""
         stored = store_key(key)
         dbs = self._bound()
-        if dbs is not None and partition == self._partition:
-            db = dbs[table]
+        if dbs is None:
+            return self._read_anywhere(table, key, stored)
+        overlay = self._overlay[table]
+        if stored in overlay:
+            return overlay[stored]
+        value: bytes | None = dbs[table].get(stored)
+        return value
+
+    def _read_anywhere(self, table: int, key: str, stored: bytes) -> bytes | None:
+        """`_read` outside of an event: a pending write on any partition, else what
+        faust's store finds in any of them."""
+        for (number, _), pending in self._pending.items():
+            if number == table and stored in pending:
+                return pending[stored]
+        raw: bytes | None = self._tables[table].data.get(key)
+        return raw
+
+    def _write(self, table: int, partition: int, key: str, raw: bytes | None) -> None:
+        """Put (raw None: delete) `key` in table number `table` on `partition`: pending
+        until `take_changelog`; queue its changelog record."""
+        stored = store_key(key)
+        if self._bound() is not None and partition == self._partition:
+            pending = self._overlay[table]
         else:
-            db = self._tables[table].data._db_for_partition(partition)
-        if raw is None:
-            db.delete(stored)
-        else:
-            db.put(stored, raw)
+            pending = self._pending.setdefault((table, partition), {})
+        pending[stored] = raw
         self._changelog.append(Record(self._changelogs[table], stored, raw, partition))
 
+    def _store_pending(self) -> None:
+        """Write the pending writes to the stores: one write batch per table and
+        partition (atomic in its database), then forget them."""
+        for (table, partition), pending in self._pending.items():
+            if not pending:
+                continue
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for stored, raw in pending.items():
+                if raw is None:
+                    batch.delete(stored)
+                else:
+                    batch.put(stored, raw)
+            self._tables[table].data._db_for_partition(partition).write(batch)
+            pending.clear()
+
     def _bound(self) -> tuple[Any, ...] | None:
-        """The databases of the current event's partition (None outside of an event).
-        Within one event nothing can close them: a rebalance waits for the event."""
+        """The databases of the current event's partition (None outside of an event),
+        and its pending writes in `_overlay`. Within one event nothing can close the
+        databases: a rebalance waits for the event."""
         event = current_event()
         if event is None:
             return None
         if event is not self._event:
             partition: int = event.message.partition
             self._dbs = tuple(table.data._db_for_partition(partition) for table in self._tables)
+            self._overlay = tuple(
+                self._pending.setdefault((table, partition), {})
+                for table in range(len(self._tables))
+            )
             self._event, self._partition = event, partition
         return self._dbs
 

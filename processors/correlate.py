@@ -14,8 +14,9 @@ then smart matching.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
+
+import msgspec
 
 from processors.conversation_index import parse_thread_index
 from processors.directory import TrackedRef
@@ -46,8 +47,7 @@ CONVERSATION_INDEX_RANK = 2000
 SMART_MATCHING_RANK = 3000
 
 
-@dataclass(frozen=True)
-class Correlation:
+class Correlation(msgspec.Struct, frozen=True):
     """The activity an email continues, how it was found, and the id or token that matched.
 
     `rank` orders competing correlations: lower is better (the direct

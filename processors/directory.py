@@ -10,7 +10,6 @@ and knows nothing about Kafka: `apply` takes a key and a decoded value or None
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
@@ -130,8 +129,7 @@ class Mailboxes:
         return next(found, None)
 
 
-@dataclass(frozen=True)
-class TrackedRef:
+class TrackedRef(msgspec.Struct, frozen=True):
     """What correlation needs to know of a tracked email activity."""
 
     activity_id: str

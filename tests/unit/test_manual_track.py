@@ -4,7 +4,6 @@ every automatic decision of the item and keeps it promoted when it decides again
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
 
 import msgspec
@@ -117,7 +116,7 @@ def test_unapproved_mailbox_and_unknown_mailbox_are_not_bypassed() -> None:
         DecisionStatus.SKIPPED,
         ReasonCode.MAILBOX_NOT_APPROVED,
     )
-    unknown = dataclasses.replace(context(IncomingFilter.ALL), mailbox=None)
+    unknown = msgspec.structs.replace(context(IncomingFilter.ALL), mailbox=None)
     assert decide(item, item.item_key, unknown).reason == ReasonCode.MAILBOX_UNKNOWN
 
 

@@ -17,11 +17,14 @@ processors/outbox.py), the pending writes go to the stores first, one RocksDB
 write batch per table and partition: with the write-ahead log, a single put costs
 one write(2) of the log (4.5 µs against 1.0 in a batch). A delivered batch then
 moves the table's persisted offset (`persisted`), which is what faust's own
-changelog sends do one record at a time; so a table's data is always stored
+changelog sends do one record at a time; the offset waits with the pending
+writes and goes into the next write batch. So a table's data is always stored
 before the changelog that covers it is published, and its persisted offset
-never runs ahead of it. A crash before the batch is stored leaves none of its writes,
-and its input, not committed either, is decided again from the state before
-it. Held conversations and items carry their partition, so the expiry timer can
+trails both, never ahead. A crash before the batch is stored leaves none of its
+writes, and its input, not committed either, is decided again from the state
+before it.
+
+Held conversations and items carry their partition, so the expiry timer can
 delete them outside of any event on the right partition; it only ever deletes
 (outside of an event there is no partition to write to).
 
@@ -35,6 +38,7 @@ duplicate of itself (the fault suite's `kill -9` step, docs/performance.md).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -45,7 +49,6 @@ import rocksdict
 from faust.serializers import codecs
 from faust.stores import rocksdb
 from faust.streams import _current_event, current_event
-from faust.types import TP
 
 from processors.outbox import Delivered, Record
 from schemas.state import (
@@ -60,6 +63,7 @@ from schemas.state import (
     member_key,
 )
 
+_OFFSET_KEY: bytes = rocksdb.Store.offset_key  # where faust keeps a partition's persisted offset
 MEMTABLE_BLOOM_RATIO = 0.1  # of the write buffer, RocksDB's usual choice
 
 
@@ -109,6 +113,10 @@ class TableState:
         self._partition = -1
         self._dbs: tuple[Any, ...] = ()
         self._overlay: tuple[dict[bytes, bytes | None], ...] = ()
+        # Both of each partition an event of this batch came from (a rebalance may
+        # close databases between batches, never within one).
+        self._partitions: dict[int, tuple[tuple[Any, ...], tuple[dict[bytes, bytes | None], ...]]]
+        self._partitions = {}
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         raw = self._read(_TRACKED, key)
@@ -161,16 +169,23 @@ class TableState:
         """Store the pending writes, then return the changelog records of the writes
         since the last call, in order (to be published after this call)."""
         self._store_pending()
+        self._partitions.clear()
         records, self._changelog = self._changelog, []
         return records
 
     def persisted(self) -> dict[str, Delivered]:
         """For each changelog topic: record that a partition's changelog is delivered up
-        to an offset (so recovery reads on from there)."""
+        to an offset, so recovery reads on from there. The offset waits with the
+        pending writes and is stored in the next write batch of its table and
+        partition (faust's own `set_persisted_offset` is a logged put of its own):
+        it may be behind the changelog for a while, never ahead of the data."""
         return {
-            topic: _persisting(table, topic)
-            for table, topic in zip(self._tables, self._changelogs, strict=True)
+            topic: functools.partial(self._delivered, table)
+            for table, topic in enumerate(self._changelogs)
         }
+
+    def _delivered(self, table: int, partition: int, offset: int) -> None:
+        self._pending.setdefault((table, partition), {})[_OFFSET_KEY] = str(offset).encode()
 
     def due_threads(self, now: datetime, partitions: Iterable[int]) -> list[str]:
         """Held conversations on `partitions` whose every item is past its expiry."""
@@ -223,6 +238,11 @@ class TableState:
         """Write the pending writes to the stores: one write batch per table and
         partition (atomic in its database), then forget them."""
         for (table, partition), pending in self._pending.items():
+            store = self._tables[table].data
+            if partition not in store._dbs:
+                # Not open: the partition was revoked since its changelog was
+                # delivered, and its data stored before. Its offset stays behind.
+                pending.pop(_OFFSET_KEY, None)
             if not pending:
                 continue
             batch = rocksdict.WriteBatch(raw_mode=True)
@@ -231,23 +251,28 @@ class TableState:
                     batch.delete(stored)
                 else:
                     batch.put(stored, raw)
-            self._tables[table].data._db_for_partition(partition).write(batch)
+            store._db_for_partition(partition).write(batch)
             pending.clear()
 
     def _bound(self) -> tuple[Any, ...] | None:
         """The databases of the current event's partition (None outside of an event),
-        and its pending writes in `_overlay`. Within one event nothing can close the
-        databases: a rebalance waits for the event."""
+        and its pending writes in `_overlay`; kept per partition for the batch. Within
+        a batch nothing can close the databases: a rebalance waits for its events."""
         event = current_event()
         if event is None:
             return None
         if event is not self._event:
             partition: int = event.message.partition
-            self._dbs = tuple(table.data._db_for_partition(partition) for table in self._tables)
-            self._overlay = tuple(
-                self._pending.setdefault((table, partition), {})
-                for table in range(len(self._tables))
-            )
+            bound = self._partitions.get(partition)
+            if bound is None:
+                bound = self._partitions[partition] = (
+                    tuple(table.data._db_for_partition(partition) for table in self._tables),
+                    tuple(
+                        self._pending.setdefault((table, partition), {})
+                        for table in range(len(self._tables))
+                    ),
+                )
+            self._dbs, self._overlay = bound
             self._event, self._partition = event, partition
         return self._dbs
 
@@ -280,13 +305,6 @@ def store_key(key: str) -> bytes:
     if key.isascii() and key.isprintable() and '"' not in key and "\\" not in key:
         return b'"' + key.encode() + b'"'
     return codecs.dumps("json", key)
-
-
-def _persisting(table: Any, topic: str) -> Delivered:
-    def persisted(partition: int, offset: int) -> None:
-        table.data.set_persisted_offset(TP(topic, partition), offset)
-
-    return persisted
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import faust
 from faust.serializers import codecs
+from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -126,3 +127,29 @@ def test_pending_writes_stay_on_their_partition(tmp_path: Path) -> None:
     state.take_changelog()
     assert _stored(state, 0, 0, "m1@x.example") is not None
     assert _stored(state, 0, 1, "m1@x.example") is None
+
+
+def test_a_delivered_offset_is_stored_with_the_next_write_batch(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    store = state._tables[0].data
+    changelog = TP(state._changelogs[0], 1)
+    with processing(_event(1)):
+        state.put_tracked("m1@x.example", _tracked("m1@x.example"))
+    state.take_changelog()
+    state.persisted()[state._changelogs[0]](1, 41)  # the producer delivered it
+
+    assert store.persisted_offset(changelog) is None  # waits for the next batch
+    assert state.get_tracked("m1@x.example") == _tracked("m1@x.example")
+    state.take_changelog()
+    assert store.persisted_offset(changelog) == 41
+
+
+def test_the_offset_of_a_partition_revoked_meanwhile_is_dropped(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    store = state._tables[0].data
+    state.persisted()[state._changelogs[0]](0, 7)  # partition 0's database is not open
+
+    state.take_changelog()
+
+    assert 0 not in store._dbs
+    assert store.persisted_offset(TP(state._changelogs[0], 0)) is None

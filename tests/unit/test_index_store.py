@@ -25,6 +25,12 @@ def test_keys_round_trip_their_last_part_and_never_merge(parts: list[str]) -> No
         assert make_key(*parts) != make_key(*joined)
 
 
+@given(st.lists(st.text(alphabet="ab\\\x00é", max_size=6), min_size=1, max_size=4))
+def test_a_key_is_its_escaped_parts_joined_by_nul(parts: list[str]) -> None:
+    escaped = [p.replace("\\", "\\\\").replace("\x00", "\\0").encode() for p in parts]
+    assert make_key(*parts) == b"\x00".join(escaped)
+
+
 def test_scan_stays_inside_its_prefix() -> None:
     store = IndexStore()
     try:

@@ -113,8 +113,8 @@ class TableState:
         self._partition = -1
         self._dbs: tuple[Any, ...] = ()
         self._overlay: tuple[dict[bytes, bytes | None], ...] = ()
-        # Both of each partition an event of this batch came from (a rebalance may
-        # close databases between batches, never within one).
+        # `_dbs` and `_overlay` of each partition an event of this batch came from (a
+        # rebalance may close databases between batches, never within one).
         self._partitions: dict[int, tuple[tuple[Any, ...], tuple[dict[bytes, bytes | None], ...]]]
         self._partitions = {}
 

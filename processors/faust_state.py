@@ -2,9 +2,10 @@
 and their items, changelogged, stored in RocksDB (faust's rocksdb store with the
 rocksdict driver).
 
-Reads and writes made while an event is processed go straight to the RocksDB
-database of the event's partition (faust's store keeps one per partition; it is
-the thread's partition), under the key bytes faust's JSON key serializer gives
+Reads and writes made while an event is processed go to the RocksDB database of
+the event's partition (faust's store keeps one per partition; it is the
+thread's partition; writes through the pending overlay below), under the key
+bytes faust's JSON key serializer gives
 (`store_key`): faust's item access would serialize the key again per call, take
 a lock to remember which partition held it, and read a found key twice (a
 contains, then a get). Reads outside of an event (the expiry timer) go through
@@ -93,6 +94,7 @@ class TableStore(rocksdb.Store):
 
 
 _TRACKED, _TRACKED_ITEMS, _HELD, _HELD_ITEMS = range(4)  # TableState's tables, in order
+_Writes = dict[bytes, bytes | None]  # pending writes: store key → value bytes, None: delete
 
 
 class TableState:
@@ -104,19 +106,17 @@ class TableState:
         self._changelogs = tuple(t.changelog_topic.get_topic_name() for t in self._tables)
         self._expiry: dict[str, tuple[datetime, int, int]] = {}
         self._changelog: list[Record] = []
-        # Writes not stored yet, per (table number, partition): store key → value
-        # bytes, None for a delete.
-        self._pending: dict[tuple[int, int], dict[bytes, bytes | None]] = {}
+        # Writes not stored yet, per (table number, partition).
+        self._pending: dict[tuple[int, int], _Writes] = {}
         # The event whose partition's databases `_dbs` and pending writes `_overlay`
         # are held (one per table, in `_tables` order); looked up once per event.
         self._event: Any = None
         self._partition = -1
         self._dbs: tuple[Any, ...] = ()
-        self._overlay: tuple[dict[bytes, bytes | None], ...] = ()
+        self._overlay: tuple[_Writes, ...] = ()
         # `_dbs` and `_overlay` of each partition an event of this batch came from (a
         # rebalance may close databases between batches, never within one).
-        self._partitions: dict[int, tuple[tuple[Any, ...], tuple[dict[bytes, bytes | None], ...]]]
-        self._partitions = {}
+        self._partitions: dict[int, tuple[tuple[Any, ...], tuple[_Writes, ...]]] = {}
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         raw = self._read(_TRACKED, key)
@@ -185,7 +185,7 @@ class TableState:
         }
 
     def _delivered(self, table: int, partition: int, offset: int) -> None:
-        self._pending.setdefault((table, partition), {})[_OFFSET_KEY] = str(offset).encode()
+        self._writes(table, partition)[_OFFSET_KEY] = str(offset).encode()
 
     def due_threads(self, now: datetime, partitions: Iterable[int]) -> list[str]:
         """Held conversations on `partitions` whose every item is past its expiry."""
@@ -230,9 +230,14 @@ class TableState:
         if self._bound() is not None and partition == self._partition:
             pending = self._overlay[table]
         else:
-            pending = self._pending.setdefault((table, partition), {})
+            pending = self._writes(table, partition)
         pending[stored] = raw
         self._changelog.append(Record(self._changelogs[table], stored, raw, partition))
+
+    def _writes(self, table: int, partition: int) -> _Writes:
+        """The pending writes of table number `table` on `partition` (cleared in place
+        when stored, never replaced: `_overlay` keeps them)."""
+        return self._pending.setdefault((table, partition), {})
 
     def _store_pending(self) -> None:
         """Write the pending writes to the stores: one write batch per table and
@@ -267,10 +272,7 @@ class TableState:
             if bound is None:
                 bound = self._partitions[partition] = (
                     tuple(table.data._db_for_partition(partition) for table in self._tables),
-                    tuple(
-                        self._pending.setdefault((table, partition), {})
-                        for table in range(len(self._tables))
-                    ),
+                    tuple(self._writes(table, partition) for table in range(len(self._tables))),
                 )
             self._dbs, self._overlay = bound
             self._event, self._partition = event, partition

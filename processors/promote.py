@@ -23,7 +23,7 @@ from schemas.state import TrackedItem, TrackedMessage
 
 class DecisionContext(msgspec.Struct, frozen=True):
     """Everything a decision may look at. Lookups are functions so state stays outside.
-    (A Struct, as the other per-decision values: built in a fifth of a frozen
+    (A Struct, as the other per-decision values: built in a tenth of a frozen
     dataclass's time, and copied with a change in a twentieth.)"""
 
     mailbox: MailboxConfig | None

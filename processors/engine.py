@@ -24,7 +24,7 @@ from processors.correlate import Correlation, reply_chain
 from processors.directory import ORG_TYPES, ActivityIndex, Directory, Mailboxes, TrackedRef
 from processors.promote import DecisionContext, Verdict, decide
 from schemas.base import RecordRef, RecordType
-from schemas.config import ProcessingConfig
+from schemas.config import InternalEmailPolicy, ProcessingConfig
 from schemas.crm import (
     MANUAL_DECISION_VERSION,
     Activity,
@@ -145,6 +145,7 @@ class _Reads:
         self._tracked: dict[str, TrackedMessage | None] = {}
         self._copies: dict[tuple[str, str], TrackedItem | None] = {}
         self._refs: dict[str, TrackedRef | None] = {}
+        self._crm_only: set[str] = set()  # Message-IDs `_find` found in the activity index only
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         if key in self._tracked:
@@ -155,7 +156,12 @@ class _Reads:
     def put_tracked(self, key: str, value: TrackedMessage) -> None:
         self.state.put_tracked(key, value)
         self._tracked[key] = value
-        self._refs.clear()
+        message_id = key  # what the key's Message-ID resolves to has changed
+        for qualifier in _QUALIFIERS[1:]:
+            message_id = message_id.removesuffix(qualifier)
+        for stale in (key, message_id):
+            self._refs.pop(stale, None)
+            self._crm_only.discard(stale)
 
     def get_copy(self, key: str, item_key: str) -> TrackedItem | None:
         """A tracked message's copy in one mailbox item: its own record, or, for a
@@ -181,6 +187,11 @@ class _Reads:
         found = self._refs[message_id] = self._find(message_id)
         return found
 
+    def crm_only(self, message_id: str) -> bool:
+        """True when `message_id` was looked up (`by_message_id`) and found as a CRM
+        activity in the global index, not tracked here."""
+        return message_id in self._refs and message_id in self._crm_only
+
     def _find(self, message_id: str) -> TrackedRef | None:
         for qualifier in _QUALIFIERS:
             entry = self.get_tracked(message_id + qualifier)
@@ -192,7 +203,10 @@ class _Reads:
                     regarding=entry.regarding,
                     tracking_token=entry.tracking_token,
                 )
-        return self._activities.by_message_id(message_id)
+        found = self._activities.by_message_id(message_id)
+        if found is not None:
+            self._crm_only.add(message_id)
+        return found
 
 
 @dataclass
@@ -582,13 +596,27 @@ class DecisionEngine:
     # -- holding ---------------------------------------------------------------
 
     def _waiting_on(self, email: ParsedEmail, decision: PromotionDecision) -> list[str]:
-        """Message-IDs whose tracking could change this item's decision."""
-        waiting = list(reply_chain(email))
+        """Message-IDs whose tracking could change this item's decision: its reply
+        chain's, but for CRM activities tidings does not track (`_settled`), a
+        bounce's returned message, and its own when it was skipped for want of a
+        copy or a link."""
+        waiting = [message_id for message_id in reply_chain(email) if not self._settled(message_id)]
         if email.bounced_message_id and email.bounced_message_id not in waiting:
             waiting.append(email.bounced_message_id)
         if decision.status == DecisionStatus.SKIPPED and decision.reason in _IMPROVABLE:
             waiting.append(email.message_id)
         return waiting
+
+    def _settled(self, message_id: str) -> bool:
+        """True when `message_id` is a CRM activity this engine does not track (found in
+        the global index only): a copy of it links to that activity and is not
+        tracked, so its tracking never changes and nothing waits on it. Not so when
+        internal email is tracked as two activities (a copy may then be tracked
+        under its direction), nor for a Message-ID not looked up yet (checking would
+        cost reads for what is usually held anyway, for another reason)."""
+        return self.settings.internal_email != InternalEmailPolicy.TWO and self._reads.crm_only(
+            message_id
+        )
 
     def _settle(
         self,

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.engine import DecisionEngine, MemoryState
+from schemas.config import InternalEmailPolicy, ProcessingConfig
 from schemas.mail import ParsedEmail
 from schemas.state import HeldItem
 from tests.unit.helpers import T0, email, engine
@@ -98,3 +99,70 @@ def test_a_held_item_redecided_to_wait_on_nothing_leaves_with_its_record() -> No
     assert skipped_copy.item_key in {decision.item_key for decision in out.decisions}
     assert state_of(eng).held_items == {}
     assert ROOT not in state_of(eng).held
+
+
+# -- what a reply waits on ---------------------------------------------------------
+
+CRM_PARENT = "crm-1@nw.example"  # a CRM activity in the global index (helpers.engine)
+
+
+def reply_to(parent: str, item: str = "r1") -> ParsedEmail:
+    return email(
+        "mb-alice",
+        item,
+        f"{item}@contoso.example",
+        "dana@contoso.example",
+        ["alice@nw.example"],
+        subject="RE: Quote",
+        in_reply_to=parent,
+        references=[parent],
+    )
+
+
+def test_a_reply_to_a_crm_activity_tidings_does_not_track_is_not_held() -> None:
+    # Nothing tidings does changes that activity: a copy of its email links to it.
+    eng = engine()
+    out = eng.process(reply_to(CRM_PARENT), 0, T0)
+    assert out.decisions[0].correlated_activity_id is not None
+    assert not state_of(eng).held and not state_of(eng).held_items
+
+
+def test_a_reply_to_a_crm_activity_is_held_when_internal_email_is_tracked_twice() -> None:
+    # A copy of internal email may then be tracked under its direction, in front of
+    # the CRM's activity.
+    eng = engine(ProcessingConfig(internal_email=InternalEmailPolicy.TWO))
+    eng.process(reply_to(CRM_PARENT), 0, T0)
+    assert [entry.waiting_on for entry in state_of(eng).held[CRM_PARENT].items] == [[CRM_PARENT]]
+
+
+def test_a_reply_to_mail_tracked_here_still_waits_on_it() -> None:
+    # Its regarding or conversation may still change with a later copy.
+    eng = engine()
+    eng.process(thread_emails()[0], 0, T0)  # the root, tracked by the support queue
+    eng.process(reply_to(ROOT), 0, T0)
+    assert [entry.waiting_on for entry in state_of(eng).held[ROOT].items] == [[ROOT]]
+
+
+@given(st.permutations(range(3)))
+def test_replies_to_a_crm_activity_end_the_same_in_any_order(order: list[int]) -> None:
+    # The CRM activity's own email reaching a mailbox, and two replies to it.
+    copy = email("mb-support", "copy", CRM_PARENT, "alice@nw.example", ["dana@contoso.example"])
+    emails = [copy, reply_to(CRM_PARENT, "r1"), reply_to(CRM_PARENT, "r2")]
+    reference = final_decisions(engine(), emails)
+    assert final_decisions(engine(), [emails[n] for n in order]) == reference
+
+
+def final_decisions(
+    eng: DecisionEngine, emails: list[ParsedEmail]
+) -> dict[str, tuple[object, ...]]:
+    """Each item's last decision, without its time."""
+    latest = {}
+    for item in emails:
+        for decision in eng.process(item, 0, T0).decisions:
+            latest[decision.item_key] = (
+                decision.status,
+                decision.reason,
+                decision.activity_id,
+                decision.correlated_activity_id,
+            )
+    return latest

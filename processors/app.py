@@ -439,7 +439,8 @@ class ProcessorApp:
     def _on_parsed(self, parsed: ParsedEmail, partition: int, outbox: Outbox) -> None:
         now = utc_now()
         emission = self.engine.process(parsed, partition, now)
-        metrics.PROCESSOR_REDECISIONS.inc(emission.redecided)
+        if emission.redecided:
+            metrics.PROCESSOR_REDECISIONS.inc(emission.redecided)
         # Compacted topics: a later version of a record or activity in this batch
         # supersedes the earlier one (copies of one message, each adding its mailbox).
         for record in emission.records:

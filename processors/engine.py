@@ -60,6 +60,7 @@ _IMPROVABLE = frozenset(
     }
 )
 _QUALIFIERS = ("", "#incoming", "#outgoing")
+_UNREAD = object()  # a tracking key `_Reads` has not read
 # Correlations that make the target the parent activity (Dynamics: InReplyTo, ConversationIndex).
 _PARENTING = frozenset({CorrelationMethod.IN_REPLY_TO, CorrelationMethod.CONVERSATION_INDEX})
 S = TypeVar("S", bound=msgspec.Struct)
@@ -145,7 +146,6 @@ class _Reads:
         self._tracked: dict[str, TrackedMessage | None] = {}
         self._copies: dict[tuple[str, str], TrackedItem | None] = {}
         self._refs: dict[str, TrackedRef | None] = {}
-        self._crm_only: set[str] = set()  # Message-IDs `_find` found in the activity index only
 
     def get_tracked(self, key: str) -> TrackedMessage | None:
         if key in self._tracked:
@@ -161,7 +161,6 @@ class _Reads:
             message_id = message_id.removesuffix(qualifier)
         for stale in (key, message_id):
             self._refs.pop(stale, None)
-            self._crm_only.discard(stale)
 
     def get_copy(self, key: str, item_key: str) -> TrackedItem | None:
         """A tracked message's copy in one mailbox item: its own record, or, for a
@@ -189,8 +188,12 @@ class _Reads:
 
     def crm_only(self, message_id: str) -> bool:
         """True when `message_id` was looked up (`by_message_id`) and found as a CRM
-        activity in the global index, not tracked here."""
-        return message_id in self._refs and message_id in self._crm_only
+        activity in the global index: found, and read as none of its tracked forms."""
+        if self._refs.get(message_id) is None:
+            return False
+        return all(
+            self._tracked.get(message_id + qualifier, _UNREAD) is None for qualifier in _QUALIFIERS
+        )
 
     def _find(self, message_id: str) -> TrackedRef | None:
         for qualifier in _QUALIFIERS:
@@ -203,10 +206,7 @@ class _Reads:
                     regarding=entry.regarding,
                     tracking_token=entry.tracking_token,
                 )
-        found = self._activities.by_message_id(message_id)
-        if found is not None:
-            self._crm_only.add(message_id)
-        return found
+        return self._activities.by_message_id(message_id)
 
 
 @dataclass

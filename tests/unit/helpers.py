@@ -8,7 +8,7 @@ from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine, MemoryState
 from schemas.base import RecordRef
 from schemas.config import ProcessingConfig
-from schemas.crm import Activity, CrmRecord, Direction
+from schemas.crm import Activity, CrmRecord, Direction, PromotionDecision
 from schemas.ids import email_activity_id
 from schemas.mail import EmailAddress, ParsedEmail
 from schemas.mailbox import FolderRole, IncomingFilter, MailboxConfig, Protocol
@@ -143,3 +143,15 @@ def email(
         references=refs,
         body_text="body",
     )
+
+
+def final_decisions(eng: DecisionEngine, emails: list[ParsedEmail]) -> dict[str, PromotionDecision]:
+    """Decide `emails` in order; each item's latest decision (the highest version)."""
+    latest: dict[str, PromotionDecision] = {}
+    for item in emails:
+        out = eng.process(item, partition=0, now=T0)
+        for decision in out.decisions:
+            current = latest.get(decision.item_key)
+            if current is None or decision.version >= current.version:
+                latest[decision.item_key] = decision
+    return latest

@@ -6,21 +6,9 @@ import itertools
 
 from processors.engine import DecisionEngine, MemoryState
 from schemas.config import InternalEmailPolicy, ProcessingConfig
-from schemas.crm import CorrelationMethod, DecisionStatus, PromotionDecision, ReasonCode
+from schemas.crm import CorrelationMethod, DecisionStatus, ReasonCode
 from schemas.ids import email_activity_id
-from schemas.mail import ParsedEmail
-from tests.unit.helpers import T0, email, engine, history_activity
-
-
-def final_decisions(eng: DecisionEngine, emails: list[ParsedEmail]) -> dict[str, PromotionDecision]:
-    latest: dict[str, PromotionDecision] = {}
-    for item in emails:
-        out = eng.process(item, partition=0, now=T0)
-        for decision in out.decisions:
-            current = latest.get(decision.item_key)
-            if current is None or decision.version >= current.version:
-                latest[decision.item_key] = decision
-    return latest
+from tests.unit.helpers import T0, email, engine, final_decisions, history_activity
 
 
 def test_reply_to_crm_history_is_correlated_and_inherits_regarding() -> None:

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from processors.engine import DecisionEngine, MemoryState
 from schemas.config import InternalEmailPolicy, ProcessingConfig
+from schemas.crm import PromotionDecision
 from schemas.mail import ParsedEmail
 from schemas.state import HeldItem
-from tests.unit.helpers import T0, email, engine
+from tests.unit.helpers import T0, email, engine, final_decisions
 
 ROOT = "root-1@nw.example"  # not tracked anywhere until its own copy arrives
 
@@ -148,21 +149,13 @@ def test_replies_to_a_crm_activity_end_the_same_in_any_order(order: list[int]) -
     # The CRM activity's own email reaching a mailbox, and two replies to it.
     copy = email("mb-support", "copy", CRM_PARENT, "alice@nw.example", ["dana@contoso.example"])
     emails = [copy, reply_to(CRM_PARENT, "r1"), reply_to(CRM_PARENT, "r2")]
-    reference = final_decisions(engine(), emails)
-    assert final_decisions(engine(), [emails[n] for n in order]) == reference
+    reference = outcomes(final_decisions(engine(), emails))
+    assert outcomes(final_decisions(engine(), [emails[n] for n in order])) == reference
 
 
-def final_decisions(
-    eng: DecisionEngine, emails: list[ParsedEmail]
-) -> dict[str, tuple[object, ...]]:
-    """Each item's last decision, without its time."""
-    latest = {}
-    for item in emails:
-        for decision in eng.process(item, 0, T0).decisions:
-            latest[decision.item_key] = (
-                decision.status,
-                decision.reason,
-                decision.activity_id,
-                decision.correlated_activity_id,
-            )
-    return latest
+def outcomes(decisions: dict[str, PromotionDecision]) -> dict[str, tuple[object, ...]]:
+    """What each item's decision says, without its version and time."""
+    return {
+        key: (d.status, d.reason, d.activity_id, d.correlated_activity_id)
+        for key, d in decisions.items()
+    }

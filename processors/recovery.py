@@ -43,6 +43,8 @@ from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as kafka_driver
 
+from processors.handoff import HandoffConsumer
+
 
 class ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     """faust's aiokafka consumer thread, fetching only what is active when the
@@ -65,8 +67,9 @@ class ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
         )
 
 
-class Consumer(kafka_driver.Consumer):
-    """faust's aiokafka consumer on `ConsumerThread`."""
+class Consumer(HandoffConsumer):
+    """faust's aiokafka consumer on `ConsumerThread`, handing records to their streams
+    as processors/handoff.py does."""
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -1,0 +1,113 @@
+"""processors/handoff.py: the fetcher's hand-off of a record to its stream runs in
+place when it does not wait, and is faust's own `wait_first` otherwise, on the
+processor's real consumer (built by its faust app; nothing connects).
+tests/integration/test_processor_workers.py and the fault tests run it on tansu."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from processors.handoff import HandoffConsumer
+from processors.recovery import App
+
+
+@pytest.fixture
+async def consumer() -> AsyncIterator[HandoffConsumer]:
+    app = App("handoff-test", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False)
+    found = app.consumer
+    assert isinstance(found, HandoffConsumer)
+    yield found
+
+
+class Handoff:
+    """A hand-off that records the task it ran in and, told to, waits on a future."""
+
+    def __init__(self, waits_on: asyncio.Future[str] | None = None) -> None:
+        self.waits_on = waits_on
+        self.tasks: list[asyncio.Task[Any] | None] = []
+        self.cancelled = False
+
+    async def __call__(self, value: str) -> str:
+        self.tasks.append(asyncio.current_task())
+        if self.waits_on is None:
+            return value
+        try:
+            return value + await self.waits_on
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+async def test_a_handoff_that_does_not_wait_runs_in_place(consumer: HandoffConsumer) -> None:
+    handoff = Handoff()
+    call = handoff("record")
+    tasks_before = len(asyncio.all_tasks())
+    flow = consumer.suspend_flow.wait()
+    result = await consumer.wait_first(call, flow)
+    assert result.done == [call] and result.results == ["record"] and not result.stopped
+    assert handoff.tasks == [asyncio.current_task()]  # this task: none of its own
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert flow.cr_frame is None  # the flow's wait is closed, never left unawaited
+
+
+async def test_a_handoff_that_waits_goes_on_where_it_stopped(consumer: HandoffConsumer) -> None:
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    handoff = Handoff(waits_on=future)
+    call = handoff("record")
+    waiting = asyncio.ensure_future(consumer.wait_first(call, consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    future.set_result(" delivered")
+    result = await waiting
+    assert result.done == [call]  # the hand-off itself, as faust's wait_first says
+    assert result.results == ["record delivered"] and not result.stopped
+    assert len(handoff.tasks) == 1 and not handoff.cancelled
+
+
+async def test_the_flow_suspending_cancels_a_waiting_handoff(consumer: HandoffConsumer) -> None:
+    handoff = Handoff(waits_on=asyncio.get_running_loop().create_future())
+    flow = consumer.suspend_flow.wait()
+    waiting = asyncio.ensure_future(consumer.wait_first(handoff("record"), flow))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()
+    result = await waiting
+    assert result.done == [flow] and result.results == [True]
+    assert handoff.cancelled
+
+
+async def test_a_suspended_flow_is_faust_s_wait(consumer: HandoffConsumer) -> None:
+    consumer.suspend_flow.set()
+    handoff = Handoff()
+    flow = consumer.suspend_flow.wait()
+    result = await consumer.wait_first(handoff("record"), flow)
+    assert flow in result.done
+    assert handoff.tasks and handoff.tasks[0] is not asyncio.current_task()  # a task of its own
+
+
+async def test_a_stopped_consumer_is_faust_s_wait(consumer: HandoffConsumer) -> None:
+    consumer._stopped.set()
+    handoff = Handoff()
+    result = await consumer.wait_first(handoff("record"), consumer.suspend_flow.wait())
+    assert result.stopped and result.done == []
+
+
+async def test_other_waits_are_faust_s(consumer: HandoffConsumer) -> None:
+    single, timed = Handoff(), Handoff()
+    result = await consumer.wait_first(single("one"))
+    assert result.results == ["one"] and single.tasks[0] is not asyncio.current_task()
+    result = await consumer.wait_first(timed("two"), consumer.suspend_flow.wait(), timeout=5)
+    assert result.results == ["two"] and timed.tasks[0] is not asyncio.current_task()
+
+
+async def test_a_failing_handoff_raises_its_error(consumer: HandoffConsumer) -> None:
+    async def failing() -> None:
+        raise ValueError("undeliverable")
+
+    flow = consumer.suspend_flow.wait()
+    with pytest.raises(ValueError, match="undeliverable"):
+        await consumer.wait_first(failing(), flow)
+    assert flow.cr_frame is None

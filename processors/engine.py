@@ -138,11 +138,22 @@ class _Reads:
     correlation, the target's fresh state). Writes go through, so a later read
     sees them. Lives for one `process` call: the state changes between events
     only through this engine, but nothing is kept longer than what one call can
-    prove."""
+    prove.
 
-    def __init__(self, state: EngineState, activities: ActivityIndex) -> None:
+    `forms`: the tracking keys a Message-ID may be tracked under here, its plain
+    key first. Only two-activity internal email tracks the qualified forms
+    (#incoming, #outgoing); in the other modes looking them up would be two
+    reads of keys that are never written, for every Message-ID looked up. A
+    message tracked as two activities before the mode changed is then found in
+    the global activity index, like a CRM activity.
+    """
+
+    def __init__(
+        self, state: EngineState, activities: ActivityIndex, forms: tuple[str, ...]
+    ) -> None:
         self.state = state
         self._activities = activities
+        self._forms = forms
         self._tracked: dict[str, TrackedMessage | None] = {}
         self._copies: dict[tuple[str, str], TrackedItem | None] = {}
         self._refs: dict[str, TrackedRef | None] = {}
@@ -180,10 +191,11 @@ class _Reads:
 
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The tracked message or CRM activity of a Message-ID: tracked here first (in
-        any of its qualified forms), then the global activity index."""
+        any of its `forms`), then the global activity index."""
         if message_id in self._refs:
             return self._refs[message_id]
-        found = self._refs[message_id] = self._find(message_id)
+        found = self.tracked_ref(message_id) or self._activities.by_message_id(message_id)
+        self._refs[message_id] = found
         return found
 
     def crm_only(self, message_id: str) -> bool:
@@ -192,11 +204,13 @@ class _Reads:
         if self._refs.get(message_id) is None:
             return False
         return all(
-            self._tracked.get(message_id + qualifier, _UNREAD) is None for qualifier in _QUALIFIERS
+            self._tracked.get(message_id + qualifier, _UNREAD) is None for qualifier in self._forms
         )
 
-    def _find(self, message_id: str) -> TrackedRef | None:
-        for qualifier in _QUALIFIERS:
+    def tracked_ref(self, message_id: str) -> TrackedRef | None:
+        """The message of a Message-ID as tracked here (in the first of its `forms`
+        tracked), or None."""
+        for qualifier in self._forms:
             entry = self.get_tracked(message_id + qualifier)
             if entry is not None:
                 return TrackedRef(
@@ -206,7 +220,7 @@ class _Reads:
                     regarding=entry.regarding,
                     tracking_token=entry.tracking_token,
                 )
-        return self._activities.by_message_id(message_id)
+        return None
 
 
 @dataclass
@@ -244,14 +258,16 @@ class DecisionEngine:
         self.activities = activities
         self.settings = settings
         self.window = timedelta(seconds=settings.late_correlation_window_s)
-        self._reads = _Reads(state, activities)
+        two = settings.internal_email == InternalEmailPolicy.TWO
+        self._forms = _QUALIFIERS if two else _QUALIFIERS[:1]
+        self._reads = _Reads(state, activities, self._forms)
 
     # -- public ----------------------------------------------------------------
 
     def process(self, email: ParsedEmail, partition: int, now: datetime) -> Emission:
         """Decide `email`, then re-decide the held items of its conversation it unblocks."""
         emission = Emission()
-        self._reads = _Reads(self.state, self.activities)
+        self._reads = _Reads(self.state, self.activities, self._forms)
         thread = email.thread_key
         stored = self.state.get_held(thread)
         live = _live(stored, partition, now)
@@ -467,8 +483,10 @@ class DecisionEngine:
         ]
 
     def _fresh_target(self, target: TrackedRef) -> TrackedRef:
-        """The current state of a correlation target (its regarding may have changed)."""
-        return self._reads.by_message_id(target.message_id) or target
+        """The current state of a correlation target: as tracked here, when it is (its
+        regarding or conversation may have changed since the global index had it),
+        else as found (a CRM activity, from that index a moment ago)."""
+        return self._reads.tracked_ref(target.message_id) or target
 
     def _activity_direction(self, email: ParsedEmail, verdict: Verdict) -> Direction:
         if verdict.qualifier:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from processors.engine import DecisionEngine, MemoryState
 from schemas.config import InternalEmailPolicy, ProcessingConfig
 from schemas.crm import CorrelationMethod, DecisionStatus, ReasonCode
 from schemas.ids import email_activity_id
+from schemas.state import TrackedMessage
 from tests.unit.helpers import T0, email, engine, final_decisions, history_activity
 
 
@@ -179,6 +182,71 @@ def test_internal_email_policies() -> None:
     assert got[internal.item_key].activity_id == email_activity_id("i1@nw.example", "incoming")
     # bob's own sent copy: crm-records filter, recipients are org → not promoted by its filter
     assert got[sent.item_key].reason == ReasonCode.NO_RECIPIENT_MATCH
+
+
+class CountingState(MemoryState):
+    """MemoryState that lists the tracking keys read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def get_tracked(self, key: str) -> TrackedMessage | None:
+        self.reads.append(key)
+        return super().get_tracked(key)
+
+
+@pytest.mark.parametrize("policy", list(InternalEmailPolicy))
+def test_qualified_forms_are_read_only_when_internal_email_is_two(
+    policy: InternalEmailPolicy,
+) -> None:
+    base = engine()
+    state = CountingState()
+    eng = DecisionEngine(
+        state,
+        base.directory,
+        base.mailboxes,
+        base.activities,
+        ProcessingConfig(internal_email=policy),
+    )
+    reply = email(
+        "mb-support", "1", "r1@x.example", "who@x.example", ["support@nw.example"],
+        in_reply_to="p1@x.example",
+    )  # fmt: skip
+    eng.process(reply, 0, T0)
+    qualified = {key for key in state.reads if "#" in key}
+    if policy == InternalEmailPolicy.TWO:
+        assert qualified == {
+            f"{mid}#{way}"
+            for mid in ("r1@x.example", "p1@x.example")
+            for way in ("incoming", "outgoing")
+        }
+    else:
+        assert qualified == set()
+        assert {"r1@x.example", "p1@x.example"} <= set(state.reads)
+
+
+def test_a_message_tracked_as_two_activities_is_found_after_the_switch_to_one() -> None:
+    """Its tracked forms are not read any more; the activity index finds it."""
+    two = engine(ProcessingConfig(internal_email=InternalEmailPolicy.TWO))
+    internal = email("mb-support", "1", "i1@nw.example", "bob@nw.example", ["support@nw.example"])
+    tracked = two.process(internal, 0, T0)
+    for activity in tracked.activities:  # back from crm.activities
+        two.activities.apply(activity.activity_id, activity)
+    one = DecisionEngine(
+        two.state, two.directory, two.mailboxes, two.activities, ProcessingConfig()
+    )
+    reply = email(
+        "mb-support", "2", "r1@x.example", "who@x.example", ["support@nw.example"],
+        in_reply_to="i1@nw.example",
+    )  # fmt: skip
+    decision = one.process(reply, 0, T0).decisions[0]
+    assert decision.correlation_method == CorrelationMethod.IN_REPLY_TO
+    assert decision.correlated_activity_id == email_activity_id("i1@nw.example", "incoming")
+    copy = email("mb-alice", "3", "i1@nw.example", "bob@nw.example", ["alice@nw.example"])
+    linked = one.process(copy, 0, T0).decisions[0]
+    assert (linked.status, linked.reason) == (DecisionStatus.PROMOTED, ReasonCode.DUPLICATE)
+    assert linked.activity_id in {a.activity_id for a in tracked.activities}
 
 
 def test_no_sender_is_invalid_sender() -> None:

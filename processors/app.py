@@ -29,9 +29,10 @@ So the copies of one message in every mailbox, and the replies that carry
 their thread's references, meet on one partition, where the partitioned
 `tracked` table (Message-ID → activity, correlation, receiving mailboxes)
 decides duplicates and In-Reply-To/References links with no remote lookup,
-`tracked-items` keeps each copy's last decision (by Message-ID and item, so a
-message in many mailboxes is not rewritten with every copy's decision on
-every copy), and `held-threads` lists, per conversation, the items that wait
+`tracked-items` keeps each copy's last decision once a message has two (by
+Message-ID and item, so a message in many mailboxes is not rewritten with
+every copy's decision on every copy; a message's only copy stays in its
+`tracked` record), and `held-threads` lists, per conversation, the items that wait
 for mail not tracked yet, whose emails and last decisions are in `held-items`
 (written once per held item, likewise). The tables live in RocksDB (faust's
 rocksdb store, rocksdict driver) under this worker's state directory,

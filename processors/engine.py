@@ -174,14 +174,16 @@ class _Reads:
             self._refs.pop(stale, None)
 
     def get_copy(self, key: str, item_key: str) -> TrackedItem | None:
-        """A tracked message's copy in one mailbox item: its own record, or, for a
-        message stored by an earlier build, its entry in the message's legacy
-        `items`. Deciding a copy asks twice (the duplicate check, then tracking)."""
+        """A tracked message's copy in one mailbox item: in the message's `items`
+        when it keeps its copies inline (its only copy), else its own record.
+        Deciding a copy asks twice (the duplicate check, then tracking)."""
         if (key, item_key) in self._copies:
             return self._copies[(key, item_key)]
-        found = self.state.get_tracked_item(key, item_key)
-        if found is None and (entry := self.get_tracked(key)) is not None and entry.items:
+        entry = self.get_tracked(key)
+        if entry is not None and entry.items:
             found = next((i for i in entry.items if i.item_key == item_key), None)
+        else:
+            found = self.state.get_tracked_item(key, item_key)
         self._copies[(key, item_key)] = found
         return found
 
@@ -384,15 +386,18 @@ class DecisionEngine:
             previous = own.decision
         decision = self._decision(email, verdict, activity_id, previous, now)
         copy = TrackedItem(item_key=email.item_key, mailbox_id=email.mailbox_id, decision=decision)
-        if old is not None and old.items:
+        inline = old is None or _only_copy_inline(old, email.item_key)
+        if old is not None and old.items and not inline:
             old = self._move_copies(key, old)
         entry = self._merge_entry(old, email, verdict, activity_id, copy)
         if old is None or _activity_fields(entry) != _activity_fields(old):
             entry = _with(entry, version=(old.version if old else 0) + 1)
         else:
             entry = _with(entry, version=old.version)
+        if inline:
+            entry = _with(entry, items=[copy])
         self._reads.put_tracked(key, entry)
-        if copy != own:
+        if not inline and copy != own:
             self._reads.put_copy(key, email.item_key, copy)
         changed = set()
         if old is None or _inherited(old) != _inherited(entry):
@@ -454,7 +459,8 @@ class DecisionEngine:
         return _with(entry, queue_copies=queue_copies, mailboxes=mailboxes, owner=owner)
 
     def _move_copies(self, key: str, entry: TrackedMessage) -> TrackedMessage:
-        """A message stored by an earlier build, its inline copies moved to their own
+        """A message whose copies are inline (its only copy, or every copy as builds
+        before the copies' own records kept them), its copies moved to their own
         records (once: the message is written without them)."""
         queue_copies = []
         for copy in entry.items:
@@ -703,6 +709,12 @@ def _apply_correlation(
         parent_activity_id=parent,
         conversation_id=target.conversation_id,
     )
+
+
+def _only_copy_inline(entry: TrackedMessage, item_key: str) -> bool:
+    """True when `entry` keeps its copies inline and every one is `item_key`'s: the
+    copy being decided is the message's only one, and stays inline."""
+    return bool(entry.items) and all(copy.item_key == item_key for copy in entry.items)
 
 
 def _activity_fields(entry: TrackedMessage) -> tuple[object, ...]:

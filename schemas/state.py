@@ -17,9 +17,10 @@ from schemas.mail import ParsedEmail
 
 class TrackedItem(Record, frozen=True, kw_only=True):
     """One mailbox item (a copy) linked to a tracked message, and the last decision it
-    got: kept by (tracking key, item key), apart from its TrackedMessage, so a
-    message in N mailboxes is not rewritten with every copy's decision on every
-    copy (N² bytes)."""
+    got. A message's only copy is kept in its TrackedMessage (`items`); once it
+    has two, each is kept by (tracking key, item key), apart from the message,
+    so a message in N mailboxes is not rewritten with every copy's decision on
+    every copy (N² bytes)."""
 
     item_key: str
     mailbox_id: str
@@ -61,8 +62,10 @@ class TrackedMessage(Record, frozen=True, kw_only=True):
     mailboxes: list[str] = msgspec.field(default_factory=list)
     queue_copies: list[QueueCopy] = msgspec.field(default_factory=list)
     items: list[TrackedItem] = msgspec.field(default_factory=list)
-    """Copies as builds before TrackedItem records kept them, inline: read (a copy
-    not found on its own is looked for here), moved out on the next write."""
+    """The message's copies when kept inline: its only copy (one record for a
+    message in one mailbox, the usual case), or every copy as builds before
+    TrackedItem records kept them. A second copy moves them out to their own
+    records, where every later copy goes; the list is then empty."""
 
 
 class HeldItem(Record, frozen=True, kw_only=True):

@@ -1,8 +1,9 @@
-"""Copies of a tracked message: each mailbox item's decision is its own record beside
-the message, so a message in N mailboxes is written at the size of its mailbox
-ids per copy, not of every copy's decision (N² bytes); messages stored by an
-earlier build, with their copies inline, are read as they are and moved out
-on their next write."""
+"""Copies of a tracked message: a message's only copy stays inline in its record (one
+record for a message in one mailbox); from the second copy on, each mailbox
+item's decision is its own record beside the message, so a message in N
+mailboxes is written at the size of its mailbox ids per copy, not of every
+copy's decision (N² bytes); messages stored by an earlier build, with every
+copy inline, are read as they are and moved out on their next write."""
 
 from __future__ import annotations
 
@@ -57,8 +58,28 @@ def test_each_copy_is_its_own_record_and_the_message_grows_by_mailbox_ids_only()
     copies = state_of(eng).tracked_items
     assert {copy.mailbox_id: copy.decision for copy in copies.values()} == decided
     assert [d.reason for d in decided.values()].count(ReasonCode.DUPLICATE) == len(STAFF) - 1
-    growth_per_copy = (sizes[-1] - sizes[0]) / (len(STAFF) - 1)
+    growth_per_copy = (sizes[-1] - sizes[1]) / (len(STAFF) - 2)  # from the second copy on
     assert growth_per_copy <= len(STAFF[0]) + 4  # an id, its quotes and a comma
+
+
+def test_a_message_in_one_mailbox_keeps_its_copy_inline_until_a_second_copy() -> None:
+    eng = staff_engine()
+    first = eng.process(copy_in(STAFF[0]), 0, T0).decisions[0]
+    state = state_of(eng)
+    assert state.tracked_items == {}
+    assert state.tracked[MESSAGE].items == [
+        TrackedItem(item_key=copy_in(STAFF[0]).item_key, mailbox_id=STAFF[0], decision=first)
+    ]
+    assert eng.process(copy_in(STAFF[0]), 0, T0).decisions == [first]  # decided again
+    assert state.tracked_items == {} and len(state.tracked[MESSAGE].items) == 1
+
+    second = eng.process(copy_in(STAFF[1]), 0, T0).decisions[0]
+    assert state.tracked[MESSAGE].items == []
+    assert {copy.mailbox_id: copy.decision for copy in state.tracked_items.values()} == {
+        STAFF[0]: first,
+        STAFF[1]: second,
+    }
+    assert eng.process(copy_in(STAFF[0]), 0, T0).decisions == [first]
 
 
 def test_deciding_a_copy_again_gives_the_same_decision_and_writes_nothing_new() -> None:

@@ -184,9 +184,10 @@ class ActivityIndex:
         self._owns_store = store is None
         self.store = store if store is not None else IndexStore()
         self._smart = SmartIndex(smart, self.store) if smart is not None else None
+        self._count = int(self.store.get(_COUNT) or 0)  # this index is the store's only writer
 
     def __len__(self) -> int:
-        return int(self.store.get(_COUNT) or 0)
+        return self._count
 
     def close(self) -> None:
         """Close the store when it is this index's own."""
@@ -194,32 +195,29 @@ class ActivityIndex:
             self.store.close()
 
     def apply(self, activity_id: str, activity: Activity | None) -> None:
-        """Index, re-index or (activity None) forget one activity (idempotent)."""
+        """Index, re-index or (activity None) forget one activity (idempotent; a new
+        version that changes nothing indexed here writes nothing)."""
+        if self._smart is not None:
+            _index_smart(self._smart, activity_id, activity)
         old = self._stored(activity_id)
-        count = len(self)
+        stored = _stored_ref(activity) if activity is not None else None
+        if stored == old:
+            return
+        count = self._count
         deletes = []
         if old is not None:
             count -= 1
             deletes.append(make_key("activity", "a", activity_id))
             deletes.extend(make_key("activity", *lookup, activity_id) for lookup in _lookups(old))
         puts: dict[bytes, bytes] = {}
-        if activity is not None:
+        if stored is not None:
             count += 1
-            stored = _StoredRef(
-                activity_id=activity.activity_id,
-                message_id=activity.message_id,
-                conversation_id=activity.conversation_id,
-                regarding=activity.regarding,
-                tracking_token=activity.tracking_token.upper() if activity.tracking_token else None,
-                conversation_index=activity.conversation_index,
-            )
             puts[make_key("activity", "a", activity_id)] = _ENCODE(stored)
             for lookup in _lookups(stored):
                 puts[make_key("activity", *lookup, activity_id)] = b""
         puts[_COUNT] = str(count).encode()
         self.store.write(puts, deletes)
-        if self._smart is not None:
-            _index_smart(self._smart, activity_id, activity)
+        self._count = count
 
     def by_message_id(self, message_id: str) -> TrackedRef | None:
         """The activity of a normalized Message-ID, if tracked."""
@@ -251,6 +249,18 @@ class ActivityIndex:
             return None
         stored = self._stored(last_part(found[0]))
         return stored.ref() if stored is not None else None
+
+
+def _stored_ref(activity: Activity) -> _StoredRef:
+    """What the index keeps of an activity (its token upper-cased, as looked up)."""
+    return _StoredRef(
+        activity_id=activity.activity_id,
+        message_id=activity.message_id,
+        conversation_id=activity.conversation_id,
+        regarding=activity.regarding,
+        tracking_token=activity.tracking_token.upper() if activity.tracking_token else None,
+        conversation_index=activity.conversation_index,
+    )
 
 
 def _index_smart(smart: SmartIndex, activity_id: str, activity: Activity | None) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
+import msgspec
 import pytest
 
 from processors.directory import ActivityIndex, Directory, Mailboxes, TrackedRef
+from processors.index_store import IndexStore
 from schemas.base import RecordRef
 from schemas.crm import Activity, CrmRecord, Direction
 from schemas.mailbox import IncomingFilter, MailboxConfig, Protocol
@@ -256,6 +260,27 @@ def test_update_re_indexes_message_id_and_token() -> None:
     assert new is not None and new.activity_id == "a1"
     assert index.by_token("CRM:0002002") == new
     assert len(index) == 1
+
+
+def test_a_version_that_changes_nothing_indexed_writes_nothing(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path / "index")
+    index = ActivityIndex(store=store)
+    index.apply("a1", activity("a1", "m1@x.example", "CRM:0001001"))
+    writes = []
+    write = store.write
+
+    def counted(puts: Mapping[bytes, bytes], deletes: list[bytes]) -> None:
+        writes.append(1)
+        write(puts, deletes)
+
+    store.write = counted  # type: ignore[method-assign]
+    later = msgspec.structs.replace(activity("a1", "m1@x.example", "CRM:0001001"), version=2)
+    index.apply("a1", later)  # another copy of the message: its receiving mailboxes grew
+    assert writes == []
+    index.apply("a2", activity("a2", "m2@x.example"))
+    assert writes == [1] and len(index) == 2
+    store.close()
+    assert len(ActivityIndex(store=IndexStore(tmp_path / "index"))) == 2  # the count is kept
 
 
 def test_update_that_drops_the_token_unindexes_it() -> None:

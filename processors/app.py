@@ -69,7 +69,7 @@ from processors.act import ActLinkIndex, ActMemory, ActOwnerIndex, handle_act, i
 from processors.changes import StageOutput, handle_change, needs_blob, read_blob
 from processors.directory import ActivityIndex, Directory, Mailboxes
 from processors.engine import DecisionEngine
-from processors.faust_state import TableState, processing
+from processors.faust_state import Processing, TableState
 from processors.index_store import IndexStore
 from processors.outbox import Outbox
 from processors.recovery import App
@@ -356,7 +356,7 @@ class ProcessorApp:
             batch_size.observe(len(events))
             outbox = self._outbox()
             for event in events:
-                with processing(event):
+                with Processing(event):
                     await on_event(event, outbox)
             await self._publish(outbox)
             yield None

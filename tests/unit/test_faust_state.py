@@ -13,7 +13,7 @@ from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.faust_state import TableState, processing, store_key
+from processors.faust_state import Processing, TableState, store_key
 from schemas.crm import Direction
 from schemas.state import TRACKED_CODEC, HeldThread, TrackedMessage
 
@@ -85,11 +85,11 @@ def test_a_write_is_read_back_at_once_and_stored_when_the_changelog_is_taken(
     tmp_path: Path,
 ) -> None:
     state = _state(tmp_path)
-    with processing(_event(1)):
+    with Processing(_event(1)):
         state.put_tracked("m1@x.example", _tracked("m1@x.example"))
         assert state.get_tracked("m1@x.example") == _tracked("m1@x.example")
     assert _stored(state, 0, 1, "m1@x.example") is None  # pending: not stored yet
-    with processing(_event(1)):  # a later event of the batch reads it too
+    with Processing(_event(1)):  # a later event of the batch reads it too
         assert state.get_tracked("m1@x.example") == _tracked("m1@x.example")
 
     records = state.take_changelog()
@@ -101,7 +101,7 @@ def test_a_write_is_read_back_at_once_and_stored_when_the_changelog_is_taken(
 
 def test_a_pending_delete_hides_the_stored_value(tmp_path: Path) -> None:
     state = _state(tmp_path)
-    with processing(_event(1)):
+    with Processing(_event(1)):
         state.put_held("t1", HeldThread(partition=1))
     state.take_changelog()
     assert _stored(state, 2, 1, "t1") is not None
@@ -109,7 +109,7 @@ def test_a_pending_delete_hides_the_stored_value(tmp_path: Path) -> None:
     state.put_held("t1", None)  # the expiry timer: outside of any event
 
     assert state.get_held("t1") is None
-    with processing(_event(1)):
+    with Processing(_event(1)):
         assert state.get_held("t1") is None
     assert [(r.key, r.value, r.partition) for r in state.take_changelog()] == [
         (store_key("t1"), None, 1)
@@ -119,9 +119,9 @@ def test_a_pending_delete_hides_the_stored_value(tmp_path: Path) -> None:
 
 def test_pending_writes_stay_on_their_partition(tmp_path: Path) -> None:
     state = _state(tmp_path)
-    with processing(_event(0)):
+    with Processing(_event(0)):
         state.put_tracked("m1@x.example", _tracked("m1@x.example"))
-    with processing(_event(1)):
+    with Processing(_event(1)):
         assert state.get_tracked("m1@x.example") is None
     assert state.get_tracked("m1@x.example") == _tracked("m1@x.example")  # any partition
     state.take_changelog()
@@ -133,7 +133,7 @@ def test_a_delivered_offset_is_stored_with_the_next_write_batch(tmp_path: Path) 
     state = _state(tmp_path)
     store = state._tables[0].data
     changelog = TP(state._changelogs[0], 1)
-    with processing(_event(1)):
+    with Processing(_event(1)):
         state.put_tracked("m1@x.example", _tracked("m1@x.example"))
     state.take_changelog()
     state.persisted()[state._changelogs[0]](1, 41)  # the producer delivered it

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import rocksdict
@@ -82,20 +83,46 @@ class IndexStore:
         # recovers a prefix of the writes, so after a crash the saved offsets are
         # never ahead of the data they cover and reading resumes early enough.
         self._db.set_write_options(UNLOGGED)
+        self._pending: dict[bytes, bytes | None] | None = None  # writes of a `batched` block
 
     def get(self, store_key: bytes) -> bytes | None:
-        """The value of a key, or None."""
+        """The value of a key, or None (a write of a `batched` block included)."""
+        if self._pending is not None and store_key in self._pending:
+            return self._pending[store_key]
         value: bytes | None = self._db.get(store_key)
         return value
 
     def write(self, puts: Mapping[bytes, bytes], deletes: list[bytes]) -> None:
-        """Apply deletes then puts atomically."""
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        """Apply deletes then puts atomically (in a `batched` block: with the block's
+        other writes, at its end)."""
+        pending = self._pending if self._pending is not None else {}
         for store_key in deletes:
             if store_key not in puts:
+                pending[store_key] = None
+        pending.update(puts)
+        if self._pending is None:
+            self._store(pending)
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Collect the writes made in the block and store them as one write batch when
+        it ends (atomic, and a few microseconds less per write: a view applies many
+        records, and saves its offsets, at once). `get` sees them at once; scans see
+        them after the block. Not reentrant."""
+        self._pending = {}
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            self._store(pending)
+
+    def _store(self, writes: Mapping[bytes, bytes | None]) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for store_key, value in writes.items():
+            if value is None:
                 batch.delete(store_key)
-        for store_key, value in puts.items():
-            batch.put(store_key, value)
+            else:
+                batch.put(store_key, value)
         self._db.write(batch)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -3,9 +3,9 @@ partitions, forever) into an index.
 
 crm.records feeds the Directory, mailbox.config the Mailboxes (both in memory,
 read from the beginning at every start), crm.activities the ActivityIndex (on
-disk: its view saves the offsets it has applied in the same store and resumes
-from them after a restart; applying a record again is harmless, so a crash
-between applying and saving only repeats work). `ready` is set once each view
+disk: its view saves the offsets it has applied in the same store, in one write
+batch with the records they cover (processed together), and resumes from them
+after a restart; applying a record again is harmless). `ready` is set once each view
 caught up with the end of its topic as it was when reading started; agents
 wait for it before deciding.
 
@@ -20,6 +20,7 @@ by fetch responses, never end_offsets().
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -72,12 +73,13 @@ class CompactedView:
             await self._assign(consumer)
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
-                for tp, messages in batch.items():
-                    for message in messages:
-                        self._apply(tp, message)
-                if batch and self.checkpoint is not None:
-                    done = {tp.partition: messages[-1].offset + 1 for tp, messages in batch.items()}
-                    self.checkpoint.save_offsets(self.topic, done)
+                with self.checkpoint.batched() if self.checkpoint else contextlib.nullcontext():
+                    for tp, messages in batch.items():
+                        for message in messages:
+                            self._apply(tp, message)
+                    if batch and self.checkpoint is not None:
+                        done = {tp.partition: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                        self.checkpoint.save_offsets(self.topic, done)
                 if not self.ready.is_set() and await self._caught_up(consumer):
                     log.info("view %s ready: %d records", self.topic, self.records_applied)
                     self.ready.set()

@@ -51,6 +51,25 @@ def test_scan_stays_inside_its_prefix() -> None:
         store.close()
 
 
+def test_a_batched_block_stores_its_writes_together_at_its_end() -> None:
+    store = IndexStore()
+    store.write({make_key("k", "gone"): b"old", make_key("k", "kept"): b"1"}, [])
+    with store.batched():
+        store.write({make_key("k", "new"): b"2"}, [make_key("k", "gone")])
+        store.write({make_key("k", "kept"): b"3"}, [])
+        assert store.get(make_key("k", "new")) == b"2"  # gets see the block's writes
+        assert store.get(make_key("k", "gone")) is None
+        assert store.get(make_key("k", "kept")) == b"3"
+        assert [last_part(key) for key, _ in store.scan(make_key("k"))] == ["gone", "kept"]
+    assert dict(store.scan(make_key("k"))) == {
+        make_key("k", "kept"): b"3",
+        make_key("k", "new"): b"2",
+    }
+    store.write({make_key("k", "after"): b"4"}, [])  # outside a block: at once
+    assert store.get(make_key("k", "after")) == b"4"
+    store.close()
+
+
 def test_index_and_offsets_survive_a_reopen_and_a_second_opener_is_refused(
     tmp_path: Path,
 ) -> None:

@@ -29,7 +29,9 @@ partitions undecided, or lost a run of changes while committing past them.
    and only then resumes the stream partitions and the consumer's flow.
 
 `App` is faust's App with both: its transport's consumer uses `ConsumerThread`,
-and its `TableManager` (faust's documented setting) uses `GaplessRecovery`.
+and its `TableManager` (faust's documented setting) uses `GaplessRecovery`. (It
+also hands records to streams as processors/handoff.py does, and leaves faust's
+Monitor out of its sensors: see `App`.)
 tests/faults/test_processor_recovery.py holds the window open and checks.
 """
 
@@ -142,10 +144,27 @@ class TableManager(FaustTableManager):
 
 
 class App(faust.App):
-    """faust's App on `Transport` and `TableManager` (takes faust.App's settings)."""
+    """faust's App on `Transport` and `TableManager` (takes faust.App's settings), and
+    without faust's Monitor among its sensors.
+
+    faust's Monitor keeps statistics for faust's own debug pages (/stats) through
+    sensor callbacks on every message and stream event: dictionaries, weak
+    references and clocks, 5 to 8% of a processor's CPU per decision (three
+    interleaved pairs of bench/correlate.py's pipeline part). tidings reads none of
+    them: it exports its own metrics (/metrics). The Monitor stays the app's
+    `monitor` (faust calls a few of its methods directly); it no longer gets the
+    sensor callbacks, and the debug pages that show it are off (`web_stats_enabled`)."""
 
     def __init__(self, id: str, **settings: Any) -> None:
-        super().__init__(id, TableManager=TableManager, **settings)
+        super().__init__(id, TableManager=TableManager, web_stats_enabled=False, **settings)
+
+    def on_init_dependencies(self) -> Any:
+        """faust's dependencies; faust adds its Monitor to the sensors here, this takes
+        it out again."""
+        dependencies = super().on_init_dependencies()
+        if self.monitor in set(self.sensors):
+            self.sensors.remove(self.monitor)
+        return dependencies
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)

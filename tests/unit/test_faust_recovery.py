@@ -1,6 +1,7 @@
-"""The two changes processors/recovery.py makes to faust, on fakes of what they call:
-a fetch goes over a copy of the active partitions and never over an empty set, and
-recovery resumes a stream partition only after its seek and the queues' clearing.
+"""The changes processors/recovery.py makes to faust, on fakes of what they call:
+a fetch goes over a copy of the active partitions and never over an empty set,
+recovery resumes a stream partition only after its seek and the queues' clearing,
+and the app leaves faust's Monitor out of its sensors.
 tests/faults/test_processor_recovery.py checks the whole on a real worker."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from types import SimpleNamespace
 from typing import Any, cast
 
-from processors.recovery import ConsumerThread, GaplessRecovery
+from processors.recovery import App, ConsumerThread, GaplessRecovery
 
 
 class Fetcher:
@@ -120,3 +121,13 @@ def test_a_rebalance_meanwhile_resumes_nothing() -> None:
     calls: list[Any] = []
     asyncio.run(recovery(calls, generation=2).on_recovery_completed(1))
     assert calls == ["rebalance_complete"]
+
+
+def test_the_app_leaves_faust_s_monitor_out_of_its_sensors() -> None:
+    app = App("monitor-test", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False)
+    app.on_init_dependencies()
+    assert app.monitor not in set(app.sensors)
+    assert app.monitor is not None  # faust still calls some of its methods directly
+    assert not app.conf.web_stats_enabled  # the debug pages that would show it are off
+    app.on_init_dependencies()  # again: harmless
+    assert list(app.sensors) == []

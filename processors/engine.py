@@ -260,8 +260,8 @@ class DecisionEngine:
         self.activities = activities
         self.settings = settings
         self.window = timedelta(seconds=settings.late_correlation_window_s)
-        two = settings.internal_email == InternalEmailPolicy.TWO
-        self._forms = _QUALIFIERS if two else _QUALIFIERS[:1]
+        self._two_activities = settings.internal_email == InternalEmailPolicy.TWO
+        self._forms = _QUALIFIERS if self._two_activities else _QUALIFIERS[:1]
         self._reads = _Reads(state, activities, self._forms)
 
     # -- public ----------------------------------------------------------------
@@ -638,9 +638,7 @@ class DecisionEngine:
         internal email is tracked as two activities (a copy may then be tracked
         under its direction), nor for a Message-ID not looked up yet (checking would
         cost reads for what is usually held anyway, for another reason)."""
-        return self.settings.internal_email != InternalEmailPolicy.TWO and self._reads.crm_only(
-            message_id
-        )
+        return not self._two_activities and self._reads.crm_only(message_id)
 
     def _settle(
         self,

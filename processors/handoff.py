@@ -14,10 +14,10 @@ queue, which has room. `HandoffConsumer.wait_first` runs such a hand-off in
 place and returns its result as faust's would; a hand-off that has to wait
 (the stream's queue is full) goes on from where it stopped inside faust's own
 `wait_first`, so the flow suspending while it waits still cancels it (in the
-benchmark one hand-off in six waits). Any other wait (other arguments, a timeout, the flow
-suspended, the service stopped or crashed) is faust's unchanged. Measured in
-bench/correlate.py's pipeline part, interleaved pairs: 11 to 21% less CPU a
-decision (docs/performance.md).
+benchmark one hand-off in six waits). Any other wait (other arguments, a
+timeout, the flow suspended, the service stopped or crashed) is faust's
+unchanged. Measured in bench/correlate.py's pipeline part, interleaved pairs: 11
+to 50% less CPU a decision (docs/performance.md).
 """
 
 from __future__ import annotations

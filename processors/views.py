@@ -73,13 +73,14 @@ class CompactedView:
             await self._assign(consumer)
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
-                with self.checkpoint.batched() if self.checkpoint else contextlib.nullcontext():
+                checkpoint = self.checkpoint
+                with checkpoint.batched() if checkpoint is not None else contextlib.nullcontext():
                     for tp, messages in batch.items():
                         for message in messages:
                             self._apply(tp, message)
-                    if batch and self.checkpoint is not None:
+                    if batch and checkpoint is not None:
                         done = {tp.partition: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-                        self.checkpoint.save_offsets(self.topic, done)
+                        checkpoint.save_offsets(self.topic, done)
                 if not self.ready.is_set() and await self._caught_up(consumer):
                     log.info("view %s ready: %d records", self.topic, self.records_applied)
                     self.ready.set()

@@ -150,6 +150,7 @@ class ProcessorApp:
             consumer_auto_offset_reset="earliest",
             consumer_max_fetch_size=kafka.max_request_bytes,
             broker_commit_interval=1.0,
+            broker_max_poll_records=self.settings.max_poll_records,
             # A crashed worker's partitions move after 10 s, not faust's default 60 s.
             broker_session_timeout=10.0,
             broker_heartbeat_interval=3.0,

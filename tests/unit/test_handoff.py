@@ -6,13 +6,19 @@ tests/integration/test_processor_workers.py and the fault tests run it on tansu.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from mode.utils.queues import FlowControlQueue
 
+from pipeline.config import ConfigError, load_config
+from processors.app import ProcessorApp
 from processors.handoff import HandoffConsumer
 from processors.recovery import App
+from schemas.config import TidingsConfig
 
 
 @pytest.fixture
@@ -111,3 +117,30 @@ async def test_a_failing_handoff_raises_its_error(consumer: HandoffConsumer) -> 
     with pytest.raises(ValueError, match="undeliverable"):
         await consumer.wait_first(failing(), flow)
     assert flow.cr_frame is None
+
+
+def processor_config(tmp_path: Path, **env: str) -> TidingsConfig:
+    return load_config(
+        env={
+            "TIDINGS_DATA_DIR": str(tmp_path),
+            "TIDINGS_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            **{f"TIDINGS_PROCESSORS__{name.upper()}": value for name, value in env.items()},
+        }
+    )
+
+
+def test_a_poll_of_the_processor_fits_the_room_left_when_fetching_stops(tmp_path: Path) -> None:
+    """A stream's partitions stop being fetched once its queue is four fifths full;
+    what one poll returned still goes in, and has to fit, or its events wait
+    for room, each with several tasks."""
+    config = processor_config(tmp_path)
+    processor = ProcessorApp(config)
+    processor.index_store.close()
+    conf = processor.app.conf
+    assert conf.broker_max_poll_records == config.processors.max_poll_records == 500
+    size = conf.stream_buffer_maxsize
+    room = size - math.floor(size / FlowControlQueue.pressure_high_ratio)
+    assert room >= 800  # the largest max_poll_records the configuration takes
+    with pytest.raises(ConfigError, match="max_poll_records"):
+        processor_config(tmp_path, max_poll_records="801")
+    assert processor_config(tmp_path, max_poll_records="800").processors.max_poll_records == 800

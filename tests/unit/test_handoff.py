@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faust.types import TP
 from mode.utils.queues import FlowControlQueue
 
 from pipeline.config import ConfigError, load_config
 from processors.app import ProcessorApp
-from processors.handoff import HandoffConsumer
+from processors.handoff import RESUMED_WITHIN_S, HandoffConsumer
 from processors.recovery import App
 from schemas.config import TidingsConfig
 
@@ -117,6 +118,76 @@ async def test_a_failing_handoff_raises_its_error(consumer: HandoffConsumer) -> 
     with pytest.raises(ValueError, match="undeliverable"):
         await consumer.wait_first(failing(), flow)
     assert flow.cr_frame is None
+
+
+class Polls:
+    """The consumer's polls of its active partitions: the timeout each was given."""
+
+    def __init__(self, consumer: HandoffConsumer) -> None:
+        self.timeouts: list[float] = []
+        consumer._getmany = self  # type: ignore[method-assign]
+
+    async def __call__(
+        self,
+        active_partitions: set[TP],
+        timeout: float,  # noqa: ASYNC109 (faust's signature)
+    ) -> dict[TP, list[Any]]:
+        self.timeouts.append(timeout)
+        return {}
+
+
+PARSED = [TP("mail.parsed", partition) for partition in range(2)]
+CHANGES = TP("mail.changes", 0)
+
+
+async def test_polls_wait_faust_s_second_while_no_partition_is_paused(
+    consumer: HandoffConsumer,
+) -> None:
+    polls = Polls(consumer)
+    consumer._active_partitions = {*PARSED, CHANGES}
+    assert await consumer._wait_next_records(1.0) == ({}, {*PARSED, CHANGES})
+    assert polls.timeouts == [1.0]
+
+
+async def test_while_a_full_queue_pauses_partitions_the_others_are_polled_briefly(
+    consumer: HandoffConsumer,
+) -> None:
+    """The paused partitions resume when their queue has room; the next poll takes
+    them, so a poll of the others must not wait faust's second."""
+    polls = Polls(consumer)
+    consumer._active_partitions = {CHANGES}
+    consumer._buffered_partitions = set(PARSED)  # paused by on_buffer_full
+    await consumer._wait_next_records(1.0)
+    assert polls.timeouts == [RESUMED_WITHIN_S]
+    for tp in PARSED:
+        consumer.on_buffer_drop(tp)  # the queue has room again
+    assert await consumer._wait_next_records(1.0) == ({}, {*PARSED, CHANGES})
+    assert polls.timeouts == [RESUMED_WITHIN_S, 1.0]
+
+
+async def test_with_every_partition_paused_the_consumer_sleeps_briefly(
+    consumer: HandoffConsumer,
+) -> None:
+    polls = Polls(consumer)
+    consumer._active_partitions = set()
+    consumer._buffered_partitions = set(PARSED)
+    started = asyncio.get_running_loop().time()
+    assert await consumer._wait_next_records(1.0) == ({}, set())
+    assert asyncio.get_running_loop().time() - started < 0.5  # faust sleeps a second
+    assert polls.timeouts == []  # nothing to poll
+
+
+async def test_a_stopped_flow_still_waits_as_faust_does(consumer: HandoffConsumer) -> None:
+    polls = Polls(consumer)
+    consumer._active_partitions = {CHANGES}
+    consumer._buffered_partitions = set(PARSED)
+    consumer.stop_flow()
+    waiting = asyncio.ensure_future(consumer._wait_next_records(1.0))
+    await asyncio.sleep(RESUMED_WITHIN_S * 2)
+    assert not waiting.done() and polls.timeouts == []  # waits for the flow to resume
+    consumer.resume_flow()
+    await waiting
+    assert polls.timeouts == [RESUMED_WITHIN_S]
 
 
 def processor_config(tmp_path: Path, **env: str) -> TidingsConfig:

@@ -68,6 +68,10 @@ def test_restart_with_changelog_to_replay_and_a_backlog_loses_nothing(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     workspace.env["TIDINGS_LOG_LEVEL"] = "info"  # faust's recovery steps, logged
+    # Batches of at most 10 ms, as when the kill point was chosen: the kill has to
+    # land where the first worker's changelog is ahead of what its tables stored
+    # (a delivered changelog offset is stored with the next batch's writes).
+    workspace.env["TIDINGS_PROCESSORS__BATCH_MAX_WAIT_MS"] = "10"
     workspace.cli("broker", "start")
     dirs = add_mailboxes(workspace, tmp_path / "mail")
     for mailbox_id, maildir in dirs.items():

@@ -18,8 +18,8 @@ place and returns its result as faust's would; a hand-off that has to wait
 benchmark 590 hand-offs of 40,000 wait; 6,861 did before the consumer's polls
 were bounded to what fits the queue (`processors.max_poll_records`). Any other
 wait (other arguments, a timeout, the flow suspended, the service stopped or
-crashed) is faust's unchanged. Measured in bench/correlate.py's pipeline part, interleaved pairs: 11
-to 50% less CPU a decision (docs/performance.md).
+crashed) is faust's unchanged. Measured in bench/correlate.py's pipeline part,
+interleaved pairs: 11 to 50% less CPU a decision (docs/performance.md).
 
 A stream's queue that is four fifths full pauses its partitions
 (`Consumer.on_buffer_full`) until it is down to two fifths. Meanwhile faust's
